@@ -1,0 +1,1 @@
+"""NVI: a cloud of independent servers whose tenant networks span servers without encapsulation."""

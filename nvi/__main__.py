@@ -1,0 +1,3 @@
+from nvi.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Many independent servers on one machine: the lab that tests, demos and researchers share."""

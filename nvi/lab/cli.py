@@ -1,0 +1,108 @@
+"""`nvi lab up|down|status|check|exec`: bring a lab file to life on this machine."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from nvi.errors import NviError
+from nvi.lab.net import LabNet
+from nvi.lab.spec import load_lab
+from nvi.output import console, print_json, print_table
+
+lab_file = click.argument("lab_file", metavar="FILE", type=click.Path(dir_okay=False))
+output_option = click.option(
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+@click.group()
+def lab() -> None:
+    """Many servers on one machine, described by a TOML lab file."""
+
+
+@lab.command()
+@lab_file
+@output_option
+def up(lab_file: str, output: str) -> None:
+    """Create the lab, or repair it; a second run changes nothing."""
+    net = LabNet(load_lab(lab_file))
+    changes = net.up()
+    if output == "json":
+        print_json({"lab": net.lab.name, "changes": changes})
+        return
+    for change in changes:
+        console.print(f"  {change}")
+    console.print(f"lab [bold]{net.lab.name}[/] is up ({len(changes)} changes)")
+
+
+@lab.command()
+@lab_file
+@output_option
+def down(lab_file: str, output: str) -> None:
+    """Remove everything the lab created, and nothing else."""
+    net = LabNet(load_lab(lab_file))
+    removed = net.down()
+    if output == "json":
+        print_json({"lab": net.lab.name, "removed": removed})
+        return
+    for item in removed:
+        console.print(f"  {item}")
+    console.print(f"lab [bold]{net.lab.name}[/] is down")
+
+
+@lab.command()
+@lab_file
+@output_option
+def status(lab_file: str, output: str) -> None:
+    """Servers, their OVS and processes; clouds and routers."""
+    state = LabNet(load_lab(lab_file)).status()
+    if output == "json":
+        print_json(state)
+        return
+    rows = [
+        {
+            **s,
+            "namespace": s["namespace"] is not None,
+            "bridge": f"{s['fail_mode']}/{s['datapath']}" if s["fail_mode"] else None,
+            "processes": "\n".join(
+                f"{n} {pid or '[red]DOWN[/]'}" for n, pid in s["processes"].items()
+            ),
+        }
+        for s in state["servers"]
+    ]
+    print_table(
+        f"lab {state['lab']}: servers",
+        rows,
+        ["server", "cloud", "address", "namespace", "uplink", "bridge", "processes"],
+    )
+    console.print(f"logs: {state['logs']}/<server>/<process>.log")
+    print_table(f"lab {state['lab']}: underlay", state["network"], ["member", "kind", "namespace"])
+
+
+@lab.command()
+@lab_file
+@output_option
+def check(lab_file: str, output: str) -> None:
+    """Every server pings every other server's underlay address; fails if any cannot."""
+    results = LabNet(load_lab(lab_file)).check()
+    if output == "json":
+        print_json(results)
+    else:
+        print_table("underlay reachability", results, ["from", "to", "address", "route", "reached"])
+    failed = [r for r in results if not r["reached"]]
+    if failed:
+        raise NviError(f"{len(failed)} of {len(results)} server pairs cannot reach each other")
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True})
+@lab_file
+@click.argument("member")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(lab_file: str, member: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside a server's (or router's, or cloud's) namespace."""
+    argv, env = LabNet(load_lab(lab_file)).exec_argv(member, list(command))
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)

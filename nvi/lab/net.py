@@ -1,0 +1,327 @@
+"""Realise a lab description on this machine: namespaces, underlay segments, routers, and one
+independent Open vSwitch per server. Like Mininet's `net.py`, to `spec.py`'s `topo.py`.
+
+Naming is the tag: every namespace of lab L is `nvi-L-<member>` and everything else the lab
+creates (links, bridges, processes, files) lives inside those namespaces or under the lab's run
+directory. Lab names contain no dash, so one lab's prefix never matches another's, and `down`
+can find everything (even after a crash, even if the lab file changed) by prefix alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nvi.errors import NviError
+from nvi.lab import links
+from nvi.lab.ovs import BRIDGE, HOST_COOKIE, UPLINK, OvsInstance, host_flows
+from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
+from nvi.lab.spec import Lab, Server
+
+UNDERLAY_BRIDGE = "br0"
+_QUIET = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+
+
+def run_root() -> Path:
+    """Where labs keep sockets, pidfiles and logs; NVI_RUN_DIR overrides the default."""
+    return Path(os.environ.get("NVI_RUN_DIR", "/run/nvi")) / "labs"
+
+
+@dataclass
+class LabNet:
+    lab: Lab
+    root: Path = field(default_factory=run_root)
+
+    @property
+    def prefix(self) -> str:
+        return f"nvi-{self.lab.name}-"
+
+    @property
+    def rundir(self) -> Path:
+        return self.root / self.lab.name
+
+    def netns(self, member: str) -> str:
+        return f"{self.prefix}{member}"
+
+    def ovs(self, server: Server) -> OvsInstance:
+        return OvsInstance(netns=self.netns(server.name), rundir=self.rundir / server.name)
+
+    def daemons(self, server: Server) -> list[Daemon]:
+        """Every supervised process of a server, in start order."""
+        return self.ovs(server).daemons()
+
+    # -- up -------------------------------------------------------------------------------
+
+    def up(self) -> list[str]:
+        """Create or repair the lab; returns what changed (empty when it was already whole)."""
+        _require_root()
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        (self.rundir / "lab.json").write_text(self.lab.model_dump_json(indent=2))
+        changes: list[str] = []
+        wanted = {self.netns(name) for name in self.lab.member_names()}
+        for stale in sorted(set(self._our_netns()) - wanted):
+            self._remove_member(stale)
+            changes.append(f"removed {stale} (no longer in the lab file)")
+        for cloud in self.lab.clouds:
+            changes += self._up_cloud(cloud.name)
+        for router in self.lab.routers:
+            changes += self._up_router(router.name)
+        for server in self.lab.servers:
+            changes += self._up_server(server)
+        return changes
+
+    def _up_cloud(self, name: str) -> list[str]:
+        ns = self.netns(name)
+        changes = []
+        if links.ensure_netns(ns, _QUIET):
+            changes.append(f"created namespace {ns}")
+        if links.ensure_bridge(ns, UNDERLAY_BRIDGE):
+            changes.append(f"created underlay segment of cloud {name}")
+        if links.ensure_up(ns, UNDERLAY_BRIDGE):
+            changes.append(f"set underlay segment of cloud {name} up")
+        return changes
+
+    def _attach(self, member: str, cloud: str, inside_name: str) -> list[str]:
+        """A veth from the member's namespace into the cloud's segment; a new veth is always
+        the first change reported."""
+        ns, cloud_ns = self.netns(member), self.netns(cloud)
+        changes = []
+        if links.ensure_veth(cloud_ns, member, ns, inside_name):
+            changes.append(self._linked(member, cloud))
+        if links.ensure_up(cloud_ns, member, master=UNDERLAY_BRIDGE):
+            changes.append(f"attached {member} to the segment of cloud {cloud}")
+        if links.ensure_up(ns, inside_name):
+            changes.append(f"set {inside_name} of {member} up")
+        return changes
+
+    @staticmethod
+    def _linked(member: str, cloud: str) -> str:
+        return f"linked {member} to cloud {cloud}"
+
+    def _up_router(self, name: str) -> list[str]:
+        router = next(r for r in self.lab.routers if r.name == name)
+        ns = self.netns(name)
+        changes = []
+        if links.ensure_netns(ns, {**_QUIET, "net.ipv4.ip_forward": "1"}):
+            changes.append(f"created namespace {ns}")
+        for cloud, address in router.addresses.items():
+            changes += self._attach(name, cloud, cloud)
+            if links.ensure_address(ns, cloud, address, self.lab.cloud(cloud).network.prefixlen):
+                changes.append(f"router {name}: address {address} on cloud {cloud}")
+        for subnet, gateway in self.lab.gateways(set(router.addresses), name):
+            if links.ensure_route(ns, subnet, gateway):
+                changes.append(f"router {name}: route to {subnet} via {gateway}")
+        return changes
+
+    def _up_server(self, server: Server) -> list[str]:
+        ns = self.netns(server.name)
+        ovs = self.ovs(server)
+        changes = []
+        if links.ensure_netns(ns, _QUIET):
+            changes.append(f"created namespace {ns}")
+        attached = self._attach(server.name, server.cloud, UPLINK)
+        changes += attached
+        if ovs.ensure_database():
+            changes.append(f"server {server.name}: created OVS database")
+        for daemon in self.daemons(server):
+            pid, started = ensure_running(daemon)
+            if started:
+                changes.append(f"server {server.name}: started {daemon.name} (pid {pid})")
+        if self._ensure_bridge(server, ovs):
+            changes.append(f"server {server.name}: configured bridge {BRIDGE}")
+        elif attached[:1] == [self._linked(server.name, server.cloud)]:
+            # vswitchd keeps reading from the old uplink; a new veth needs a fresh port.
+            ovs.vsctl("del-port", BRIDGE, UPLINK)
+            ovs.vsctl(
+                "add-port", BRIDGE, UPLINK, "--", "set", "interface", UPLINK, "ofport_request=1"
+            )
+            changes.append(f"server {server.name}: re-plugged {UPLINK} into {BRIDGE}")
+        if links.ensure_up(ns, BRIDGE):
+            changes.append(f"server {server.name}: set {BRIDGE} up")
+        prefixlen = self.lab.cloud(server.cloud).network.prefixlen
+        if links.ensure_address(ns, BRIDGE, server.address, prefixlen):
+            changes.append(f"server {server.name}: address {server.address}")
+        for subnet, gateway in self.lab.gateways({server.cloud}, server.name):
+            if links.ensure_route(ns, subnet, gateway):
+                changes.append(f"server {server.name}: route to {subnet} via {gateway}")
+        ovs.wait_for_bridge()
+        if self._ensure_host_flows(server, ovs):
+            changes.append(f"server {server.name}: installed host flows")
+        return changes
+
+    def _ensure_bridge(self, server: Server, ovs: OvsInstance) -> bool:
+        wanted = {
+            "datapath_type": "netdev",
+            "fail_mode": "secure",
+            "protocols": '["OpenFlow13"]',
+            'external_ids:"nvi-lab"': self.lab.name,
+            'external_ids:"nvi-server"': server.name,
+        }
+        current = self._bridge_config(ovs)
+        ports = ovs.vsctl("list-ports", BRIDGE).split() if current else []
+        if current == {k: v.strip('"') for k, v in wanted.items()} and ports == [UPLINK]:
+            return False
+        ovs.vsctl(
+            "--may-exist",
+            "add-br",
+            BRIDGE,
+            "--",
+            "set",
+            "bridge",
+            BRIDGE,
+            *(f"{key}={value}" for key, value in wanted.items()),
+            "--",
+            "--may-exist",
+            "add-port",
+            BRIDGE,
+            UPLINK,
+            "--",
+            "set",
+            "interface",
+            UPLINK,
+            "ofport_request=1",
+        )
+        return True
+
+    @staticmethod
+    def _bridge_config(ovs: OvsInstance) -> dict[str, str] | None:
+        if BRIDGE not in ovs.vsctl("list-br").split():
+            return None
+        values = ovs.vsctl(
+            "--bare",
+            "--columns=datapath_type,fail_mode,protocols,external_ids",
+            "list",
+            "bridge",
+            BRIDGE,
+        ).splitlines()
+        external = dict(item.split("=", 1) for item in values[3].split()) if values[3] else {}
+        return {
+            "datapath_type": values[0],
+            "fail_mode": values[1],
+            "protocols": f'["{values[2]}"]' if values[2] else "",
+            'external_ids:"nvi-lab"': external.get("nvi-lab", ""),
+            'external_ids:"nvi-server"': external.get("nvi-server", ""),
+        }
+
+    @staticmethod
+    def _ensure_host_flows(server: Server, ovs: OvsInstance) -> bool:
+        wanted = host_flows(server.address)
+        present = ovs.ofctl("dump-flows", f"cookie={HOST_COOKIE:#x}/-1").strip().splitlines()[1:]
+        if len(present) == len(wanted):
+            return False
+        ovs.ofctl("del-flows", f"cookie={HOST_COOKIE:#x}/-1")
+        ovs.ofctl("add-flows", "-", stdin="\n".join(wanted) + "\n")
+        return True
+
+    # -- down -----------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove everything this lab created, and nothing else; safe after a crash."""
+        _require_root()
+        removed = [self._remove_member(ns) for ns in self._our_netns()]
+        if self.rundir.exists():
+            shutil.rmtree(self.rundir)
+            removed.append(f"removed {self.rundir}")
+        return removed
+
+    def _our_netns(self) -> list[str]:
+        return [ns for ns in links.list_netns() if ns.startswith(self.prefix)]
+
+    def _remove_member(self, ns: str) -> str:
+        """Stop the member's processes (pidfiles first, then whatever else runs in its
+        namespace), then delete the namespace and with it every link inside."""
+        member_dir = self.rundir / ns.removeprefix(self.prefix)
+        for pidfile in sorted(member_dir.glob("*.pid"), reverse=True):
+            stop(Daemon(pidfile.stem, ns, (), member_dir, member_dir))
+        for pid in links.netns_pids(ns):
+            terminate(pid)
+        links.remove_netns(ns)
+        shutil.rmtree(member_dir, ignore_errors=True)
+        return f"removed {ns}"
+
+    # -- status and checks ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        present = set(links.list_netns())
+        servers = []
+        for server in self.lab.servers:
+            ovs = self.ovs(server)
+            ns = self.netns(server.name)
+            processes = {d.name: running_pid(d) for d in self.daemons(server)}
+            bridge = None
+            if processes.get("ovsdb-server"):
+                try:
+                    bridge = self._bridge_config(ovs)
+                except NviError:
+                    bridge = None
+            servers.append(
+                {
+                    "server": server.name,
+                    "cloud": server.cloud,
+                    "address": server.address,
+                    "locators": server.locators,
+                    "namespace": ns if ns in present else None,
+                    "uplink": links.link_state(ns, UPLINK) if ns in present else None,
+                    "processes": processes,
+                    "fail_mode": bridge["fail_mode"] if bridge else None,
+                    "datapath": bridge["datapath_type"] if bridge else None,
+                }
+            )
+        others = [
+            {
+                "member": m.name,
+                "kind": kind,
+                "namespace": self.netns(m.name) if self.netns(m.name) in present else None,
+            }
+            for kind, members in (("cloud", self.lab.clouds), ("router", self.lab.routers))
+            for m in members
+        ]
+        return {
+            "lab": self.lab.name,
+            "logs": str(self.rundir),
+            "servers": servers,
+            "network": others,
+        }
+
+    def check(self) -> list[dict[str, Any]]:
+        """Ping every server's underlay address from every other server."""
+        results = []
+        for source in self.lab.servers:
+            for target in self.lab.servers:
+                if source is target:
+                    continue
+                ping = links.run_in(
+                    self.netns(source.name),
+                    ["ping", "-c", "1", "-W", "2", "-q", target.address],
+                    check=False,
+                )
+                results.append(
+                    {
+                        "from": source.name,
+                        "to": target.name,
+                        "address": target.address,
+                        "reached": ping.returncode == 0,
+                        "route": "same cloud" if source.cloud == target.cloud else "via router",
+                    }
+                )
+        return results
+
+    def exec_argv(self, member: str, command: list[str]) -> tuple[list[str], dict[str, str]]:
+        """argv and environment to run `command` inside a member's namespace (OVS tools find
+        the server's own OVS through OVS_RUNDIR)."""
+        if member not in self.lab.member_names():
+            raise NviError(f"lab {self.lab.name} has no member {member!r}")
+        if self.netns(member) not in links.list_netns():
+            raise NviError(f"lab {self.lab.name} is not up ({self.netns(member)} does not exist)")
+        env = dict(os.environ)
+        if any(s.name == member for s in self.lab.servers):
+            env.update(self.ovs(self.lab.server(member)).env)
+        return ["ip", "netns", "exec", self.netns(member), *command], env
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise NviError("the lab creates network namespaces and Open vSwitch instances: run as root")

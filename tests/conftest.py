@@ -1,0 +1,20 @@
+"""Shared test set-up: tests marked `root` need root for namespaces and Open vSwitch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_LAB = REPO / "examples" / "labs" / "two-clouds.toml"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, Open vSwitch); run as root")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)

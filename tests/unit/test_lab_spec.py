@@ -1,0 +1,173 @@
+"""The lab-file parser: good files load, bad files fail with one line naming the problem."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+
+import pytest
+from click.testing import CliRunner
+
+from nvi.cli import main
+from nvi.errors import NviError
+from nvi.lab.spec import load_lab, parse_lab
+from tests.conftest import EXAMPLE_LAB
+
+BASE = tomllib.loads(EXAMPLE_LAB.read_text())
+
+
+def variant(**edits) -> dict:
+    """The example lab with `section=[(index, key, value)]` edits applied."""
+    data = copy.deepcopy(BASE)
+    for section, changes in edits.items():
+        for index, key, value in changes:
+            data[section][index][key] = value
+    return data
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(NviError) as caught:
+        parse_lab(data, source="x.toml")
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_example_lab_loads() -> None:
+    lab = load_lab(EXAMPLE_LAB)
+    assert [c.name for c in lab.clouds] == ["east", "west"]
+    assert [(s.name, s.cloud) for s in lab.servers] == [
+        ("s1", "east"),
+        ("s2", "east"),
+        ("s3", "west"),
+    ]
+    assert lab.routers[0].addresses == {"east": "198.51.100.1", "west": "203.0.113.1"}
+    assert lab.server("s3").locator_pool.size == 32
+
+
+def test_pool_as_range() -> None:
+    lab = parse_lab(variant(servers=[(0, "locators", "198.51.100.70-198.51.100.79")]))
+    assert lab.server("s1").locator_pool.size == 10
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({**BASE, "colour": "blue"}, "x.toml: colour: unknown key"),
+        (variant(servers=[(1, "adress", "1.2.3.4")]), "servers[1].adress (s2): unknown key"),
+        (
+            variant(clouds=[(1, "subnet", "198.51.100.128/25")]),
+            "clouds east (198.51.100.0/24) and west (198.51.100.128/25) overlap",
+        ),
+        (
+            variant(clouds=[(0, "subnet", "198.51.100.0/33")]),
+            "clouds[0].subnet (east): '198.51.100.0/33' is not a CIDR subnet",
+        ),
+        (
+            variant(servers=[(2, "address", "198.51.100.50")]),
+            "server s3: address 198.51.100.50 is not a host address of cloud west (203.0.113.0/24)",
+        ),
+        (
+            variant(servers=[(1, "address", "198.51.100.11")]),
+            "server s2: address 198.51.100.11 is already used by server s1",
+        ),
+        (variant(servers=[(1, "name", "s1")]), "duplicate name 's1'"),
+        (variant(servers=[(0, "name", "east")]), "duplicate name 'east'"),
+        (
+            variant(servers=[(0, "locators", "203.0.113.0/28")]),
+            "server s1: locator pool 203.0.113.0/28 is not inside the host addresses of cloud east",
+        ),
+        (
+            variant(servers=[(0, "locators", "198.51.100.0/27")]),
+            "server s1: locator pool 198.51.100.0/27 is not inside the host addresses",
+        ),
+        (
+            variant(servers=[(0, "locators", "198.51.100.8/29")]),
+            "locator pool 198.51.100.8/29 contains server s1's address 198.51.100.11",
+        ),
+        (
+            variant(servers=[(1, "locators", "198.51.100.64/26")]),
+            "servers s1 and s2 have overlapping locator pools",
+        ),
+        (
+            variant(servers=[(0, "locators", "nonsense")]),
+            "servers[0].locators (s1): 'nonsense' is not a CIDR or a first-last range",
+        ),
+        (variant(servers=[(0, "cloud", "mars")]), "server s1: unknown cloud 'mars'"),
+        (
+            variant(servers=[(0, "address", "fe80::1")]),
+            "servers[0].address (s1): fe80::1 is not an IPv4 address",
+        ),
+        (
+            variant(routers=[(0, "addresses", {"east": "198.51.100.1", "west": "198.51.100.2"})]),
+            "router r1: address 198.51.100.2 is not a host address of cloud west",
+        ),
+        ({**BASE, "name": "Demo-1"}, "name: String should match pattern"),
+        ({k: v for k, v in BASE.items() if k != "servers"}, "servers: missing key"),
+    ],
+)
+def test_bad_lab_names_the_problem(data: dict, expected: str) -> None:
+    assert expected in error_of(data)
+
+
+def test_toml_syntax_error_names_the_line(tmp_path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "demo"\n[[clouds]\nname = "east"\n')
+    with pytest.raises(NviError, match=r"broken.toml: .*line 2"):
+        load_lab(path)
+
+
+def test_cli_refuses_bad_file_before_anything(tmp_path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(EXAMPLE_LAB.read_text().replace('name = "s3"', 'name = "s2"'))
+    result = CliRunner().invoke(main, ["lab", "up", str(path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"nvi: lab file {path}: duplicate name 's2': clouds, routers and servers share one namespace"
+    ]
+
+
+def test_cli_missing_file_is_one_line(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["lab", "status", str(tmp_path / "none.toml")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"nvi: lab file {tmp_path / 'none.toml'}: not found"
+
+
+def test_gateways_two_clouds() -> None:
+    lab = load_lab(EXAMPLE_LAB)
+    assert lab.gateways({"east"}, "s1") == [("203.0.113.0/24", "198.51.100.1")]
+    assert lab.gateways({"west"}, "s3") == [("198.51.100.0/24", "203.0.113.1")]
+    assert lab.gateways({"east", "west"}, "r1") == []
+
+
+def test_gateways_chain_of_three_clouds() -> None:
+    """a -r1- b -r2- c: servers route via their own router; routers reach beyond neighbours."""
+    lab = parse_lab(
+        {
+            "name": "chain",
+            "clouds": [
+                {"name": "a", "subnet": "10.1.0.0/24"},
+                {"name": "b", "subnet": "10.2.0.0/24"},
+                {"name": "c", "subnet": "10.3.0.0/24"},
+            ],
+            "routers": [
+                {"name": "r1", "addresses": {"a": "10.1.0.1", "b": "10.2.0.1"}},
+                {"name": "r2", "addresses": {"b": "10.2.0.2", "c": "10.3.0.2"}},
+            ],
+            "servers": [
+                {"name": "sa", "cloud": "a", "address": "10.1.0.10", "locators": "10.1.0.64/28"},
+                {"name": "sc", "cloud": "c", "address": "10.3.0.10", "locators": "10.3.0.64/28"},
+            ],
+        }
+    )
+    assert lab.gateways({"a"}, "sa") == [("10.2.0.0/24", "10.1.0.1"), ("10.3.0.0/24", "10.1.0.1")]
+    assert lab.gateways({"c"}, "sc") == [("10.1.0.0/24", "10.3.0.2"), ("10.2.0.0/24", "10.3.0.2")]
+    assert lab.gateways({"a", "b"}, "r1") == [("10.3.0.0/24", "10.2.0.2")]
+    assert lab.gateways({"b", "c"}, "r2") == [("10.1.0.0/24", "10.2.0.1")]
+
+
+def test_unreachable_cloud_gets_no_route() -> None:
+    data = copy.deepcopy(BASE)
+    data["routers"] = []
+    lab = parse_lab(data)
+    assert lab.gateways({"east"}, "s1") == []
