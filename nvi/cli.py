@@ -41,6 +41,12 @@ def _register() -> None:
     from nvi.lab.cli import lab
 
     main.add_command(lab)
+    from federation.cli import directory
+
+    main.add_command(directory)
+    from openflow.cli import controller
+
+    main.add_command(controller)
 
 
 _register()

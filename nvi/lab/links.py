@@ -6,6 +6,7 @@ second `up` can prove it changed nothing.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 from pyroute2 import IPRoute, NetlinkError, netns
@@ -96,7 +97,7 @@ def ensure_route(ns: str, destination: str, gateway: str) -> bool:
     with IPRoute(netns=ns) as ipr:
         prefix, length = destination.split("/")
         for route in ipr.get_routes(family=2, table=254):
-            if (route.get("dst"), route["dst_len"], route.get("gateway")) == (
+            if (route.get("dst") or "0.0.0.0", route["dst_len"], route.get("gateway")) == (
                 prefix,
                 int(length),
                 gateway,
@@ -114,6 +115,18 @@ def link_state(ns: str, name: str) -> str | None:
             return ipr.get_links(found[0])[0].get("operstate") if found else None
     except (FileNotFoundError, NetlinkError):
         return None
+
+
+def accepts_tcp(ns: str, host: str, port: int) -> bool:
+    """Whether something in namespace `ns` accepts TCP connections on host:port."""
+    netns.pushns(ns)
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+    finally:
+        netns.popns()
 
 
 def run_in(ns: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:

@@ -9,8 +9,11 @@ can find everything (even after a crash, even if the lab file changed) by prefix
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,9 @@ from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
 from nvi.lab.spec import Lab, Server
 
 UNDERLAY_BRIDGE = "br0"
+# Each server's controller runs in the server's namespace: loopback is that server's own.
+CONTROLLER_PORT = 6653
+CONTROLLER_TARGET = f"tcp:127.0.0.1:{CONTROLLER_PORT}"
 _QUIET = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 
 
@@ -51,7 +57,38 @@ class LabNet:
 
     def daemons(self, server: Server) -> list[Daemon]:
         """Every supervised process of a server, in start order."""
-        return self.ovs(server).daemons()
+        controller = [self.controller_daemon(server)] if self.lab.directory else []
+        return [*self.ovs(server).daemons(), *controller]
+
+    def controller_daemon(self, server: Server) -> Daemon:
+        folder = self.rundir / server.name
+        return Daemon(
+            name="controller",
+            netns=self.netns(server.name),
+            argv=(sys.executable, "-m", "nvi", "controller", "serve",
+                  "--config", str(folder / "controller.toml")),
+            rundir=folder,
+            ready=folder / "controller.ready",
+        )
+
+    def directory_daemon(self) -> Daemon:
+        directory = self.lab.directory
+        assert directory is not None
+        folder = self.rundir / directory.name
+        ns = self.netns(directory.name)
+        return Daemon(
+            name="directory",
+            netns=ns,
+            argv=(sys.executable, "-m", "nvi", "directory", "serve",
+                  "--config", str(folder / "directory.toml")),
+            rundir=folder,
+            ready=lambda: links.accepts_tcp(ns, directory.address, directory.port),
+        )
+
+    def admin_token(self) -> str:
+        """The directory's admin credential (the lab operator's)."""
+        assert self.lab.directory is not None
+        return (self.rundir / self.lab.directory.name / "admin.token").read_text().strip()
 
     # -- up -------------------------------------------------------------------------------
 
@@ -62,13 +99,16 @@ class LabNet:
         (self.rundir / "lab.json").write_text(self.lab.model_dump_json(indent=2))
         changes: list[str] = []
         wanted = {self.netns(name) for name in self.lab.member_names()}
-        for stale in sorted(set(self._our_netns()) - wanted):
+        # A server's node namespaces (`<server ns>.<node>`) live and die with the server.
+        for stale in sorted(ns for ns in self._our_netns() if ns.split(".")[0] not in wanted):
             self._remove_member(stale)
             changes.append(f"removed {stale} (no longer in the lab file)")
         for cloud in self.lab.clouds:
             changes += self._up_cloud(cloud.name)
         for router in self.lab.routers:
             changes += self._up_router(router.name)
+        if self.lab.directory:
+            changes += self._up_directory()
         for server in self.lab.servers:
             changes += self._up_server(server)
         return changes
@@ -116,6 +156,52 @@ class LabNet:
                 changes.append(f"router {name}: route to {subnet} via {gateway}")
         return changes
 
+    def _up_directory(self) -> list[str]:
+        directory = self.lab.directory
+        assert directory is not None
+        ns = self.netns(directory.name)
+        folder = self.rundir / directory.name
+        changes = []
+        if links.ensure_netns(ns, _QUIET):
+            changes.append(f"created namespace {ns}")
+        changes += self._attach(directory.name, directory.cloud, "eth0")
+        prefixlen = self.lab.cloud(directory.cloud).network.prefixlen
+        if links.ensure_address(ns, "eth0", directory.address, prefixlen):
+            changes.append(f"directory: address {directory.address}")
+        for subnet, gateway in self.lab.gateways({directory.cloud}, directory.name):
+            if links.ensure_route(ns, subnet, gateway):
+                changes.append(f"directory: route to {subnet} via {gateway}")
+        if not (folder / "directory.toml").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            init = subprocess.run(
+                [sys.executable, "-m", "nvi", "directory", "init", str(folder),
+                 "--host", directory.address, "--port", str(directory.port), "-o", "json"],
+                capture_output=True, text=True,
+            )
+            if init.returncode != 0:
+                raise NviError(f"directory init failed: {init.stderr.strip()}")
+            changes.append("directory: created its configuration and credentials")
+        pid, started = ensure_running(self.directory_daemon())
+        if started:
+            changes.append(f"directory: started (pid {pid}) at {directory.url}")
+        return changes
+
+    def _ensure_controller_config(self, server: Server) -> bool:
+        """The controller's config names only this server's facts and the directory."""
+        directory = self.lab.directory
+        assert directory is not None
+        folder = self.rundir / server.name
+        token = (self.rundir / directory.name / "resolver.token").read_text()
+        config = (
+            f'address = "{server.address}"\n'
+            f'directory = "{directory.url}"\n'
+            'token_file = "resolver.token"\n'
+            f'ovsdb = "unix:{self.ovs(server).db_socket}"\n'
+            f"listen_port = {CONTROLLER_PORT}\n"
+        )
+        changed = _write_if_changed(folder / "resolver.token", token, private=True)
+        return _write_if_changed(folder / "controller.toml", config) or changed
+
     def _up_server(self, server: Server) -> list[str]:
         ns = self.netns(server.name)
         ovs = self.ovs(server)
@@ -126,10 +212,10 @@ class LabNet:
         changes += attached
         if ovs.ensure_database():
             changes.append(f"server {server.name}: created OVS database")
-        for daemon in self.daemons(server):
-            pid, started = ensure_running(daemon)
-            if started:
-                changes.append(f"server {server.name}: started {daemon.name} (pid {pid})")
+        if self.lab.directory and self._ensure_controller_config(server):
+            changes.append(f"server {server.name}: wrote controller configuration")
+        for daemon in ovs.daemons():
+            changes += self._ensure_running(server, daemon)
         if self._ensure_bridge(server, ovs):
             changes.append(f"server {server.name}: configured bridge {BRIDGE}")
         elif attached[:1] == [self._linked(server.name, server.cloud)]:
@@ -150,61 +236,72 @@ class LabNet:
         ovs.wait_for_bridge()
         if self._ensure_host_flows(server, ovs):
             changes.append(f"server {server.name}: installed host flows")
+        if self.lab.directory:
+            changes += self._ensure_running(server, self.controller_daemon(server))
         return changes
 
-    def _ensure_bridge(self, server: Server, ovs: OvsInstance) -> bool:
+    @staticmethod
+    def _ensure_running(server: Server, daemon: Daemon) -> list[str]:
+        pid, started = ensure_running(daemon)
+        return [f"server {server.name}: started {daemon.name} (pid {pid})"] if started else []
+
+    def _bridge_settings(self, server: Server) -> dict[str, str]:
         wanted = {
             "datapath_type": "netdev",
             "fail_mode": "secure",
-            "protocols": '["OpenFlow13"]',
-            'external_ids:"nvi-lab"': self.lab.name,
-            'external_ids:"nvi-server"': server.name,
+            "protocols": "OpenFlow13",
+            "external_ids:nvi-lab": self.lab.name,
+            "external_ids:nvi-server": server.name,
         }
+        if self.lab.directory:
+            # In-band control would add hidden flows that let traffic bypass the controller.
+            wanted["other_config:disable-in-band"] = "true"
+        return wanted
+
+    def _ensure_bridge(self, server: Server, ovs: OvsInstance) -> bool:
+        wanted = self._bridge_settings(server)
         current = self._bridge_config(ovs)
-        ports = ovs.vsctl("list-ports", BRIDGE).split() if current else []
-        if current == {k: v.strip('"') for k, v in wanted.items()} and ports == [UPLINK]:
-            return False
+        if current is not None and all(current.get(k) == v for k, v in wanted.items()):
+            in_place = UPLINK in ovs.vsctl("list-ports", BRIDGE).split()
+            if not self.lab.directory:
+                in_place &= ovs.vsctl("get-controller", BRIDGE).strip() == ""
+            else:
+                in_place &= ovs.vsctl("get-controller", BRIDGE).strip() == CONTROLLER_TARGET
+            if in_place:
+                return False
         ovs.vsctl(
-            "--may-exist",
-            "add-br",
-            BRIDGE,
-            "--",
-            "set",
-            "bridge",
-            BRIDGE,
-            *(f"{key}={value}" for key, value in wanted.items()),
-            "--",
-            "--may-exist",
-            "add-port",
-            BRIDGE,
-            UPLINK,
-            "--",
-            "set",
-            "interface",
-            UPLINK,
-            "ofport_request=1",
+            "--may-exist", "add-br", BRIDGE,
+            "--", "set", "bridge", BRIDGE, *(f"{key}={value}" for key, value in wanted.items()),
+            "--", "--may-exist", "add-port", BRIDGE, UPLINK,
+            "--", "set", "interface", UPLINK, "ofport_request=1",
         )
+        if self.lab.directory:
+            ovs.vsctl(
+                "set-controller", BRIDGE, CONTROLLER_TARGET,
+                "--", "set", "controller", BRIDGE, "max_backoff=1000",
+                "connection_mode=out-of-band",
+            )
         return True
 
     @staticmethod
     def _bridge_config(ovs: OvsInstance) -> dict[str, str] | None:
+        """The bridge's settings as flat `column[:key]` -> value, or None without a bridge."""
         if BRIDGE not in ovs.vsctl("list-br").split():
             return None
-        values = ovs.vsctl(
-            "--bare",
-            "--columns=datapath_type,fail_mode,protocols,external_ids",
-            "list",
-            "bridge",
-            BRIDGE,
-        ).splitlines()
-        external = dict(item.split("=", 1) for item in values[3].split()) if values[3] else {}
-        return {
-            "datapath_type": values[0],
-            "fail_mode": values[1],
-            "protocols": f'["{values[2]}"]' if values[2] else "",
-            'external_ids:"nvi-lab"': external.get("nvi-lab", ""),
-            'external_ids:"nvi-server"': external.get("nvi-server", ""),
-        }
+        columns = "datapath_type,fail_mode,protocols,external_ids,other_config"
+        table = json.loads(
+            ovs.vsctl("--format=json", f"--columns={columns}", "list", "bridge", BRIDGE)
+        )
+        row = dict(zip(table["headings"], table["data"][0], strict=True))
+        flat = {}
+        for column, value in row.items():
+            if isinstance(value, list) and value[0] == "map":
+                flat.update({f"{column}:{k}": v for k, v in value[1]})
+            elif isinstance(value, list) and value[0] == "set":
+                flat[column] = ",".join(value[1])
+            else:
+                flat[column] = value
+        return flat
 
     @staticmethod
     def _ensure_host_flows(server: Server, ovs: OvsInstance) -> bool:
@@ -279,6 +376,14 @@ class LabNet:
             for kind, members in (("cloud", self.lab.clouds), ("router", self.lab.routers))
             for m in members
         ]
+        if self.lab.directory:
+            pid = running_pid(self.directory_daemon())
+            others.append({
+                "member": self.lab.directory.name,
+                "kind": f"directory {self.lab.directory.url} " + (f"pid {pid}" if pid else "DOWN"),
+                "namespace": self.netns(self.lab.directory.name)
+                if self.netns(self.lab.directory.name) in present else None,
+            })
         return {
             "lab": self.lab.name,
             "logs": str(self.rundir),
@@ -320,6 +425,16 @@ class LabNet:
         if any(s.name == member for s in self.lab.servers):
             env.update(self.ovs(self.lab.server(member)).env)
         return ["ip", "netns", "exec", self.netns(member), *command], env
+
+
+def _write_if_changed(path: Path, text: str, private: bool = False) -> bool:
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    return True
 
 
 def _require_root() -> None:

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,14 +20,18 @@ from nvi.errors import NviError
 
 @dataclass(frozen=True)
 class Daemon:
-    """How to run one process of a lab member; `ready` is a path that exists once it serves."""
+    """How to run one process of a lab member; `ready` is a path that exists once it serves,
+    or a check that answers True once it does."""
 
     name: str
     netns: str
     argv: tuple[str, ...]
     rundir: Path
-    ready: Path
+    ready: Path | Callable[[], bool]
     env: Mapping[str, str] = field(default_factory=dict)
+
+    def is_ready(self) -> bool:
+        return self.ready.exists() if isinstance(self.ready, Path) else self.ready()
 
     @property
     def pidfile(self) -> Path:
@@ -54,7 +58,8 @@ def ensure_running(daemon: Daemon, timeout: float = 10.0) -> tuple[int, bool]:
     if pid is not None:
         return pid, False
     daemon.rundir.mkdir(parents=True, exist_ok=True)
-    daemon.ready.unlink(missing_ok=True)
+    if isinstance(daemon.ready, Path):
+        daemon.ready.unlink(missing_ok=True)
     with daemon.log.open("ab") as log:
         process = subprocess.Popen(
             ["ip", "netns", "exec", daemon.netns, *daemon.argv],
@@ -67,7 +72,7 @@ def ensure_running(daemon: Daemon, timeout: float = 10.0) -> tuple[int, bool]:
     started = _start_time(process.pid)
     daemon.pidfile.write_text(json.dumps({"pid": process.pid, "started": started}))
     deadline = time.monotonic() + timeout
-    while not daemon.ready.exists():
+    while not daemon.is_ready():
         if process.poll() is not None:
             raise NviError(f"{daemon.name} in {daemon.netns} exited at start: {_tail(daemon.log)}")
         if time.monotonic() > deadline:

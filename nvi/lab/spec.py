@@ -83,6 +83,25 @@ class Server(_Strict):
         return parse_pool(self.locators)
 
 
+class Directory(_Strict):
+    """The federation directory: a service on one cloud's underlay, reached by IP like any
+    internet service. With it, every server also runs its controller."""
+
+    name: MemberName = "directory"
+    cloud: MemberName
+    address: str
+    port: int = Field(7480, ge=1, le=65535)
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return _parse_ip(value)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+
 class Lab(_Strict):
     """A whole lab; checks that span several sections run when it is built."""
 
@@ -90,6 +109,7 @@ class Lab(_Strict):
     clouds: list[Cloud] = Field(min_length=1)
     routers: list[Router] = []
     servers: list[Server] = Field(min_length=1)
+    directory: Directory | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Lab:
@@ -107,7 +127,8 @@ class Lab(_Strict):
         raise NviError(f"lab {self.name} has no server {name!r}")
 
     def member_names(self) -> list[str]:
-        return [m.name for m in (*self.clouds, *self.routers, *self.servers)]
+        directory = [self.directory] if self.directory else []
+        return [m.name for m in (*self.clouds, *self.routers, *self.servers, *directory)]
 
     def gateways(self, clouds: set[str], member: str) -> list[tuple[str, str]]:
         """(subnet, gateway) routes for a member attached to `clouds`, towards every other cloud.
@@ -216,6 +237,8 @@ def _problems(lab: Lab) -> Iterator[str]:
             yield from claim(address, cloud_name, f"router {router.name}")
     for server in lab.servers:
         yield from claim(server.address, server.cloud, f"server {server.name}")
+    if lab.directory:
+        yield from claim(lab.directory.address, lab.directory.cloud, "the directory")
 
     pools: list[tuple[Server, netaddr.IPRange]] = []
     for server in lab.servers:

@@ -1,0 +1,243 @@
+"""A small declarative layer over aiohttp routes: each operation states who may call it and
+which models its path, query, body and answer are, so one declaration drives validation,
+authorisation and the OpenAPI document, and they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, get_origin
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from federation.errors import Forbidden, InvalidRequest, NotFound
+from federation.models import Error
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    TENANT = "tenant"
+    RESOLVER = "resolver"
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Role
+    tenant: str | None = None
+
+
+@dataclass
+class Call:
+    """What a handler gets: the validated request."""
+
+    request: web.Request
+    principal: Principal | None
+    path: dict[str, str]
+    query: Any
+    body: Any
+
+    def scope(self) -> str | None:
+        """The tenant a tenant token is confined to (None: every tenant)."""
+        return self.principal.tenant if self.principal else None
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+Authenticate = Callable[[web.Request], Awaitable[Principal]]
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    roles: frozenset[Role]
+    query: type[BaseModel] | None
+    body: type[BaseModel] | None
+    response: Any
+    status: int
+
+
+def _validation_error(error: ValidationError, where: str) -> InvalidRequest:
+    details = json.loads(error.json(include_url=False, include_context=False, include_input=False))
+    first = details[0]
+    location = ".".join(str(part) for part in first["loc"]) or where
+    failure = InvalidRequest(f"invalid {where}: {location}: {first['msg']}")
+    failure.details = details
+    return failure
+
+
+class Api:
+    """Operations of one service; `path_params` maps each path placeholder to its type."""
+
+    def __init__(self, path_params: dict[str, Any], authenticate: Authenticate) -> None:
+        self.operations: list[Operation] = []
+        self.path_types = path_params
+        self.path_params = {name: TypeAdapter(kind) for name, kind in path_params.items()}
+        self.authenticate = authenticate
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        *,
+        roles: set[Role] | None = None,
+        query: type[BaseModel] | None = None,
+        body: type[BaseModel] | None = None,
+        response: Any = None,
+        status: int = 200,
+    ) -> Callable[[Handler], Handler]:
+        """Declare an operation; `roles=None` means no credential is needed."""
+
+        def register(handler: Handler) -> Handler:
+            self.operations.append(
+                Operation(
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    frozenset(roles or ()),
+                    query,
+                    body,
+                    response,
+                    status,
+                )
+            )
+            return handler
+
+        return register
+
+    def add_routes(self, app: web.Application) -> None:
+        for operation in self.operations:
+            app.router.add_route(operation.method, operation.path, self._wrap(operation))
+
+    def _wrap(self, operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
+        answer = TypeAdapter(operation.response) if operation.response is not None else None
+
+        async def handle(request: web.Request) -> web.Response:
+            principal = None
+            if operation.roles:
+                principal = await self.authenticate(request)
+                if principal.role not in operation.roles:
+                    raise Forbidden(f"a {principal.role} credential may not: {operation.summary}")
+            path = self._path(request)
+            scope = principal.tenant if principal else None
+            if scope and path.get("tenant", scope) != scope:
+                raise NotFound(f"no tenant {path['tenant']!r}")
+            call = Call(request, principal, path, self._query(operation, request), None)
+            if operation.body is not None:
+                raw = await request.read()
+                try:
+                    call.body = operation.body.model_validate_json(raw)
+                except ValidationError as error:
+                    raise _validation_error(error, "body") from None
+            result = await operation.handler(call)
+            if answer is None:
+                return web.Response(status=operation.status)
+            return web.Response(
+                status=operation.status,
+                body=answer.dump_json(result),
+                content_type="application/json",
+            )
+
+        return handle
+
+    def _path(self, request: web.Request) -> dict[str, str]:
+        values = {}
+        for name, value in request.match_info.items():
+            try:
+                values[name] = self.path_params[name].validate_python(value)
+            except ValidationError as error:
+                raise _validation_error(error, f"{name} in path") from None
+        return values
+
+    @staticmethod
+    def _query(operation: Operation, request: web.Request) -> Any:
+        if operation.query is None:
+            return None
+        data: dict[str, Any] = {}
+        for key in request.query:
+            field = operation.query.model_fields.get(key)
+            many = field is not None and get_origin(field.annotation) is list
+            data[key] = request.query.getall(key) if many else request.query[key]
+        try:
+            return operation.query.model_validate(data)
+        except ValidationError as error:
+            raise _validation_error(error, "query") from None
+
+    def openapi(self, title: str, version: str, description: str) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of every declared operation."""
+        components: dict[str, Any] = {}
+
+        def schema(kind: Any, mode: str = "serialization") -> dict[str, Any]:
+            generated = TypeAdapter(kind).json_schema(
+                ref_template="#/components/schemas/{model}", mode=mode
+            )
+            components.update(generated.pop("$defs", {}))
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                components[kind.__name__] = generated
+                return {"$ref": f"#/components/schemas/{kind.__name__}"}
+            return generated
+
+        error = schema(Error)
+        paths: dict[str, Any] = {}
+        for op in self.operations:
+            parameters = [
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": schema(self.path_types[name], "validation"),
+                }
+                for name in re.findall(r"{(\w+)}", op.path)
+            ]
+            if op.query is not None:
+                query_schema = op.query.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+                components.update(query_schema.pop("$defs", {}))
+                for name, prop in query_schema["properties"].items():
+                    required = name in query_schema.get("required", [])
+                    parameter = {"name": name, "in": "query", "schema": prop, "required": required}
+                    if prop.get("type") == "array":
+                        parameter |= {"style": "form", "explode": True}
+                    parameters.append(parameter)
+            entry: dict[str, Any] = {
+                "operationId": op.handler.__name__,
+                "summary": op.summary,
+                "parameters": parameters,
+                "security": [{"bearer": []}] if op.roles else [],
+                "responses": {
+                    "default": {
+                        "description": "An error, with a message saying why",
+                        "content": {"application/json": {"schema": error}},
+                    }
+                },
+            }
+            if op.roles:
+                entry["description"] = "Credentials: " + ", ".join(sorted(op.roles)) + "."
+            if op.body is not None:
+                entry["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": schema(op.body, "validation")}},
+                }
+            success: dict[str, Any] = {"description": "Success"}
+            if op.response is not None:
+                success["content"] = {"application/json": {"schema": schema(op.response)}}
+            entry["responses"][str(op.status)] = success
+            paths.setdefault(op.path, {})[op.method.lower()] = entry
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": title, "version": version, "description": description},
+            "paths": paths,
+            "components": {
+                "schemas": components,
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
+        }

@@ -1,0 +1,245 @@
+"""`nvi directory ...`: run the directory service and operate it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import BaseModel
+
+from federation.client import DirectoryClient
+from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
+from federation.directory import new_token, token_hash
+from nvi.errors import NviError
+from nvi.output import print_json, print_table
+
+output_option = click.option(
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+@click.group()
+def directory() -> None:
+    """The federation directory: tenants, nodes, links and lookups."""
+
+
+@directory.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="TOML file (see docs/directory.md; `nvi directory init` writes one)",
+)
+def serve(config_path: str) -> None:
+    """Run the directory service until SIGINT or SIGTERM."""
+    from federation.service import serve as run
+
+    run(load_config(config_path))
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret + "\n")
+
+
+@directory.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=7480, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--etcd",
+    "etcd_endpoints",
+    multiple=True,
+    metavar="URL",
+    help="use the etcd backend with this member (repeat for each member)",
+)
+@output_option
+def init(folder: str, host: str, port: int, etcd_endpoints: tuple[str, ...], output: str) -> None:
+    """Write FOLDER/directory.toml and fresh admin and resolver tokens (mode 0600)."""
+    root = Path(folder)
+    config = root / "directory.toml"
+    if config.exists():
+        raise NviError(f"{config} exists; not overwriting it")
+    root.mkdir(parents=True, exist_ok=True)
+    admin, resolver = new_token(), new_token()
+    _write_secret(root / "admin.token", admin)
+    _write_secret(root / "resolver.token", resolver)
+    storage = (
+        StorageConfig(backend="etcd", endpoints=list(etcd_endpoints))
+        if etcd_endpoints
+        else StorageConfig(backend="sqlite", path=Path("directory.db"))
+    )
+    auth = AuthConfig(
+        admin_token_sha256=[token_hash(admin)], resolver_token_sha256=[token_hash(resolver)]
+    )
+    config.write_text(render_config(Config(host=host, port=port, storage=storage, auth=auth)))
+    row = {
+        "config": str(config),
+        "admin token": str(root / "admin.token"),
+        "resolver token": str(root / "resolver.token"),
+        "url": f"http://{host}:{port}",
+    }
+    _show(output, "directory", [row], list(row))
+
+
+@directory.command("credential")
+@output_option
+def credential(output: str) -> None:
+    """Make a new admin or resolver token and the hash to put in the config file."""
+    secret = new_token()
+    row = {"token": secret, "sha256": token_hash(secret)}
+    _show(output, "credential", [row], list(row))
+
+
+def _client_options(command: Callable) -> Callable:
+    options = [
+        click.option(
+            "--url",
+            envvar="NVI_DIRECTORY_URL",
+            default="http://127.0.0.1:7480",
+            show_default=True,
+            help="[env NVI_DIRECTORY_URL]",
+        ),
+        click.option("--token", envvar="NVI_DIRECTORY_TOKEN", help="[env NVI_DIRECTORY_TOKEN]"),
+        click.option(
+            "--token-file",
+            envvar="NVI_DIRECTORY_TOKEN_FILE",
+            type=click.Path(dir_okay=False),
+            help="[env NVI_DIRECTORY_TOKEN_FILE]",
+        ),
+        output_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run(
+    url: str,
+    token: str | None,
+    token_file: str | None,
+    call: Callable[[DirectoryClient], Awaitable[Any]],
+) -> Any:
+    """Run one client call; a token file wins over nothing, a --token over a file."""
+    if token is None and token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as error:
+            raise NviError(f"cannot read token file {token_file}: {error.strerror}") from None
+
+    async def go() -> Any:
+        async with DirectoryClient(url, token) as client:
+            return await call(client)
+
+    return asyncio.run(go())
+
+
+def _show(output: str, title: str, rows: list[Any], columns: list[str]) -> None:
+    data = [row.model_dump(mode="json") if isinstance(row, BaseModel) else row for row in rows]
+    if output == "json":
+        print_json(data)
+    else:
+        print_table(title, data, columns)
+
+
+@directory.command()
+@_client_options
+def health(url: str, token: str | None, token_file: str | None, output: str) -> None:
+    """Check that the service and its storage answer."""
+    _show(
+        output,
+        "health",
+        [_run(url, token, token_file, DirectoryClient.health)],
+        ["status", "backend", "revision"],
+    )
+
+
+@directory.group()
+def tenant() -> None:
+    """Tenants (admin token)."""
+
+
+@tenant.command("create")
+@click.argument("name")
+@_client_options
+def tenant_create(
+    name: str, url: str, token: str | None, token_file: str | None, output: str
+) -> None:
+    """Create tenant NAME and its first token (shown once)."""
+
+    async def call(client: DirectoryClient) -> Any:
+        await client.create_tenant(name)
+        return await client.create_token(name, "first token")
+
+    _show(output, "tenant", [_run(url, token, token_file, call)], ["tenant", "id", "token"])
+
+
+@tenant.command("list")
+@_client_options
+def tenant_list(url: str, token: str | None, token_file: str | None, output: str) -> None:
+    """List tenants."""
+    _show(output, "tenants", _run(url, token, token_file, DirectoryClient.list_tenants), ["name"])
+
+
+@tenant.command("delete")
+@click.argument("name")
+@_client_options
+def tenant_delete(
+    name: str, url: str, token: str | None, token_file: str | None, output: str
+) -> None:
+    """Delete tenant NAME (it must have no networks)."""
+    _run(url, token, token_file, lambda client: client.delete_tenant(name))
+
+
+@directory.group()
+def token() -> None:
+    """Tenant tokens."""
+
+
+@token.command("create")
+@click.argument("tenant_name", metavar="TENANT")
+@click.option("--description", default="", help="what the token is for")
+@_client_options
+def token_create(
+    tenant_name: str,
+    description: str,
+    url: str,
+    token: str | None,
+    token_file: str | None,
+    output: str,
+) -> None:
+    """Issue a new token for TENANT (the secret is shown once)."""
+    created = _run(
+        url, token, token_file, lambda client: client.create_token(tenant_name, description)
+    )
+    _show(output, "token", [created], ["tenant", "id", "description", "token"])
+
+
+@directory.command("nodes")
+@click.argument("tenant_name", metavar="TENANT")
+@_client_options
+def nodes(
+    tenant_name: str, url: str, token: str | None, token_file: str | None, output: str
+) -> None:
+    """List the nodes of TENANT."""
+    _show(
+        output,
+        "nodes",
+        _run(url, token, token_file, lambda client: client.list_nodes(tenant_name)),
+        ["name", "kind", "network", "ip", "mac", "locator", "server", "id"],
+    )
+
+
+@directory.command()
+@click.argument("locator")
+@_client_options
+def locate(locator: str, url: str, token: str | None, token_file: str | None, output: str) -> None:
+    """Show the node that holds underlay address LOCATOR."""
+    found = _run(url, token, token_file, lambda client: client.locate(locator))
+    _show(output, "node", [found.node], ["tenant", "name", "network", "ip", "mac", "server"])

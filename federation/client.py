@@ -1,0 +1,378 @@
+"""Asyncio client of the directory, used by host agents (to publish) and controllers (to look up).
+
+`DirectoryClient` is one method per API operation. `CachedResolver` answers a controller's
+lookups from memory and follows the change stream to keep that memory correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, TypeAdapter
+
+from federation.errors import DirectoryError, Gone, Unavailable, from_status
+from federation.models import (
+    Change,
+    ChangePage,
+    ChangeType,
+    Health,
+    Location,
+    Resolution,
+    TokenCreated,
+    TokenInfo,
+)
+from nvi.model import Link, LinkKind, Network, Node, NodeKind, Tenant
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@functools.cache
+def _adapter(answer: Any) -> TypeAdapter:
+    """Building a TypeAdapter costs more than a lookup; build each one once."""
+    return TypeAdapter(answer)
+
+
+class DirectoryClient:
+    """`async with DirectoryClient(url, token) as directory: ...`"""
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 10) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session = aiohttp.ClientSession(headers=headers)
+
+    async def __aenter__(self) -> DirectoryClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        answer: Any = None,
+        *,
+        json: Any = None,
+        params: Any = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One request; an error answer raises the matching DirectoryError."""
+        url = self.url + path
+        try:
+            async with self._session.request(
+                method,
+                url,
+                json=json,
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+            ) as response:
+                body = await response.read()
+                if response.status >= 400:
+                    try:
+                        message = _adapter(dict).validate_json(body)["error"]
+                    except (ValueError, KeyError):
+                        message = body.decode(errors="replace")[:200] or response.reason
+                    raise from_status(response.status, message)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise Unavailable(f"directory at {self.url}: {error or type(error).__name__}") from None
+        return _adapter(answer).validate_json(body) if answer is not None else None
+
+    async def health(self) -> Health:
+        return await self._call("GET", "/v1/health", Health)
+
+    # tenants and tokens
+
+    async def create_tenant(self, name: str) -> Tenant:
+        return await self._call("POST", "/v1/tenants", Tenant, json={"name": name})
+
+    async def list_tenants(self) -> list[Tenant]:
+        return await self._call("GET", "/v1/tenants", list[Tenant])
+
+    async def get_tenant(self, tenant: str) -> Tenant:
+        return await self._call("GET", f"/v1/tenants/{tenant}", Tenant)
+
+    async def delete_tenant(self, tenant: str) -> None:
+        await self._call("DELETE", f"/v1/tenants/{tenant}")
+
+    async def create_token(self, tenant: str, description: str = "") -> TokenCreated:
+        body = {"description": description}
+        return await self._call("POST", f"/v1/tenants/{tenant}/tokens", TokenCreated, json=body)
+
+    async def list_tokens(self, tenant: str) -> list[TokenInfo]:
+        return await self._call("GET", f"/v1/tenants/{tenant}/tokens", list[TokenInfo])
+
+    async def delete_token(self, tenant: str, token_id: str) -> None:
+        await self._call("DELETE", f"/v1/tenants/{tenant}/tokens/{token_id}")
+
+    # networks, nodes, links
+
+    async def create_network(
+        self, tenant: str, name: str, cidr: str, gateway: str | None = None
+    ) -> Network:
+        body = {"name": name, "cidr": cidr} | ({"gateway": gateway} if gateway else {})
+        return await self._call("POST", f"/v1/tenants/{tenant}/networks", Network, json=body)
+
+    async def list_networks(self, tenant: str) -> list[Network]:
+        return await self._call("GET", f"/v1/tenants/{tenant}/networks", list[Network])
+
+    async def get_network(self, tenant: str, name: str) -> Network:
+        return await self._call("GET", f"/v1/tenants/{tenant}/networks/{name}", Network)
+
+    async def delete_network(self, tenant: str, name: str) -> None:
+        await self._call("DELETE", f"/v1/tenants/{tenant}/networks/{name}")
+
+    async def create_node(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        kind: NodeKind | str,
+        network: str,
+        locator: str,
+        server: str,
+        ip: str | None = None,
+        mac: str | None = None,
+    ) -> Node:
+        body = {
+            "name": name,
+            "kind": str(kind),
+            "network": network,
+            "locator": locator,
+            "server": server,
+        }
+        body |= {key: value for key, value in (("ip", ip), ("mac", mac)) if value}
+        return await self._call("POST", f"/v1/tenants/{tenant}/nodes", Node, json=body)
+
+    async def list_nodes(self, tenant: str, network: str | None = None) -> list[Node]:
+        params = {"network": network} if network else None
+        return await self._call("GET", f"/v1/tenants/{tenant}/nodes", list[Node], params=params)
+
+    async def get_node(self, tenant: str, name: str) -> Node:
+        return await self._call("GET", f"/v1/tenants/{tenant}/nodes/{name}", Node)
+
+    async def move_node(
+        self, tenant: str, name: str, *, locator: str | None = None, server: str | None = None
+    ) -> Node:
+        body = {key: value for key, value in (("locator", locator), ("server", server)) if value}
+        return await self._call("PATCH", f"/v1/tenants/{tenant}/nodes/{name}", Node, json=body)
+
+    async def delete_node(self, tenant: str, name: str) -> None:
+        await self._call("DELETE", f"/v1/tenants/{tenant}/nodes/{name}")
+
+    async def create_link(self, tenant: str, kind: LinkKind | str, a: str, b: str) -> Link:
+        body = {"kind": str(kind), "a": a, "b": b}
+        return await self._call("POST", f"/v1/tenants/{tenant}/links", Link, json=body)
+
+    async def list_links(self, tenant: str) -> list[Link]:
+        return await self._call("GET", f"/v1/tenants/{tenant}/links", list[Link])
+
+    async def delete_link(self, tenant: str, link_id: str) -> None:
+        await self._call("DELETE", f"/v1/tenants/{tenant}/links/{link_id}")
+
+    # lookups and changes
+
+    async def resolve(
+        self,
+        ip: str,
+        *,
+        source: str | None = None,
+        tenant: str | None = None,
+        network: str | None = None,
+        source_ip: str | None = None,
+    ) -> Resolution:
+        """Name the source by node id, or by tenant, network and source_ip."""
+        params = {
+            "ip": ip,
+            "source": source,
+            "tenant": tenant,
+            "network": network,
+            "source_ip": source_ip,
+        }
+        params = {key: value for key, value in params.items() if value is not None}
+        return await self._call("GET", "/v1/resolve", Resolution, params=params)
+
+    async def locate(self, locator: str) -> Location:
+        return await self._call("GET", f"/v1/locators/{locator}", Location)
+
+    async def changes(
+        self,
+        since: int | None = None,
+        *,
+        wait: float = 0,
+        limit: int = 500,
+        tenants: Iterable[str] = (),
+    ) -> ChangePage:
+        """Changes after `since`; `since=None` only reports the current revision."""
+        params: list[tuple[str, str]] = [("limit", str(limit)), ("wait", str(wait))]
+        params += [("tenant", tenant) for tenant in tenants]
+        if since is not None:
+            params.append(("since", str(since)))
+        return await self._call(
+            "GET", "/v1/changes", ChangePage, params=params, timeout=wait + self.timeout
+        )
+
+
+class LookupCache:
+    """Lookup answers, and which changes make them stale.
+
+    An answer read at revision R is kept only if no change after R has been applied yet;
+    every later change that touches it evicts it, so a cached answer is always one that the
+    directory would still give.
+    """
+
+    def __init__(self) -> None:
+        self.revision = 0
+        self._answers: dict[tuple, BaseModel] = {}
+        self._by_node: dict[str, set[tuple]] = defaultdict(set)
+        self._by_tenant: dict[str, set[tuple]] = defaultdict(set)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: tuple) -> Any:
+        return self._answers.get(key)
+
+    def store(self, key: tuple, answer: Resolution | Location) -> None:
+        if answer.revision < self.revision:
+            return  # a change we already applied may postdate this answer
+        self._answers[key] = answer
+        nodes = (
+            [answer.node] if isinstance(answer, Location) else [answer.source, answer.destination]
+        )
+        for node in nodes:
+            self._by_node[node.id].add(key)
+            self._by_tenant[node.tenant].add(key)
+
+    def apply(self, change: Change) -> None:
+        if change.type in (ChangeType.LINK_CREATED, ChangeType.LINK_REMOVED):
+            self._evict(self._by_tenant.pop(change.tenant, set()))
+        elif change.node is not None and change.type != ChangeType.NODE_CREATED:
+            self._evict(self._by_node.pop(change.node.id, set()))
+        self.revision = max(self.revision, change.revision)
+
+    def _evict(self, keys: set[tuple]) -> None:
+        for key in keys:
+            self._answers.pop(key, None)
+
+    def clear(self) -> None:
+        self._answers.clear()
+        self._by_node.clear()
+        self._by_tenant.clear()
+
+
+Callback = Callable[[Change], Awaitable[None] | None]
+
+
+class CachedResolver:
+    """A controller's view of the directory: cached lookups, and a feed of relevant changes.
+
+    `on_change` is called for every change (drop flows for a moved or deleted node, or for a
+    removed link); `on_resync` when changes were lost (the log was pruned while this resolver
+    was away): the controller should then drop every flow it derived from lookups.
+    """
+
+    def __init__(
+        self,
+        client: DirectoryClient,
+        *,
+        tenants: Iterable[str] = (),
+        on_change: Callback | None = None,
+        on_resync: Callable[[], Any] | None = None,
+        wait: float = 25,
+    ) -> None:
+        self.client = client
+        self.tenants = list(tenants)
+        self.on_change = on_change
+        self.on_resync = on_resync
+        self.wait = wait
+        self.cache = LookupCache()
+        self.live = False
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> CachedResolver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Begin at the directory's current revision and follow changes from there."""
+        self.cache.revision = (await self.client.changes(None)).revision
+        self.live = True
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def resolve(self, ip: str, **source: str) -> Resolution:
+        key = ("resolve", ip, *sorted(source.items()))
+        return await self._cached(key, lambda: self.client.resolve(ip, **source))
+
+    async def locate(self, locator: str) -> Location:
+        return await self._cached(("locate", locator), lambda: self.client.locate(locator))
+
+    async def _cached(self, key: tuple, fetch: Callable[[], Awaitable[T]]) -> T:
+        if self.live and (answer := self.cache.get(key)) is not None:
+            return answer
+        answer = await fetch()
+        if self.live:
+            self.cache.store(key, answer)
+        return answer
+
+    async def _follow(self) -> None:
+        """Long-poll the change log from the last applied revision; reconnecting resumes."""
+        delay = 0.1
+        resync = False
+        while True:
+            try:
+                if resync:
+                    self.cache.clear()
+                    self.cache.revision = (await self.client.changes(None)).revision
+                    resync = False
+                    if self.on_resync:
+                        await _maybe_await(self.on_resync())
+                page = await self.client.changes(
+                    self.cache.revision,
+                    wait=0 if not self.live else self.wait,
+                    tenants=self.tenants,
+                )
+            except Gone:
+                log.warning(
+                    "directory changes after %s were pruned; resynchronising", self.cache.revision
+                )
+                self.live, resync = False, True
+                continue
+            except DirectoryError as error:
+                if self.live:
+                    log.warning("lost the directory change stream: %s", error)
+                self.live = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+                continue
+            for change in page.changes:
+                self.cache.apply(change)
+                if self.on_change:
+                    await _maybe_await(self.on_change(change))
+            self.cache.revision = max(self.cache.revision, page.revision)
+            self.live = not page.more  # cached answers are served only when caught up
+            delay = 0.1
+
+
+async def _maybe_await(result: Any) -> None:
+    if inspect.isawaitable(result):
+        await result

@@ -1,0 +1,78 @@
+"""The service's configuration file (TOML), validated like any other input."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from nvi.errors import NviError
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageConfig(_Section):
+    backend: Literal["sqlite", "etcd"] = "sqlite"
+    path: Path = Field(Path("directory.db"), description="sqlite: relative to the config file")
+    endpoints: list[str] = Field([], description="etcd: client URLs of the cluster's members")
+    prefix: str = Field("/nvi/directory/", description="etcd: key prefix of this directory")
+
+
+class AuthConfig(_Section):
+    admin_token_sha256: list[Sha256] = Field(min_length=1)
+    resolver_token_sha256: list[Sha256] = []
+
+
+class Config(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7480, ge=0, le=65535)
+    max_body_bytes: int = Field(65536, ge=1024)
+    change_retention: int = Field(100_000, ge=1, description="change records kept for resume")
+    prune_interval: float = Field(60, gt=0)
+    max_wait: float = Field(30, ge=0, description="longest wait of one change request, seconds")
+    storage: StorageConfig = StorageConfig()
+    auth: AuthConfig
+
+
+def load_config(path: str | Path) -> Config:
+    """Read FILE; relative storage paths are taken from the file's own directory."""
+    path = Path(path)
+    try:
+        config = Config.model_validate(tomllib.loads(path.read_text()))
+    except OSError as error:
+        raise NviError(f"cannot read config {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise NviError(f"invalid config {path}: {error}") from None
+    except ValidationError as error:
+        reasons = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False)
+        )
+        raise NviError(f"invalid config {path}: {reasons}") from None
+    if not config.storage.path.is_absolute():
+        config.storage.path = path.parent.resolve() / config.storage.path
+    if config.storage.backend == "etcd" and not config.storage.endpoints:
+        raise NviError(f"invalid config {path}: the etcd backend needs storage.endpoints")
+    return config
+
+
+def render_config(config: Config) -> str:
+    """The config as a TOML file (`nvi directory init` and the tests write it this way)."""
+
+    def section(values: dict) -> list[str]:
+        # JSON strings, numbers and arrays of strings are valid TOML values.
+        return [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+
+    data = config.model_dump(mode="json")
+    storage, auth = data.pop("storage"), data.pop("auth")
+    lines = ["# NVI federation directory (see docs/directory.md)", *section(data), "", "[storage]"]
+    lines += section(storage)
+    lines += ["", "[auth]", "# SHA-256 of each accepted token; the tokens are not stored here"]
+    lines += section(auth)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,545 @@
+"""The directory's rules, written once on top of any `Store`.
+
+Keys (every value is JSON):
+
+    t/{tenant}                       Tenant; re-written by every change of the tenant
+    tok/{sha256 of secret}           {tenant, id}
+    tt/{tenant}/{token id}           TokenInfo + hash
+    w/{tenant}/{network}             Network
+    n/{tenant}/{node name}           Node          (and the same Node under:)
+    id/{node id}, ip/{tenant}/{ip}, loc/{locator}
+    mac/{tenant}/{network}/{mac}     node id
+    l/{tenant}/{link id}             Link
+
+Every write of a tenant's records expects `t/{tenant}` unchanged since it was read and
+re-writes it, so the writes of one tenant are serialised (optimistic concurrency: a loser
+re-reads and tries again). Checks that span tenants (tenant names, locators, token hashes)
+are expectations on the unique key itself. Each write appends one change record, in the
+same transaction, when it matters to controllers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import random
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from federation.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from federation.models import (
+    Change,
+    ChangePage,
+    ChangeType,
+    LinkCreate,
+    Location,
+    NetworkCreate,
+    NodeCreate,
+    NodeUpdate,
+    Resolution,
+    ResolveQuery,
+    TokenCreated,
+    TokenInfo,
+)
+from federation.storage import Delete, Expect, Put, Snapshot, Store
+from nvi.model import Link, LinkKind, Network, Node, Tenant
+
+_ATTEMPTS = 50
+
+
+def token_hash(secret: str) -> str:
+    """Tokens are 256 random bits, so one SHA-256 is enough to make a stolen database useless."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "nvi_" + secrets.token_urlsafe(32)
+
+
+def _dump(record: BaseModel | dict[str, Any]) -> bytes:
+    data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load(model: type[M], raw: bytes) -> M:
+    return model.model_validate_json(raw)
+
+
+def _random_mac() -> str:
+    octets = [0x02] + [random.randrange(256) for _ in range(5)]
+    return ":".join(f"{octet:02x}" for octet in octets)
+
+
+@dataclass
+class _Write:
+    """What one attempt of a change wants to commit, and what to return if it does."""
+
+    expects: list[Expect] = field(default_factory=list)
+    ops: list[Put | Delete] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    result: Any = None
+
+    def put(self, key: str, record: BaseModel | dict[str, Any]) -> None:
+        self.ops.append(Put(key, _dump(record)))
+
+    def delete(self, *keys: str) -> None:
+        self.ops.extend(Delete(key) for key in keys)
+
+    def change(self, kind: ChangeType, tenant: str, **records: BaseModel | None) -> None:
+        self.changes.append(
+            {"type": kind.value, "tenant": tenant}
+            | {name: r.model_dump(mode="json") for name, r in records.items() if r is not None}
+        )
+
+
+def _node_keys(node: Node) -> list[str]:
+    return [
+        f"n/{node.tenant}/{node.name}",
+        f"id/{node.id}",
+        f"ip/{node.tenant}/{node.ip}",
+        f"loc/{node.locator}",
+    ]
+
+
+class Directory:
+    """Tenants, tokens, networks, nodes, links, lookups and the change log."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def _write(self, attempt: Callable[[], Awaitable[_Write]]) -> Any:
+        """Run `attempt` until its expectations hold at commit time."""
+        for tries in range(_ATTEMPTS):
+            write = await attempt()
+            record = json.dumps(write.changes).encode() if write.changes else None
+            if await self.store.commit(write.expects, write.ops, record) is not None:
+                return write.result
+            await asyncio.sleep(random.uniform(0, 0.001 * tries))
+        raise Unavailable("the directory is too busy with changes to this tenant; try again")
+
+    async def _lock_tenant(self, tenant: str, *keys: str) -> tuple[_Write, Snapshot]:
+        """Read the tenant (and `keys`) and start a write that serialises with its others."""
+        snapshot = await self.store.get(f"t/{tenant}", *keys)
+        raw = snapshot.value(f"t/{tenant}")
+        if raw is None:
+            raise NotFound(f"no tenant {tenant!r}")
+        write = _Write(expects=[Expect(f"t/{tenant}", snapshot.mod_rev(f"t/{tenant}"))])
+        write.ops.append(Put(f"t/{tenant}", raw))
+        return write, snapshot
+
+    async def _lock_record(self, tenant: str, key: str, missing: str) -> tuple[_Write, bytes]:
+        """Start a tenant write that changes the existing record at `key`."""
+        write, snapshot = await self._lock_tenant(tenant, key)
+        raw = snapshot.value(key)
+        if raw is None:
+            raise NotFound(missing)
+        return write, raw
+
+    async def _read_record(self, tenant: str, key: str, missing: str) -> bytes:
+        snapshot = await self.store.get(f"t/{tenant}", key)
+        if f"t/{tenant}" not in snapshot.entries:
+            raise NotFound(f"no tenant {tenant!r}")
+        raw = snapshot.value(key)
+        if raw is None:
+            raise NotFound(missing)
+        return raw
+
+    # tenants and tokens
+
+    async def create_tenant(self, name: str) -> Tenant:
+        tenant = Tenant(name=name)
+
+        async def attempt() -> _Write:
+            if (await self.store.get(f"t/{name}")).entries:
+                raise Conflict(f"tenant {name!r} exists")
+            write = _Write(expects=[Expect(f"t/{name}", 0)], result=tenant)
+            write.put(f"t/{name}", tenant)
+            return write
+
+        return await self._write(attempt)
+
+    async def get_tenant(self, name: str) -> Tenant:
+        raw = (await self.store.get(f"t/{name}")).value(f"t/{name}")
+        if raw is None:
+            raise NotFound(f"no tenant {name!r}")
+        return _load(Tenant, raw)
+
+    async def list_tenants(self) -> list[Tenant]:
+        return [_load(Tenant, e.value) for e in (await self.store.scan("t/")).entries.values()]
+
+    async def delete_tenant(self, name: str) -> None:
+        async def attempt() -> _Write:
+            write, _ = await self._lock_tenant(name)
+            if (await self.store.scan(f"w/{name}/")).entries:
+                raise Conflict(f"tenant {name!r} still has networks; delete them first")
+            tokens = (await self.store.scan(f"tt/{name}/")).entries.values()
+            write.ops = [Delete(f"t/{name}")]
+            for entry in tokens:
+                write.delete(entry.key, f"tok/{json.loads(entry.value)['hash']}")
+            return write
+
+        await self._write(attempt)
+
+    async def create_token(self, tenant: str, description: str = "") -> TokenCreated:
+        secret = new_token()
+        digest = token_hash(secret)
+        info = TokenInfo(
+            id=secrets.token_hex(8),
+            tenant=tenant,
+            description=description,
+            created=datetime.now(UTC),
+        )
+
+        async def attempt() -> _Write:
+            write, _ = await self._lock_tenant(tenant)
+            write.expects.append(Expect(f"tok/{digest}", 0))
+            write.put(f"tok/{digest}", {"tenant": tenant, "id": info.id})
+            write.put(f"tt/{tenant}/{info.id}", info.model_dump(mode="json") | {"hash": digest})
+            write.result = TokenCreated(**info.model_dump(), token=secret)
+            return write
+
+        return await self._write(attempt)
+
+    async def list_tokens(self, tenant: str) -> list[TokenInfo]:
+        await self.get_tenant(tenant)
+        entries = (await self.store.scan(f"tt/{tenant}/")).entries.values()
+        return [TokenInfo.model_validate_json(entry.value) for entry in entries]
+
+    async def delete_token(self, tenant: str, token_id: str) -> None:
+        async def attempt() -> _Write:
+            key = f"tt/{tenant}/{token_id}"
+            write, raw = await self._lock_record(
+                tenant, key, f"tenant {tenant!r} has no token {token_id!r}"
+            )
+            write.delete(key, f"tok/{json.loads(raw)['hash']}")
+            return write
+
+        await self._write(attempt)
+
+    async def tenant_of(self, secret: str) -> str | None:
+        """The tenant a token belongs to, if it is a valid tenant token."""
+        key = f"tok/{token_hash(secret)}"
+        raw = (await self.store.get(key)).value(key)
+        return json.loads(raw)["tenant"] if raw else None
+
+    # networks
+
+    async def create_network(self, tenant: str, spec: NetworkCreate) -> Network:
+        cidr = ipaddress.ip_network(spec.cidr)
+        gateway = spec.gateway or str(next(cidr.hosts()))
+        network = Network(tenant=tenant, name=spec.name, cidr=spec.cidr, gateway=gateway)
+        if ipaddress.ip_address(gateway) not in cidr or gateway in (
+            str(cidr.network_address),
+            str(cidr.broadcast_address),
+        ):
+            raise InvalidRequest(f"gateway {gateway} is not a host address of {cidr}")
+
+        async def attempt() -> _Write:
+            write, _ = await self._lock_tenant(tenant)
+            for entry in (await self.store.scan(f"w/{tenant}/")).entries.values():
+                other = _load(Network, entry.value)
+                if other.name == spec.name:
+                    raise Conflict(f"tenant {tenant!r} already has a network {spec.name!r}")
+                if cidr.overlaps(ipaddress.ip_network(other.cidr)):
+                    raise Conflict(
+                        f"{cidr} overlaps network {other.name!r} ({other.cidr}); "
+                        "the networks of one tenant must not overlap"
+                    )
+            write.put(f"w/{tenant}/{spec.name}", network)
+            write.result = network
+            return write
+
+        return await self._write(attempt)
+
+    async def get_network(self, tenant: str, name: str) -> Network:
+        missing = f"tenant {tenant!r} has no network {name!r}"
+        return _load(Network, await self._read_record(tenant, f"w/{tenant}/{name}", missing))
+
+    async def list_networks(self, tenant: str) -> list[Network]:
+        await self.get_tenant(tenant)
+        entries = (await self.store.scan(f"w/{tenant}/")).entries.values()
+        return [_load(Network, entry.value) for entry in entries]
+
+    async def delete_network(self, tenant: str, name: str) -> None:
+        async def attempt() -> _Write:
+            key = f"w/{tenant}/{name}"
+            write, _ = await self._lock_record(
+                tenant, key, f"tenant {tenant!r} has no network {name!r}"
+            )
+            if any(node.network == name for node in await self._nodes(tenant)):
+                raise Conflict(f"network {name!r} still has nodes; delete them first")
+            write.delete(key)
+            self._remove_links(write, await self._links(tenant), LinkKind.NETWORK, name)
+            return write
+
+        await self._write(attempt)
+
+    # nodes
+
+    async def _nodes(self, tenant: str) -> list[Node]:
+        entries = (await self.store.scan(f"n/{tenant}/")).entries.values()
+        return [_load(Node, entry.value) for entry in entries]
+
+    async def create_node(self, tenant: str, spec: NodeCreate) -> Node:
+        return (await self.create_nodes(tenant, [spec]))[0]
+
+    async def create_nodes(self, tenant: str, specs: list[NodeCreate]) -> list[Node]:
+        """Publish nodes atomically: all of them, complete, or none."""
+        ids = [uuid.uuid4().hex for _ in specs]
+
+        async def attempt() -> _Write:
+            write, _ = await self._lock_tenant(tenant)
+            networks = {n.name: n for n in await self.list_networks(tenant)}
+            existing = await self._nodes(tenant)
+            names = {node.name for node in existing}
+            used_ips = {node.ip for node in existing}
+            macs = {(node.network, node.mac) for node in existing}
+            nodes = []
+            for node_id, spec in zip(ids, specs, strict=True):
+                network = networks.get(spec.network)
+                if network is None:
+                    raise InvalidRequest(f"tenant {tenant!r} has no network {spec.network!r}")
+                if spec.name in names:
+                    raise Conflict(f"tenant {tenant!r} already has a node {spec.name!r}")
+                ip = spec.ip or self._free_ip(network, used_ips)
+                if not network.usable(ip):
+                    raise InvalidRequest(
+                        f"{ip} is not a usable address of network {network.name!r} "
+                        f"({network.cidr}, gateway {network.gateway})"
+                    )
+                if ip in used_ips:
+                    raise Conflict(f"{ip} is already used in tenant {tenant!r}")
+                mac = spec.mac or _random_mac()
+                if (spec.network, mac) in macs:
+                    raise Conflict(f"MAC {mac} is already used in network {spec.network!r}")
+                node = Node(
+                    id=node_id,
+                    tenant=tenant,
+                    name=spec.name,
+                    kind=spec.kind,
+                    network=spec.network,
+                    ip=ip,
+                    mac=mac,
+                    locator=spec.locator,
+                    server=spec.server,
+                )
+                names.add(node.name)
+                used_ips.add(ip)
+                macs.add((node.network, mac))
+                nodes.append(node)
+            await self._claim_locators(write, [node.locator for node in nodes])
+            for node in nodes:
+                for key in _node_keys(node):
+                    write.put(key, node)
+                write.put(f"mac/{tenant}/{node.network}/{node.mac}", {"id": node.id})
+                write.change(ChangeType.NODE_CREATED, tenant, node=node)
+            write.result = nodes
+            return write
+
+        return await self._write(attempt)
+
+    async def _claim_locators(self, write: _Write, locators: list[str]) -> None:
+        """Locators are global: expect each to be unused at commit, whichever tenant races."""
+        if len(set(locators)) != len(locators):
+            raise Conflict("the same locator is given twice")
+        taken = await self.store.get(*(f"loc/{locator}" for locator in locators))
+        for entry in taken.entries.values():
+            raise Conflict(f"locator {entry.key[4:]} is already in use")
+        write.expects.extend(Expect(f"loc/{locator}", 0) for locator in locators)
+
+    @staticmethod
+    def _free_ip(network: Network, used: set[str]) -> str:
+        for host in ipaddress.ip_network(network.cidr).hosts():
+            if str(host) not in used and network.usable(str(host)):
+                return str(host)
+        raise Conflict(f"network {network.name!r} ({network.cidr}) has no free address")
+
+    async def get_node(self, tenant: str, name: str) -> Node:
+        missing = f"tenant {tenant!r} has no node {name!r}"
+        return _load(Node, await self._read_record(tenant, f"n/{tenant}/{name}", missing))
+
+    async def list_nodes(self, tenant: str, network: str | None = None) -> list[Node]:
+        await self.get_tenant(tenant)
+        return [n for n in await self._nodes(tenant) if network in (None, n.network)]
+
+    async def move_node(self, tenant: str, name: str, update: NodeUpdate) -> Node:
+        """Change where a node runs; controllers holding flows for it are told."""
+
+        async def attempt() -> _Write:
+            key = f"n/{tenant}/{name}"
+            write, raw = await self._lock_record(
+                tenant, key, f"tenant {tenant!r} has no node {name!r}"
+            )
+            old = _load(Node, raw)
+            new = old.model_copy(
+                update={
+                    "locator": update.locator or old.locator,
+                    "server": update.server or old.server,
+                }
+            )
+            write.result = new
+            if new == old:
+                return _Write(result=old)
+            if new.locator != old.locator:
+                await self._claim_locators(write, [new.locator])
+                write.delete(f"loc/{old.locator}")
+            for node_key in _node_keys(new):
+                write.put(node_key, new)
+            write.change(ChangeType.NODE_MOVED, tenant, node=new, previous=old)
+            return write
+
+        return await self._write(attempt)
+
+    async def delete_node(self, tenant: str, name: str) -> None:
+        async def attempt() -> _Write:
+            key = f"n/{tenant}/{name}"
+            write, raw = await self._lock_record(
+                tenant, key, f"tenant {tenant!r} has no node {name!r}"
+            )
+            node = _load(Node, raw)
+            write.delete(*_node_keys(node), f"mac/{tenant}/{node.network}/{node.mac}")
+            write.change(ChangeType.NODE_DELETED, tenant, node=node)
+            self._remove_links(write, await self._links(tenant), LinkKind.NODE, name)
+            return write
+
+        await self._write(attempt)
+
+    # links
+
+    async def _links(self, tenant: str) -> list[Link]:
+        entries = (await self.store.scan(f"l/{tenant}/")).entries.values()
+        return [_load(Link, entry.value) for entry in entries]
+
+    @staticmethod
+    def _remove_links(write: _Write, links: Iterable[Link], kind: LinkKind, end: str) -> None:
+        for link in links:
+            if link.kind == kind and end in (link.a, link.b):
+                write.delete(f"l/{link.tenant}/{link.id}")
+                write.change(ChangeType.LINK_REMOVED, link.tenant, link=link)
+
+    async def create_link(self, tenant: str, spec: LinkCreate) -> Link:
+        link_id = Link.make_id(spec.kind, spec.a, spec.b)
+        a, b = sorted((spec.a, spec.b))
+        link = Link(tenant=tenant, id=link_id, kind=spec.kind, a=a, b=b)
+        prefix = "w" if spec.kind == LinkKind.NETWORK else "n"
+        ends = [f"{prefix}/{tenant}/{a}", f"{prefix}/{tenant}/{b}"]
+
+        async def attempt() -> _Write:
+            write, snapshot = await self._lock_tenant(tenant, f"l/{tenant}/{link_id}", *ends)
+            for end, name in zip(ends, (a, b), strict=True):
+                if end not in snapshot.entries:
+                    raise InvalidRequest(f"tenant {tenant!r} has no {spec.kind.value} {name!r}")
+            if f"l/{tenant}/{link_id}" in snapshot.entries:
+                raise Conflict(f"link {link_id!r} exists")
+            write.put(f"l/{tenant}/{link_id}", link)
+            write.change(ChangeType.LINK_CREATED, tenant, link=link)
+            write.result = link
+            return write
+
+        return await self._write(attempt)
+
+    async def list_links(self, tenant: str) -> list[Link]:
+        await self.get_tenant(tenant)
+        return await self._links(tenant)
+
+    async def delete_link(self, tenant: str, link_id: str) -> None:
+        async def attempt() -> _Write:
+            key = f"l/{tenant}/{link_id}"
+            write, raw = await self._lock_record(
+                tenant, key, f"tenant {tenant!r} has no link {link_id!r}"
+            )
+            write.delete(key)
+            write.change(ChangeType.LINK_REMOVED, tenant, link=_load(Link, raw))
+            return write
+
+        await self._write(attempt)
+
+    # lookups
+
+    async def resolve(self, query: ResolveQuery, tenant: str | None = None) -> Resolution:
+        """Destination node of `query.ip` in the source's tenant, and whether policy allows it.
+
+        `tenant`, when given, is the caller's tenant: a source outside it is not found.
+        """
+        if query.source is not None:
+            source_key = f"id/{query.source}"
+            snapshot = await self.store.get(source_key)
+        else:
+            source_key = f"ip/{query.tenant}/{query.source_ip}"
+            snapshot = await self.store.get(source_key, f"ip/{query.tenant}/{query.ip}")
+        raw = snapshot.value(source_key)
+        source = _load(Node, raw) if raw else None
+        if (
+            source is None
+            or tenant not in (None, source.tenant)
+            or query.network not in (None, source.network)
+        ):
+            raise NotFound("no such source node")
+        destination_key = f"ip/{source.tenant}/{query.ip}"
+        if destination_key not in snapshot.entries and query.source is not None:
+            snapshot.entries.update((await self.store.get(destination_key)).entries)
+        destination_raw = snapshot.value(destination_key)
+        if destination_raw is None:
+            raise NotFound(f"no node with address {query.ip} in the source's tenant")
+        destination = _load(Node, destination_raw)
+        return Resolution(
+            source=source,
+            destination=destination,
+            allowed=await self._allowed(source, destination),
+            revision=snapshot.revision,
+        )
+
+    async def _allowed(self, source: Node, destination: Node) -> bool:
+        if source.network == destination.network:
+            return True
+        tenant = source.tenant
+        keys = [
+            f"l/{tenant}/{Link.make_id(LinkKind.NETWORK, source.network, destination.network)}",
+            f"l/{tenant}/{Link.make_id(LinkKind.NODE, source.name, destination.name)}",
+        ]
+        return bool((await self.store.get(*keys)).entries)
+
+    async def locate(self, locator: str, tenant: str | None = None) -> Location:
+        snapshot = await self.store.get(f"loc/{locator}")
+        raw = snapshot.value(f"loc/{locator}")
+        node = _load(Node, raw) if raw else None
+        if node is None or tenant not in (None, node.tenant):
+            raise NotFound(f"no node has locator {locator}")
+        return Location(node=node, revision=snapshot.revision)
+
+    # the change log
+
+    async def changes(
+        self, since: int | None, limit: int = 500, wait: float = 0, tenants: Iterable[str] = ()
+    ) -> ChangePage:
+        """Changes after revision `since` (of `tenants`, if given), waiting up to `wait` s."""
+        wanted = set(tenants)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        if since is None:
+            return ChangePage(changes=[], revision=(await self.store.get()).revision)
+        while True:
+            page = await self.store.log(since, limit)
+            changes = [
+                Change(revision=revision, **change)
+                for revision, record in page.records
+                for change in json.loads(record)
+                if not wanted or change["tenant"] in wanted
+            ]
+            full = len(page.records) == limit
+            cursor = page.records[-1][0] if full else max(page.head, since)
+            if changes or full or loop.time() >= deadline:
+                return ChangePage(changes=changes, revision=cursor, more=full)
+            since = cursor
+            await self.store.wait(since, deadline - loop.time())

@@ -1,0 +1,213 @@
+"""Directory processes on this machine: etcd members and `nvi directory serve`, started and
+stopped by PID. The tests, the benchmark and the lab use these to run real clusters on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from federation.config import AuthConfig, Config, StorageConfig, render_config
+from federation.directory import new_token, token_hash
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 15, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def http_json(url: str) -> dict | None:
+    """The JSON body of a 200 answer, or None if there is none (yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as reply:
+            return json.loads(reply.read()) if reply.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop one process we started, by its PID."""
+    if process.poll() is None:
+        os.kill(process.pid, sig)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@dataclass
+class EtcdMember:
+    name: str
+    client_url: str
+    peer_url: str
+    data_dir: Path
+    process: subprocess.Popen | None = None
+
+
+@dataclass
+class EtcdCluster:
+    members: list[EtcdMember]
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [member.client_url for member in self.members]
+
+    def start(self, member: EtcdMember) -> None:
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        member.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(member.data_dir.parent / f"{member.name}.log", "ab")  # noqa: SIM115
+        member.process = subprocess.Popen(
+            [
+                ETCD,
+                "--name",
+                member.name,
+                "--data-dir",
+                str(member.data_dir),
+                "--listen-client-urls",
+                member.client_url,
+                "--advertise-client-urls",
+                member.client_url,
+                "--listen-peer-urls",
+                member.peer_url,
+                "--initial-advertise-peer-urls",
+                member.peer_url,
+                "--initial-cluster",
+                initial,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                self.token,
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "10000",
+                "--log-level",
+                "warn",
+                "--logger",
+                "zap",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def healthy(self, member: EtcdMember) -> bool:
+        return (http_json(member.client_url + "/health") or {}).get("health") == "true"
+
+    def stop_all(self) -> None:
+        for member in self.members:
+            if member.process:
+                stop(member.process)
+
+
+def start_etcd_cluster(root: Path, size: int = 3) -> EtcdCluster:
+    members = [
+        EtcdMember(
+            f"m{i}",
+            f"http://127.0.0.1:{free_port()}",
+            f"http://127.0.0.1:{free_port()}",
+            root / f"m{i}",
+        )
+        for i in range(size)
+    ]
+    cluster = EtcdCluster(members)
+    try:
+        for member in members:
+            cluster.start(member)
+        for member in members:
+            wait_until(lambda m=member: cluster.healthy(m), 30, f"etcd member {member.name}")
+    except BaseException:
+        cluster.stop_all()
+        raise
+    return cluster
+
+
+@dataclass
+class Credentials:
+    admin: str = field(default_factory=new_token)
+    resolver: str = field(default_factory=new_token)
+
+    def auth(self) -> AuthConfig:
+        return AuthConfig(
+            admin_token_sha256=[token_hash(self.admin)],
+            resolver_token_sha256=[token_hash(self.resolver)],
+        )
+
+
+@dataclass
+class ServiceProcess:
+    """`nvi directory serve` as a process of its own."""
+
+    config_path: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.config_path.with_suffix(".log"), "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from nvi.cli import main; main()",
+                "directory",
+                "serve",
+                "--config",
+                str(self.config_path),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_until(
+            lambda: self.process.poll() is None and http_json(self.url + "/v1/health") is not None,
+            30,
+            "the directory service",
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process:
+            stop(self.process, sig)
+
+
+def write_config(path: Path, credentials: Credentials, storage: StorageConfig, **settings) -> int:  # noqa: ANN003
+    """Write a config file the way an operator would; returns the chosen port."""
+    port = free_port()
+    config = Config(port=port, auth=credentials.auth(), storage=storage, **settings)
+    path.write_text(render_config(config))
+    return port

@@ -1,0 +1,158 @@
+"""Request and response bodies of the directory API (the records themselves are in nvi.model)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from nvi.model import CIDR, MAC, IPAddress, Label, Link, LinkKind, Name, Node, NodeKind
+
+NodeId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+
+
+class Body(BaseModel):
+    """Input models refuse unknown fields, so a typo is an error rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(Body):
+    name: Name
+
+
+class TokenCreate(Body):
+    description: str = Field("", max_length=200)
+
+
+class TokenInfo(BaseModel):
+    id: TokenId
+    tenant: Name
+    description: str
+    created: datetime
+
+
+class TokenCreated(TokenInfo):
+    token: str = Field(description="The secret; shown only in this answer, stored hashed")
+
+
+class NetworkCreate(Body):
+    name: Name
+    cidr: CIDR
+    gateway: IPAddress | None = Field(None, description="Defaults to the first host address")
+
+
+class NodeCreate(Body):
+    name: Name
+    kind: NodeKind
+    network: Name
+    ip: IPAddress | None = Field(None, description="Defaults to the lowest free address")
+    mac: MAC | None = Field(None, description="Defaults to a random locally administered MAC")
+    locator: IPAddress
+    server: Label
+
+
+class NodeUpdate(Body):
+    """A move: the node keeps its identity and addresses, and changes where it runs."""
+
+    locator: IPAddress | None = None
+    server: Label | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.locator is None and self.server is None:
+            raise ValueError("give a new locator, a new server, or both")
+        return self
+
+
+class LinkCreate(Body):
+    kind: LinkKind
+    a: Name
+    b: Name
+
+    @model_validator(mode="after")
+    def _two_ends(self) -> Self:
+        if self.a == self.b:
+            raise ValueError("a link joins two different networks or nodes")
+        return self
+
+
+class NodeQuery(Body):
+    network: Name | None = None
+
+
+class ResolveQuery(Body):
+    """The source is named by node id, or by (tenant, network, source_ip)."""
+
+    ip: IPAddress = Field(description="The destination tenant address")
+    source: NodeId | None = None
+    tenant: Name | None = None
+    network: Name | None = None
+    source_ip: IPAddress | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        by_address = (self.tenant, self.network, self.source_ip)
+        if self.source is not None and any(by_address):
+            raise ValueError("name the source by node id or by tenant/network/source_ip, not both")
+        if self.source is None and not all(by_address):
+            raise ValueError("name the source: source=<node id>, or tenant, network and source_ip")
+        return self
+
+
+class Resolution(BaseModel):
+    source: Node
+    destination: Node
+    allowed: bool = Field(description="Whether policy allows source and destination to talk")
+    revision: int = Field(description="The directory revision this answer was read at")
+
+
+class Location(BaseModel):
+    node: Node
+    revision: int
+
+
+class ChangeType(StrEnum):
+    NODE_CREATED = "node.created"
+    NODE_MOVED = "node.moved"
+    NODE_DELETED = "node.deleted"
+    LINK_CREATED = "link.created"
+    LINK_REMOVED = "link.removed"
+
+
+class Change(BaseModel):
+    revision: int
+    type: ChangeType
+    tenant: Name
+    node: Node | None = Field(None, description="The node as it is now (as it was, if deleted)")
+    previous: Node | None = Field(None, description="For node.moved: the node before the move")
+    link: Link | None = None
+
+
+class ChangesQuery(Body):
+    since: int | None = Field(
+        None, ge=0, le=2**62, description="Last revision seen; omit to start at the current one"
+    )
+    limit: int = Field(500, ge=1, le=1000)
+    wait: float = Field(0, ge=0, le=60, description="Seconds to wait for a change if none yet")
+    tenant: list[Name] = Field([], max_length=100, description="Only these tenants' changes")
+
+
+class ChangePage(BaseModel):
+    changes: list[Change]
+    revision: int = Field(description="Pass as `since` to read on: no change is skipped")
+    more: bool = Field(False, description="More changes are waiting: read again at once")
+
+
+class Health(BaseModel):
+    status: str
+    backend: str
+    revision: int
+
+
+class Error(BaseModel):
+    error: str
+    details: list[dict] | None = None

@@ -1,0 +1,137 @@
+"""Domain types shared by the directory, the host agent and the controller.
+
+They are pydantic models so that the same definition validates API input, serialises API
+output and documents both in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+"""A DNS label: safe in URLs, storage keys and interface names, and easy to type."""
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=63)]
+
+
+def _canonical_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _canonical_cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not a network in CIDR notation ({error})") from None
+    if network.num_addresses < 4:
+        raise ValueError(f"{value!r} leaves no room for a gateway and a node")
+    return str(network)
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _canonical_mac(value: str) -> str:
+    mac = value.lower().replace("-", ":")
+    if not _MAC.match(mac):
+        raise ValueError(f"{value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    if int(mac[:2], 16) & 1:
+        raise ValueError(f"{value!r} is a multicast MAC address")
+    if mac == "00:00:00:00:00:00":
+        raise ValueError("the all-zero MAC address is not a node address")
+    return mac
+
+
+IPAddress = Annotated[
+    str,
+    StringConstraints(max_length=45),
+    AfterValidator(_canonical_ip),
+    WithJsonSchema(
+        {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}], "maxLength": 45}
+    ),
+]
+CIDR = Annotated[
+    str,
+    StringConstraints(max_length=49),
+    AfterValidator(_canonical_cidr),
+    WithJsonSchema({"type": "string", "maxLength": 49, "examples": ["10.0.0.0/24"]}),
+]
+MAC = Annotated[
+    str,
+    StringConstraints(max_length=17),
+    AfterValidator(_canonical_mac),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$"}),
+]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[\x21-\x7e]+$")]
+
+
+class NodeKind(StrEnum):
+    VM = "vm"
+    CONTAINER = "container"
+
+
+class LinkKind(StrEnum):
+    NETWORK = "network"
+    NODE = "node"
+
+
+class Record(BaseModel):
+    """Records are immutable values; a change is a new record."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Tenant(Record):
+    name: Name
+
+
+class Network(Record):
+    tenant: Name
+    name: Name
+    cidr: CIDR
+    gateway: IPAddress = Field(description="The first host address, answered by each server")
+
+    def contains(self, ip: str) -> bool:
+        return ipaddress.ip_address(ip) in ipaddress.ip_network(self.cidr)
+
+    def usable(self, ip: str) -> bool:
+        """A node may hold any address of the network except its own, broadcast and gateway."""
+        network = ipaddress.ip_network(self.cidr)
+        address = ipaddress.ip_address(ip)
+        reserved = {network.network_address, network.broadcast_address}
+        return address in network and address not in reserved and str(address) != self.gateway
+
+
+class Node(Record):
+    id: str = Field(description="Assigned by the directory; a re-created node gets a new id")
+    tenant: Name
+    name: Name
+    kind: NodeKind
+    network: Name
+    ip: IPAddress = Field(description="The tenant address, unique within the tenant")
+    mac: MAC
+    locator: IPAddress = Field(description="The underlay address, unique in the directory")
+    server: Label = Field(description="Opaque label of the server hosting the node")
+
+
+class Link(Record):
+    """Allows traffic between two networks, or two nodes, of one tenant (both directions)."""
+
+    tenant: Name
+    id: str = Field(description="kind:a:b with a < b, so a pair has exactly one link")
+    kind: LinkKind
+    a: Name
+    b: Name
+
+    @staticmethod
+    def make_id(kind: LinkKind, a: str, b: str) -> str:
+        first, second = sorted((a, b))
+        return f"{kind.value}:{first}:{second}"

@@ -1,0 +1,331 @@
+"""The data plane as pure functions: facts in, flows out.
+
+Nothing here talks to a switch or the directory. `openflow.ofmsg` turns these plain flows
+into os-ken messages, `openflow.simulate` runs them in memory (tests, `nvi trace`).
+
+Tables (OpenFlow 1.3, one bridge per server):
+
+  0  classify: host flows (the lab's), anti-spoofing and ARP answers for node ports, ARP
+     answers for this server's locators on the uplink, locator traffic to table 2.
+  1  egress, keyed by (node port, tenant destination): rewrite to locators, or deliver
+     locally; a miss asks the controller.
+  2  ingress, keyed by (source locator, destination locator): restore tenant headers and
+     deliver; a miss asks the controller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import zlib
+from dataclasses import dataclass
+from typing import Union
+
+T_CLASSIFY, T_EGRESS, T_INGRESS = 0, 1, 2
+
+# Cookie layout: [class: 8 bits][local locator hash: 24 bits][remote locator hash: 32 bits].
+COOKIE_CLASS_SHIFT = 56
+BASE = 0x01  # per-server and per-port flows, recomputed and reconciled at every connect
+PAIR = 0x02  # a conversation between a local node and another node
+DENY = 0x03  # a refused conversation, short-lived
+CLASS_MASK = 0xFF << COOKIE_CLASS_SHIFT
+LOCAL_MASK = 0xFFFFFF << 32
+REMOTE_MASK = 0xFFFFFFFF
+
+PAIR_IDLE_TIMEOUT = 120
+DENY_HARD_TIMEOUT = 5
+
+PRIO_HOST_ARP_REPLY = 1001  # above the lab's host flows (1000)
+PRIO_ARP_OWN = 310
+PRIO_ARP_ANSWER = 300
+PRIO_ALLOW = 200
+PRIO_ANTI_SPOOF = 100
+PRIO_CONVERSATION = 400
+PRIO_MISS = 0
+
+ETH_IP, ETH_ARP = 0x0800, 0x0806
+ARP_REQUEST, ARP_REPLY = 1, 2
+
+LOCAL = "LOCAL"
+IN_PORT = "IN_PORT"
+CONTROLLER = "CONTROLLER"
+TABLE = "TABLE"
+Port = Union[int, str]
+MatchValue = Union[int, str, tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Output:
+    port: Port
+
+
+@dataclass(frozen=True)
+class SetField:
+    field: str
+    value: int | str
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy a whole header field into another (Nicira reg move); both must be the same size."""
+
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class Goto:
+    table: int
+
+
+Action = Union[Output, SetField, Move, Goto]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow entry; `actions` are applied in order, a final `Goto` continues the pipeline,
+    no actions means drop."""
+
+    table: int
+    priority: int
+    match: tuple[tuple[str, MatchValue], ...]
+    actions: tuple[Action, ...]
+    cookie: int
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    notify_removal: bool = False
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the entry in the switch (table, priority, match)."""
+        return (self.table, self.priority, tuple(sorted(self.match)))
+
+
+def same_flow(a: Flow, b: Flow) -> bool:
+    """Equal as the switch holds them: same entry, same actions, same cookie (timers and the
+    order of match fields do not matter)."""
+    return (a.key, a.actions, a.cookie) == (b.key, b.actions, b.cookie)
+
+
+def flow(
+    table: int, priority: int, match: dict[str, MatchValue], actions: list[Action], cookie: int,
+    **timers: int | bool,
+) -> Flow:
+    return Flow(table, priority, tuple(match.items()), tuple(actions), cookie, **timers)
+
+
+@dataclass(frozen=True)
+class Server:
+    """This server's own facts, as the controller sees them on its switch."""
+
+    address: str
+    mac: str
+    uplink: int
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    """A node plugged into this server's bridge (from the port's OVSDB external_ids)."""
+
+    port: int
+    node_id: str
+    tenant: str
+    network: str
+    ip: str
+    mac: str
+    locator: str
+    cidr: str
+
+
+@dataclass(frozen=True)
+class Remote:
+    """The other end of a conversation, as the directory describes it."""
+
+    node_id: str
+    ip: str
+    mac: str
+    locator: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """An allowed pair, from the local node's point of view; `remote_port` is set when the
+    other node is on this server too (then `next_hop_mac` is unused)."""
+
+    local: LocalNode
+    remote: Remote
+    remote_port: int | None = None
+    next_hop_mac: str | None = None
+
+
+def cookie(kind: int, local_locator: str = "", remote_locator: str = "") -> int:
+    return (
+        (kind << COOKIE_CLASS_SHIFT)
+        | ((_hash(local_locator) & 0xFFFFFF) << 32)
+        | _hash(remote_locator)
+    )
+
+
+def _hash(text: str) -> int:
+    return zlib.crc32(text.encode()) if text else 0
+
+
+def gateway_mac(tenant: str, network: str) -> str:
+    """The MAC every server answers for a tenant network's addresses: the same everywhere, so
+    a node that moves sees no change, and locally administered, so it clashes with no NIC."""
+    digest = hashlib.sha256(f"{tenant}/{network}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def _prefix(cidr: str) -> tuple[str, str]:
+    network = ipaddress.ip_network(cidr)
+    return str(network.network_address), str(network.netmask)
+
+
+# -- flows that exist as long as the server and its ports do ---------------------------------
+
+
+def server_flows(server: Server) -> list[Flow]:
+    """ARP replies to the server's own address also reach the controller (next-hop MACs);
+    everything not matched by a higher flow is dropped."""
+    base = cookie(BASE)
+    return [
+        flow(
+            T_CLASSIFY, PRIO_HOST_ARP_REPLY,
+            {"in_port": server.uplink, "eth_type": ETH_ARP, "arp_op": ARP_REPLY,
+             "arp_tpa": server.address},
+            [Output(LOCAL), Output(CONTROLLER)], base,
+        ),
+        flow(T_CLASSIFY, PRIO_MISS, {}, [], base),
+        flow(T_EGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
+        flow(T_INGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
+    ]
+
+
+def port_flows(server: Server, node: LocalNode) -> list[Flow]:
+    """Anti-spoofing and ARP for one node port, and its locator on the uplink.
+
+    A node may only send IP from its own MAC and address, and only ARP requests that tell the
+    truth about itself; everything else from the port is dropped before it can reach the
+    controller. ARP for any address of its network is answered with the network's gateway MAC
+    (an L3 network: no broadcast leaves the port). The server answers ARP for the node's
+    locator on the uplink with its own MAC, so the underlay delivers locator traffic here.
+    """
+    base = cookie(BASE, node.locator)
+    gw_mac = gateway_mac(node.tenant, node.network)
+    own = {"in_port": node.port, "eth_src": node.mac}
+    return [
+        flow(
+            T_CLASSIFY, PRIO_ARP_OWN,
+            {"in_port": node.port, "eth_type": ETH_ARP, "arp_tpa": node.ip}, [], base,
+        ),
+        flow(
+            T_CLASSIFY, PRIO_ARP_ANSWER,
+            {**own, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_spa": node.ip,
+             "arp_sha": node.mac, "arp_tpa": _prefix(node.cidr)},
+            [
+                SetField("eth_dst", node.mac), SetField("eth_src", gw_mac),
+                SetField("arp_op", ARP_REPLY), Move("arp_tpa", "arp_spa"),
+                SetField("arp_sha", gw_mac), SetField("arp_tpa", node.ip),
+                SetField("arp_tha", node.mac), Output(IN_PORT),
+            ],
+            base,
+        ),
+        flow(
+            T_CLASSIFY, PRIO_ALLOW,
+            {**own, "eth_type": ETH_IP, "ipv4_src": node.ip}, [Goto(T_EGRESS)], base,
+        ),
+        flow(T_CLASSIFY, PRIO_ANTI_SPOOF, {"in_port": node.port}, [], base),
+        flow(
+            T_CLASSIFY, PRIO_ARP_ANSWER,
+            {"in_port": server.uplink, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST,
+             "arp_tpa": node.locator},
+            [
+                Move("eth_src", "eth_dst"), SetField("eth_src", server.mac),
+                SetField("arp_op", ARP_REPLY), Move("arp_sha", "arp_tha"),
+                SetField("arp_sha", server.mac), Move("arp_spa", "arp_tpa"),
+                SetField("arp_spa", node.locator), Output(IN_PORT),
+            ],
+            base,
+        ),
+        flow(
+            T_CLASSIFY, PRIO_ALLOW,
+            {"in_port": server.uplink, "eth_type": ETH_IP, "ipv4_dst": node.locator},
+            [Goto(T_INGRESS)], base,
+        ),
+    ]
+
+
+# -- flows of one conversation ----------------------------------------------------------------
+
+
+def conversation_flows(server: Server, pair: Conversation) -> list[Flow]:
+    """The local node's half of an allowed pair: its egress and the matching return path.
+
+    To a node on another server: tenant addresses become locators and the packet leaves by
+    the uplink towards the next hop; packets between the two locators get the tenant headers
+    back. To a node on this server: delivered straight to its port (the other node's own
+    half is installed the same way).
+    """
+    local, remote = pair.local, pair.remote
+    pair_cookie = cookie(PAIR, local.locator, remote.locator)
+    gw_mac = gateway_mac(local.tenant, local.network)
+    timers = {"idle_timeout": PAIR_IDLE_TIMEOUT}
+    egress_match = {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": remote.ip}
+    if pair.remote_port is not None:
+        return [
+            flow(
+                T_EGRESS, PRIO_CONVERSATION, egress_match,
+                [SetField("eth_src", gw_mac), SetField("eth_dst", remote.mac),
+                 Output(pair.remote_port)],
+                pair_cookie, notify_removal=True, **timers,
+            )
+        ]
+    if pair.next_hop_mac is None:
+        raise ValueError("a conversation with a remote node needs the next hop's MAC")
+    return [
+        flow(
+            T_EGRESS, PRIO_CONVERSATION, egress_match,
+            [
+                SetField("eth_src", server.mac), SetField("eth_dst", pair.next_hop_mac),
+                SetField("ipv4_src", local.locator), SetField("ipv4_dst", remote.locator),
+                Output(server.uplink),
+            ],
+            pair_cookie, notify_removal=True, **timers,
+        ),
+        flow(
+            T_INGRESS, PRIO_CONVERSATION,
+            {"eth_type": ETH_IP, "ipv4_src": remote.locator, "ipv4_dst": local.locator},
+            [
+                SetField("eth_src", gw_mac), SetField("eth_dst", local.mac),
+                SetField("ipv4_src", remote.ip), SetField("ipv4_dst", local.ip),
+                Output(local.port),
+            ],
+            pair_cookie, **timers,
+        ),
+    ]
+
+
+def deny_egress(local: LocalNode, destination_ip: str) -> Flow:
+    """Drop a refused destination for a while, so the node cannot hammer the controller."""
+    return flow(
+        T_EGRESS, PRIO_CONVERSATION,
+        {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": destination_ip},
+        [], cookie(DENY, local.locator, destination_ip), hard_timeout=DENY_HARD_TIMEOUT,
+    )
+
+
+def deny_ingress(local_locator: str, remote_locator: str) -> Flow:
+    return flow(
+        T_INGRESS, PRIO_CONVERSATION,
+        {"eth_type": ETH_IP, "ipv4_src": remote_locator, "ipv4_dst": local_locator},
+        [], cookie(DENY, local_locator, remote_locator), hard_timeout=DENY_HARD_TIMEOUT,
+    )
+
+
+def desired_base_flows(server: Server, nodes: list[LocalNode]) -> list[Flow]:
+    """Everything the controller owns outside conversations, for reconciliation."""
+    flows = server_flows(server)
+    for node in nodes:
+        flows += port_flows(server, node)
+    return flows

@@ -1,0 +1,145 @@
+"""Plain flows <-> os-ken OpenFlow 1.3 messages, both ways.
+
+The reverse direction (`from_stats`) lets reconciliation compare what the switch holds with
+what the controller computes, in the controller's own terms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from openflow.flows import (
+    CONTROLLER,
+    IN_PORT,
+    LOCAL,
+    TABLE,
+    Action,
+    Flow,
+    Goto,
+    Move,
+    Output,
+    SetField,
+)
+
+_NAMED_PORTS = {
+    CONTROLLER: ofp.OFPP_CONTROLLER,
+    IN_PORT: ofp.OFPP_IN_PORT,
+    LOCAL: ofp.OFPP_LOCAL,
+    TABLE: ofp.OFPP_TABLE,
+}
+_PORT_NAMES = {number: name for name, number in _NAMED_PORTS.items()}
+_FIELD_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
+               "arp_spa": 32, "arp_tpa": 32, "ipv4_src": 32, "ipv4_dst": 32}
+
+
+def port_number(port: int | str) -> int:
+    return _NAMED_PORTS.get(port, port) if isinstance(port, str) else port
+
+
+def match(entry: Flow) -> parser.OFPMatch:
+    return parser.OFPMatch(**{name: _match_value(name, value) for name, value in entry.match})
+
+
+def _match_value(name: str, value: Any) -> Any:
+    return port_number(value) if name == "in_port" else value
+
+
+def instructions(entry: Flow) -> list:
+    actions: list = []
+    result: list = []
+    for action in entry.actions:
+        if isinstance(action, Goto):
+            result.append(parser.OFPInstructionGotoTable(action.table))
+        elif isinstance(action, Output):
+            port = port_number(action.port)
+            max_len = ofp.OFPCML_NO_BUFFER if port == ofp.OFPP_CONTROLLER else 0
+            actions.append(parser.OFPActionOutput(port, max_len))
+        elif isinstance(action, SetField):
+            actions.append(parser.OFPActionSetField(**{action.field: action.value}))
+        elif isinstance(action, Move):
+            actions.append(parser.NXActionRegMove(
+                src_field=action.src, dst_field=action.dst, n_bits=_FIELD_BITS[action.src]
+            ))
+    if actions:
+        result.insert(0, parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+    return result
+
+
+def flow_add(datapath: Any, entry: Flow) -> parser.OFPFlowMod:
+    flags = ofp.OFPFF_SEND_FLOW_REM if entry.notify_removal else 0
+    return parser.OFPFlowMod(
+        datapath, cookie=entry.cookie, table_id=entry.table, command=ofp.OFPFC_ADD,
+        idle_timeout=entry.idle_timeout, hard_timeout=entry.hard_timeout,
+        priority=entry.priority, buffer_id=ofp.OFP_NO_BUFFER, flags=flags,
+        match=match(entry), instructions=instructions(entry),
+    )
+
+
+def flow_delete_strict(datapath: Any, entry: Flow) -> parser.OFPFlowMod:
+    return parser.OFPFlowMod(
+        datapath, table_id=entry.table, command=ofp.OFPFC_DELETE_STRICT, priority=entry.priority,
+        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match(entry),
+    )
+
+
+def flow_delete_cookie(datapath: Any, cookie: int, mask: int) -> parser.OFPFlowMod:
+    """Delete, in every table, the flows whose cookie matches under the mask."""
+    return parser.OFPFlowMod(
+        datapath, cookie=cookie, cookie_mask=mask, table_id=ofp.OFPTT_ALL,
+        command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch(),
+    )
+
+
+def packet_out_to_table(datapath: Any, in_port: int, data: bytes) -> parser.OFPPacketOut:
+    """Send a packet back through the pipeline, as if it had just arrived on `in_port`."""
+    return parser.OFPPacketOut(
+        datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
+        actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)], data=data,
+    )
+
+
+def packet_out(datapath: Any, port: int, data: bytes) -> parser.OFPPacketOut:
+    return parser.OFPPacketOut(
+        datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+        actions=[parser.OFPActionOutput(port)], data=data,
+    )
+
+
+def from_stats(stats: Any) -> Flow:
+    """The plain form of a flow the switch reports (OFPFlowStats)."""
+    found: list[tuple[str, Any]] = []
+    for name, value in stats.match.items():
+        if name == "in_port":
+            value = _PORT_NAMES.get(value, value)
+        elif isinstance(value, str):
+            value = value.lower()
+        found.append((name, value))
+    actions: list[Action] = []
+    for instruction in stats.instructions:
+        if isinstance(instruction, parser.OFPInstructionGotoTable):
+            actions.append(Goto(instruction.table_id))
+            continue
+        for action in instruction.actions:
+            actions.append(_plain_action(action))
+    actions.sort(key=lambda a: isinstance(a, Goto))
+    return Flow(
+        table=stats.table_id, priority=stats.priority, match=tuple(found), actions=tuple(actions),
+        cookie=stats.cookie, idle_timeout=stats.idle_timeout, hard_timeout=stats.hard_timeout,
+        notify_removal=bool(stats.flags & ofp.OFPFF_SEND_FLOW_REM),
+    )
+
+
+def _plain_action(action: Any) -> Action:
+    if isinstance(action, parser.OFPActionOutput):
+        return Output(_PORT_NAMES.get(action.port, action.port))
+    if isinstance(action, parser.OFPActionSetField):
+        value = action.value.lower() if isinstance(action.value, str) else action.value
+        return SetField(action.key, value)
+    if isinstance(action, parser.NXActionRegMove):
+        return Move(action.src_field, action.dst_field)
+    raise ValueError(f"unexpected action {action!r}")
+

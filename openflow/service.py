@@ -1,0 +1,166 @@
+"""`nvi controller serve`: one controller per server, next to that server's switch.
+
+It knows only its own server (underlay address, OVSDB socket, the bridge it serves) and the
+directory's URL with a resolver credential. It runs inside the server's network namespace, so
+route lookups for next hops use the server's own routing table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pyroute2 import IPRoute
+
+from federation.client import CachedResolver, DirectoryClient
+from nvi.errors import NviError
+from nvi.ports import NodePort
+from openflow.controller import Controller
+
+log = logging.getLogger(__name__)
+
+
+class ControllerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(description="this server's own underlay address")
+    directory: str = Field(description="URL of the federation directory")
+    token_file: Path = Field(description="resolver credential; relative to this file")
+    ovsdb: str = Field(description="this server's OVSDB, e.g. unix:/run/.../db.sock")
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(6653, ge=1, le=65535)
+    uplink: str = "uplink"
+    state_dir: Path = Field(Path("."), description="ready and stats files; relative to this file")
+
+
+def load_config(path: str | Path) -> ControllerConfig:
+    path = Path(path)
+    try:
+        config = ControllerConfig.model_validate(tomllib.loads(path.read_text()))
+    except OSError as error:
+        raise NviError(f"cannot read controller config {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, ValidationError) as error:
+        raise NviError(f"invalid controller config {path}: {error}".replace("\n", "; ")) from None
+    base = path.parent.resolve()
+    config.token_file = base / config.token_file
+    config.state_dir = base / config.state_dir
+    return config
+
+
+async def read_node_ports(ovsdb: str) -> dict[str, NodePort]:
+    """Interface name -> node, for the bridge's ports that carry NVI's external_ids."""
+    process = await asyncio.create_subprocess_exec(
+        "ovs-vsctl", f"--db={ovsdb}", "--timeout=5", "--format=json",
+        "--columns=name,external_ids", "list", "Interface",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"ovs-vsctl failed: {err.decode().strip()}")
+    ports = {}
+    for name, (_, pairs) in json.loads(out)["data"]:
+        node = NodePort.from_external_ids(dict(pairs))
+        if node is not None:
+            ports[name] = node
+    return ports
+
+
+async def next_hop(destination: str) -> str:
+    """The gateway the server's routing table uses for `destination`, or the address itself."""
+    return await asyncio.to_thread(_route_gateway, destination)
+
+
+def _route_gateway(destination: str) -> str:
+    with IPRoute() as ipr:
+        route = ipr.route("get", dst=destination)[0]
+    return route.get("gateway") or destination
+
+
+class Runtime:
+    """The asyncio side: directory client, resolver and controller, on a thread of its own."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="nvi-asyncio", daemon=True)
+        self.controller: Controller | None = None
+
+    def start(self) -> Controller:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+
+    async def _start(self) -> Controller:
+        token = self.config.token_file.read_text().strip()
+        client = DirectoryClient(self.config.directory, token)
+        resolver = CachedResolver(client)
+        controller = Controller(
+            resolver,
+            lambda: read_node_ports(self.config.ovsdb),
+            next_hop,
+            self.config.address,
+            self.config.uplink,
+        )
+        resolver.on_change = controller.on_change
+        resolver.on_resync = controller.on_resync
+        await _start_following(resolver)
+        asyncio.create_task(self._write_stats(controller))
+        self.controller = controller
+        return controller
+
+    async def _write_stats(self, controller: Controller) -> None:
+        """Counters for `nvi lab status` and the tests, refreshed once a second."""
+        path = self.config.state_dir / "controller.stats.json"
+        last: dict[str, Any] = {}
+        while True:
+            now = {**controller.stats, "pairs": len(controller.pairs), "nodes": len(controller.nodes)}
+            if now != last:
+                path.write_text(json.dumps(now, sort_keys=True))
+                last = now
+            await asyncio.sleep(1)
+
+
+async def _start_following(resolver: CachedResolver) -> None:
+    """Follow the change stream; if the directory is not up yet, keep trying in the
+    background (lookups fail until then, so first packets are dropped, never misrouted)."""
+    try:
+        await resolver.start()
+    except Exception as error:  # noqa: BLE001 - any failure here means "retry later"
+        log.warning("directory not reachable yet (%s); retrying", error)
+        asyncio.get_running_loop().call_later(
+            1, lambda: asyncio.ensure_future(_start_following(resolver))
+        )
+
+
+def serve(config_path: str) -> None:
+    """Run until killed: os-ken on the main thread, the controller on the asyncio thread."""
+    config = load_config(config_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    runtime = Runtime(config)
+    controller = runtime.start()
+
+    from os_ken import cfg
+    from os_ken.base import app_manager  # before os_ken.controller, as os-ken requires
+    from os_ken.lib import hub
+
+    cfg.CONF(args=[], project="os_ken")
+    cfg.CONF.set_override("ofp_listen_host", config.listen_host)
+    cfg.CONF.set_override("ofp_tcp_listen_port", config.listen_port)
+    manager = app_manager.AppManager.get_instance()
+    manager.load_apps(["openflow.osken_app"])
+    contexts = manager.create_contexts()
+    services = manager.instantiate_apps(
+        **contexts, nvi_controller=controller, nvi_loop=runtime.loop
+    )
+    (config.state_dir / "controller.ready").write_text("ready\n")
+    log.info("controller for %s listening on %s:%d", config.address, config.listen_host,
+             config.listen_port)
+    try:
+        hub.joinall(services)
+    finally:
+        manager.close()

@@ -1,0 +1,129 @@
+"""Failures of real processes: the service killed with SIGKILL mid-write, an etcd member killed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from federation.client import DirectoryClient
+from federation.config import StorageConfig
+from federation.errors import DirectoryError
+from nvi.model import Node
+
+pytest_plugins = ["integration.directory_fixtures"]
+
+
+async def test_sigkill_mid_writes_loses_no_acknowledged_node(service_process) -> None:  # noqa: ANN001
+    process, credentials = service_process
+    process.start()
+    acknowledged: list[Node] = []
+
+    async def writer(client: DirectoryClient, worker: int) -> None:
+        for i in range(10_000):
+            acknowledged.append(
+                await client.create_node(
+                    "acme",
+                    f"w{worker}-{i}",
+                    kind="container",
+                    network="net",
+                    locator=f"198.{18 + worker}.{i // 250}.{i % 250 + 1}",
+                    server="s1",
+                )
+            )
+
+    async with DirectoryClient(process.url, credentials.admin) as admin:
+        await admin.create_tenant("acme")
+        await admin.create_network("acme", "net", "10.0.0.0/16")
+        writers = [asyncio.create_task(writer(admin, worker)) for worker in range(4)]
+        while len(acknowledged) < 100:
+            await asyncio.sleep(0.02)
+        process.stop(signal.SIGKILL)
+        results = await asyncio.gather(*writers, return_exceptions=True)
+        assert all(isinstance(result, DirectoryError) for result in results)
+
+        process.start()
+        stored = {node.name: node for node in await admin.list_nodes("acme")}
+        assert len(acknowledged) >= 100
+        assert all(stored.get(node.name) == node for node in acknowledged)
+        for node in stored.values():  # every stored node is complete: all its indexes exist
+            assert (await admin.locate(node.locator)).node == node
+            resolved = await admin.resolve(node.ip, source=node.id)
+            assert resolved.destination == node
+
+
+async def test_etcd_directory_keeps_answering_with_one_member_killed(tmp_path: Path) -> None:
+    from federation.local import (
+        Credentials,
+        ServiceProcess,
+        start_etcd_cluster,
+        stop,
+        write_config,
+    )
+
+    cluster = start_etcd_cluster(tmp_path / "etcd")
+    credentials = Credentials()
+    storage = StorageConfig(backend="etcd", endpoints=cluster.endpoints)
+    port = write_config(tmp_path / "directory.toml", credentials, storage)
+    process = ServiceProcess(tmp_path / "directory.toml", port)
+    try:
+        process.start()
+        async with DirectoryClient(process.url, credentials.admin) as admin:
+            await admin.create_tenant("acme")
+            await admin.create_network("acme", "net", "10.0.0.0/24")
+            first = await admin.create_node(
+                "acme", "a", kind="vm", network="net", locator="192.0.2.1", server="s1"
+            )
+            stop(cluster.members[0].process, signal.SIGKILL)  # the member the service uses
+            assert (await admin.locate("192.0.2.1")).node == first
+            second = await admin.create_node(
+                "acme", "b", kind="vm", network="net", locator="192.0.2.2", server="s1"
+            )
+            resolved = await admin.resolve(second.ip, source=first.id)
+            assert resolved.destination == second and resolved.allowed
+    finally:
+        process.stop()
+        cluster.stop_all()
+
+
+def nvi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from nvi.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_operator_cli_initialises_serves_and_creates_a_tenant(tmp_path: Path) -> None:
+    from federation.local import ServiceProcess, free_port
+
+    port = free_port()
+    init = nvi("directory", "init", str(tmp_path / "dir"), "--port", str(port), "-o", "json")
+    assert init.returncode == 0, init.stderr
+    files = json.loads(init.stdout)[0]
+    assert oct(Path(files["admin token"]).stat().st_mode & 0o777) == "0o600"
+    process = ServiceProcess(Path(files["config"]), port)
+    process.start()
+    try:
+        env = {
+            "NVI_DIRECTORY_URL": files["url"],
+            "NVI_DIRECTORY_TOKEN_FILE": files["admin token"],
+            "PATH": "/usr/bin:/bin",
+        }
+        created = nvi("directory", "tenant", "create", "acme", "-o", "json", env=env)
+        assert created.returncode == 0, created.stderr
+        tenant_token = json.loads(created.stdout)[0]["token"]
+        listed = nvi("directory", "nodes", "acme", "-o", "json", "--token", tenant_token, env=env)
+        assert (listed.returncode, json.loads(listed.stdout)) == (0, [])
+        again = nvi("directory", "tenant", "create", "acme", env=env)
+        assert again.returncode == 1
+        assert again.stderr.strip() == "nvi: tenant 'acme' exists"
+        refused = nvi("directory", "init", str(tmp_path / "dir"))
+        assert refused.returncode == 1 and "not overwriting" in refused.stderr
+    finally:
+        process.stop()

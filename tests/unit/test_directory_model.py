@@ -1,0 +1,118 @@
+"""Validation of directory records, request bodies and the config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
+from federation.models import LinkCreate, NetworkCreate, NodeCreate, NodeUpdate, ResolveQuery
+from nvi.errors import NviError
+from nvi.model import Link, LinkKind, Network
+
+NODE = {"name": "web", "kind": "vm", "network": "front", "locator": "192.0.2.1", "server": "s1"}
+
+
+@pytest.mark.parametrize("name", ["a", "web-1", "x" * 63, "0"])
+def test_names_are_dns_labels(name: str) -> None:
+    assert NetworkCreate(name=name, cidr="10.0.0.0/24").name == name
+
+
+@pytest.mark.parametrize("name", ["", "Web", "-a", "a-", "a_b", "x" * 64, "a/b", "a:b", "é"])
+def test_other_names_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError):
+        NetworkCreate(name=name, cidr="10.0.0.0/24")
+
+
+@pytest.mark.parametrize(
+    ("cidr", "canonical"), [("10.0.0.0/24", "10.0.0.0/24"), ("fd00::/64", "fd00::/64")]
+)
+def test_cidrs_are_canonical(cidr: str, canonical: str) -> None:
+    assert NetworkCreate(name="n", cidr=cidr).cidr == canonical
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.1/24", "10.0.0.0/33", "10.0.0.0", "x", "10.0.0.0/31"])
+def test_bad_cidrs_are_refused(cidr: str) -> None:
+    with pytest.raises(ValidationError):
+        NetworkCreate(name="n", cidr=cidr)
+
+
+def test_addresses_and_macs_are_canonical() -> None:
+    node = NodeCreate(**NODE, ip="10.0.0.2", mac="AA-BB-CC-DD-EE-F0")
+    assert node.mac == "aa:bb:cc:dd:ee:f0"
+    assert NodeCreate(**NODE | {"locator": "2001:DB8::1"}).locator == "2001:db8::1"
+    for bad in (
+        {"mac": "01:00:5e:00:00:01"},
+        {"mac": "00:00:00:00:00:00"},
+        {"ip": "10.0.0"},
+        {"ip": "010.0.0.1"},
+        {"kind": "pod"},
+        {"extra": 1},
+        {"server": "a b"},
+    ):
+        with pytest.raises(ValidationError):
+            NodeCreate(**NODE | bad)
+
+
+def test_usable_addresses_exclude_network_broadcast_and_gateway() -> None:
+    network = Network(tenant="t", name="n", cidr="10.0.0.0/29", gateway="10.0.0.1")
+    usable = [f"10.0.0.{i}" for i in range(8) if network.usable(f"10.0.0.{i}")]
+    assert usable == [f"10.0.0.{i}" for i in range(2, 7)]
+    assert not network.usable("10.0.1.2")
+
+
+@given(st.text(min_size=1, max_size=5), st.text(min_size=1, max_size=5))
+def test_a_pair_has_one_link_id_whichever_order(a: str, b: str) -> None:
+    assert Link.make_id(LinkKind.NODE, a, b) == Link.make_id(LinkKind.NODE, b, a)
+
+
+def test_cross_field_rules() -> None:
+    with pytest.raises(ValidationError, match="different"):
+        LinkCreate(kind="network", a="x", b="x")
+    with pytest.raises(ValidationError, match="new locator"):
+        NodeUpdate()
+    with pytest.raises(ValidationError, match="not both"):
+        ResolveQuery(ip="10.0.0.2", source="0" * 32, tenant="t")
+    with pytest.raises(ValidationError, match="name the source"):
+        ResolveQuery(ip="10.0.0.2", tenant="t", network="n")
+    assert ResolveQuery(ip="10.0.0.2", tenant="t", network="n", source_ip="10.0.0.3")
+
+
+def config(**storage) -> Config:  # noqa: ANN003
+    return Config(auth=AuthConfig(admin_token_sha256=["a" * 64]), storage=StorageConfig(**storage))
+
+
+def test_a_rendered_config_loads_back(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(render_config(config(path=Path("x.db"))))
+    loaded = load_config(path)
+    assert loaded.storage.path == tmp_path / "x.db"  # relative to the file
+    assert loaded.auth.admin_token_sha256 == ["a" * 64]
+    path.write_text(render_config(config(backend="etcd", endpoints=["http://127.0.0.1:2379"])))
+    assert load_config(path).storage.endpoints == ["http://127.0.0.1:2379"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("port = 1\n", "auth: Field required"),
+        ('[auth]\nadmin_token_sha256 = ["nothex"]\n', "admin_token_sha256"),
+        (
+            f'[storage]\nbackend = "etcd"\n[auth]\nadmin_token_sha256 = ["{"a" * 64}"]\n',
+            "endpoints",
+        ),
+        ("port = \n", "invalid config"),
+        (f'colour = 1\n[auth]\nadmin_token_sha256 = ["{"a" * 64}"]\n', "colour"),
+    ],
+)
+def test_bad_configs_say_why(tmp_path: Path, text: str, reason: str) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(text)
+    with pytest.raises(NviError, match=reason):
+        load_config(path)
+    with pytest.raises(NviError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
