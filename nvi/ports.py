@@ -31,8 +31,13 @@ class NodePort:
 
     def external_ids(self) -> dict[str, str]:
         return {
-            NODE_ID: self.node_id, TENANT: self.tenant, NETWORK: self.network, IP: self.ip,
-            CIDR: self.cidr, LOCATOR: self.locator, MAC: self.mac,
+            NODE_ID: self.node_id,
+            TENANT: self.tenant,
+            NETWORK: self.network,
+            IP: self.ip,
+            CIDR: self.cidr,
+            LOCATOR: self.locator,
+            MAC: self.mac,
         }
 
     @classmethod
@@ -41,6 +46,11 @@ class NodePort:
         if not all(ids.get(key) for key in KEYS):
             return None
         return cls(
-            node_id=ids[NODE_ID], tenant=ids[TENANT], network=ids[NETWORK], ip=ids[IP],
-            cidr=ids[CIDR], locator=ids[LOCATOR], mac=ids[MAC].lower(),
+            node_id=ids[NODE_ID],
+            tenant=ids[TENANT],
+            network=ids[NETWORK],
+            ip=ids[IP],
+            cidr=ids[CIDR],
+            locator=ids[LOCATOR],
+            mac=ids[MAC].lower(),
         )

@@ -84,9 +84,12 @@ class Controller:
         try:
             ports = await channel.ports()
             if self.uplink_name not in ports or "LOCAL" not in ports:
-                raise RuntimeError(f"bridge has no {self.uplink_name} or LOCAL port: {sorted(ports)}")
+                raise RuntimeError(
+                    f"bridge has no {self.uplink_name} or LOCAL port: {sorted(ports)}"
+                )
             self.server = f.Server(
-                address=self.server_address, mac=ports["LOCAL"][1].lower(),
+                address=self.server_address,
+                mac=ports["LOCAL"][1].lower(),
                 uplink=ports[self.uplink_name][0],
             )
             self.nodes = await self._local_nodes(ports)
@@ -94,8 +97,11 @@ class Controller:
             self._reconcile_base(present)
             self._adopt_pairs(present)
             self.stats["connects"] += 1
-            log.info("switch connected: %d local nodes, %d conversations kept",
-                     len(self.nodes), len(self.pairs))
+            log.info(
+                "switch connected: %d local nodes, %d conversations kept",
+                len(self.nodes),
+                len(self.pairs),
+            )
         except Exception:
             self._failed("connect")
             return
@@ -110,8 +116,14 @@ class Controller:
             if name in ports:
                 number = ports[name][0]
                 nodes[number] = f.LocalNode(
-                    port=number, node_id=port.node_id, tenant=port.tenant, network=port.network,
-                    ip=port.ip, mac=port.mac, locator=port.locator, cidr=port.cidr,
+                    port=number,
+                    node_id=port.node_id,
+                    tenant=port.tenant,
+                    network=port.network,
+                    ip=port.ip,
+                    mac=port.mac,
+                    locator=port.locator,
+                    cidr=port.cidr,
                 )
         return nodes
 
@@ -174,8 +186,7 @@ class Controller:
     def flow_removed(self, cookie: int) -> None:
         """An egress flow idled out: the conversation is over."""
         self.pairs = {
-            key: pair for key, pair in self.pairs.items()
-            if f.cookie(f.PAIR, *key) != cookie
+            key: pair for key, pair in self.pairs.items() if f.cookie(f.PAIR, *key) != cookie
         }
 
     # -- first packets ------------------------------------------------------------------------
@@ -253,7 +264,8 @@ class Controller:
             source = (await self.resolver.locate(source_locator)).node
             answer = await self.resolver.resolve(source.ip, source=local.node_id)
             allowed = (
-                source.tenant == local.tenant and answer.allowed
+                source.tenant == local.tenant
+                and answer.allowed
                 and answer.destination.locator == source_locator
             )
         except NotFound:
@@ -290,13 +302,20 @@ class Controller:
     def _send_arp_request(self, target: str) -> None:
         assert self.channel and self.server
         request = packet.Packet()
-        request.add_protocol(ethernet.ethernet(
-            dst="ff:ff:ff:ff:ff:ff", src=self.server.mac, ethertype=ether_types.ETH_TYPE_ARP
-        ))
-        request.add_protocol(arp.arp(
-            opcode=arp.ARP_REQUEST, src_mac=self.server.mac, src_ip=self.server.address,
-            dst_mac="00:00:00:00:00:00", dst_ip=target,
-        ))
+        request.add_protocol(
+            ethernet.ethernet(
+                dst="ff:ff:ff:ff:ff:ff", src=self.server.mac, ethertype=ether_types.ETH_TYPE_ARP
+            )
+        )
+        request.add_protocol(
+            arp.arp(
+                opcode=arp.ARP_REQUEST,
+                src_mac=self.server.mac,
+                src_ip=self.server.address,
+                dst_mac="00:00:00:00:00:00",
+                dst_ip=target,
+            )
+        )
         request.serialize()
         self.channel.send_packet(self.server.uplink, bytes(request.data))
 
@@ -321,7 +340,9 @@ class Controller:
         if change.type in (ChangeType.NODE_MOVED, ChangeType.NODE_DELETED):
             gone = change.previous or change.node
             assert gone is not None
-            self.channel.delete_cookie(f.cookie(f.PAIR, "", gone.locator), f.CLASS_MASK | f.REMOTE_MASK)
+            self.channel.delete_cookie(
+                f.cookie(f.PAIR, "", gone.locator), f.CLASS_MASK | f.REMOTE_MASK
+            )
             self.pairs = {k: p for k, p in self.pairs.items() if k[1] != gone.locator}
         if change.type in (ChangeType.NODE_CREATED, ChangeType.LINK_CREATED, ChangeType.NODE_MOVED):
             self.channel.delete_cookie(f.cookie(f.DENY), f.CLASS_MASK)
@@ -345,11 +366,12 @@ class Controller:
             return
         if not valid and self.channel:
             key = (pair.local.locator, pair.remote_locator)
-            self.channel.delete_cookie(f.cookie(f.PAIR, *key), f.CLASS_MASK | f.LOCAL_MASK | f.REMOTE_MASK)
+            self.channel.delete_cookie(
+                f.cookie(f.PAIR, *key), f.CLASS_MASK | f.LOCAL_MASK | f.REMOTE_MASK
+            )
             self.pairs.pop(key, None)
             self.stats["conversations_revoked"] += 1
 
     def _failed(self, where: str) -> None:
         self.stats[f"errors_{where}"] += 1
         log.exception("error in %s (handled; the controller keeps running)", where)
-

@@ -19,7 +19,6 @@ import hashlib
 import ipaddress
 import zlib
 from dataclasses import dataclass
-from typing import Union
 
 T_CLASSIFY, T_EGRESS, T_INGRESS = 0, 1, 2
 
@@ -50,8 +49,8 @@ LOCAL = "LOCAL"
 IN_PORT = "IN_PORT"
 CONTROLLER = "CONTROLLER"
 TABLE = "TABLE"
-Port = Union[int, str]
-MatchValue = Union[int, str, tuple[str, str]]
+Port = int | str
+MatchValue = int | str | tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class Goto:
     table: int
 
 
-Action = Union[Output, SetField, Move, Goto]
+Action = Output | SetField | Move | Goto
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,11 @@ def same_flow(a: Flow, b: Flow) -> bool:
 
 
 def flow(
-    table: int, priority: int, match: dict[str, MatchValue], actions: list[Action], cookie: int,
+    table: int,
+    priority: int,
+    match: dict[str, MatchValue],
+    actions: list[Action],
+    cookie: int,
     **timers: int | bool,
 ) -> Flow:
     return Flow(table, priority, tuple(match.items()), tuple(actions), cookie, **timers)
@@ -191,10 +194,16 @@ def server_flows(server: Server) -> list[Flow]:
     base = cookie(BASE)
     return [
         flow(
-            T_CLASSIFY, PRIO_HOST_ARP_REPLY,
-            {"in_port": server.uplink, "eth_type": ETH_ARP, "arp_op": ARP_REPLY,
-             "arp_tpa": server.address},
-            [Output(LOCAL), Output(CONTROLLER)], base,
+            T_CLASSIFY,
+            PRIO_HOST_ARP_REPLY,
+            {
+                "in_port": server.uplink,
+                "eth_type": ETH_ARP,
+                "arp_op": ARP_REPLY,
+                "arp_tpa": server.address,
+            },
+            [Output(LOCAL), Output(CONTROLLER)],
+            base,
         ),
         flow(T_CLASSIFY, PRIO_MISS, {}, [], base),
         flow(T_EGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
@@ -216,42 +225,70 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
     own = {"in_port": node.port, "eth_src": node.mac}
     return [
         flow(
-            T_CLASSIFY, PRIO_ARP_OWN,
-            {"in_port": node.port, "eth_type": ETH_ARP, "arp_tpa": node.ip}, [], base,
+            T_CLASSIFY,
+            PRIO_ARP_OWN,
+            {"in_port": node.port, "eth_type": ETH_ARP, "arp_tpa": node.ip},
+            [],
+            base,
         ),
         flow(
-            T_CLASSIFY, PRIO_ARP_ANSWER,
-            {**own, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_spa": node.ip,
-             "arp_sha": node.mac, "arp_tpa": _prefix(node.cidr)},
+            T_CLASSIFY,
+            PRIO_ARP_ANSWER,
+            {
+                **own,
+                "eth_type": ETH_ARP,
+                "arp_op": ARP_REQUEST,
+                "arp_spa": node.ip,
+                "arp_sha": node.mac,
+                "arp_tpa": _prefix(node.cidr),
+            },
             [
-                SetField("eth_dst", node.mac), SetField("eth_src", gw_mac),
-                SetField("arp_op", ARP_REPLY), Move("arp_tpa", "arp_spa"),
-                SetField("arp_sha", gw_mac), SetField("arp_tpa", node.ip),
-                SetField("arp_tha", node.mac), Output(IN_PORT),
+                SetField("eth_dst", node.mac),
+                SetField("eth_src", gw_mac),
+                SetField("arp_op", ARP_REPLY),
+                Move("arp_tpa", "arp_spa"),
+                SetField("arp_sha", gw_mac),
+                SetField("arp_tpa", node.ip),
+                SetField("arp_tha", node.mac),
+                Output(IN_PORT),
             ],
             base,
         ),
         flow(
-            T_CLASSIFY, PRIO_ALLOW,
-            {**own, "eth_type": ETH_IP, "ipv4_src": node.ip}, [Goto(T_EGRESS)], base,
+            T_CLASSIFY,
+            PRIO_ALLOW,
+            {**own, "eth_type": ETH_IP, "ipv4_src": node.ip},
+            [Goto(T_EGRESS)],
+            base,
         ),
         flow(T_CLASSIFY, PRIO_ANTI_SPOOF, {"in_port": node.port}, [], base),
         flow(
-            T_CLASSIFY, PRIO_ARP_ANSWER,
-            {"in_port": server.uplink, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST,
-             "arp_tpa": node.locator},
+            T_CLASSIFY,
+            PRIO_ARP_ANSWER,
+            {
+                "in_port": server.uplink,
+                "eth_type": ETH_ARP,
+                "arp_op": ARP_REQUEST,
+                "arp_tpa": node.locator,
+            },
             [
-                Move("eth_src", "eth_dst"), SetField("eth_src", server.mac),
-                SetField("arp_op", ARP_REPLY), Move("arp_sha", "arp_tha"),
-                SetField("arp_sha", server.mac), Move("arp_spa", "arp_tpa"),
-                SetField("arp_spa", node.locator), Output(IN_PORT),
+                Move("eth_src", "eth_dst"),
+                SetField("eth_src", server.mac),
+                SetField("arp_op", ARP_REPLY),
+                Move("arp_sha", "arp_tha"),
+                SetField("arp_sha", server.mac),
+                Move("arp_spa", "arp_tpa"),
+                SetField("arp_spa", node.locator),
+                Output(IN_PORT),
             ],
             base,
         ),
         flow(
-            T_CLASSIFY, PRIO_ALLOW,
+            T_CLASSIFY,
+            PRIO_ALLOW,
             {"in_port": server.uplink, "eth_type": ETH_IP, "ipv4_dst": node.locator},
-            [Goto(T_INGRESS)], base,
+            [Goto(T_INGRESS)],
+            base,
         ),
     ]
 
@@ -275,33 +312,50 @@ def conversation_flows(server: Server, pair: Conversation) -> list[Flow]:
     if pair.remote_port is not None:
         return [
             flow(
-                T_EGRESS, PRIO_CONVERSATION, egress_match,
-                [SetField("eth_src", gw_mac), SetField("eth_dst", remote.mac),
-                 Output(pair.remote_port)],
-                pair_cookie, notify_removal=True, **timers,
+                T_EGRESS,
+                PRIO_CONVERSATION,
+                egress_match,
+                [
+                    SetField("eth_src", gw_mac),
+                    SetField("eth_dst", remote.mac),
+                    Output(pair.remote_port),
+                ],
+                pair_cookie,
+                notify_removal=True,
+                **timers,
             )
         ]
     if pair.next_hop_mac is None:
         raise ValueError("a conversation with a remote node needs the next hop's MAC")
     return [
         flow(
-            T_EGRESS, PRIO_CONVERSATION, egress_match,
+            T_EGRESS,
+            PRIO_CONVERSATION,
+            egress_match,
             [
-                SetField("eth_src", server.mac), SetField("eth_dst", pair.next_hop_mac),
-                SetField("ipv4_src", local.locator), SetField("ipv4_dst", remote.locator),
+                SetField("eth_src", server.mac),
+                SetField("eth_dst", pair.next_hop_mac),
+                SetField("ipv4_src", local.locator),
+                SetField("ipv4_dst", remote.locator),
                 Output(server.uplink),
             ],
-            pair_cookie, notify_removal=True, **timers,
+            pair_cookie,
+            notify_removal=True,
+            **timers,
         ),
         flow(
-            T_INGRESS, PRIO_CONVERSATION,
+            T_INGRESS,
+            PRIO_CONVERSATION,
             {"eth_type": ETH_IP, "ipv4_src": remote.locator, "ipv4_dst": local.locator},
             [
-                SetField("eth_src", gw_mac), SetField("eth_dst", local.mac),
-                SetField("ipv4_src", remote.ip), SetField("ipv4_dst", local.ip),
+                SetField("eth_src", gw_mac),
+                SetField("eth_dst", local.mac),
+                SetField("ipv4_src", remote.ip),
+                SetField("ipv4_dst", local.ip),
                 Output(local.port),
             ],
-            pair_cookie, **timers,
+            pair_cookie,
+            **timers,
         ),
     ]
 
@@ -309,17 +363,23 @@ def conversation_flows(server: Server, pair: Conversation) -> list[Flow]:
 def deny_egress(local: LocalNode, destination_ip: str) -> Flow:
     """Drop a refused destination for a while, so the node cannot hammer the controller."""
     return flow(
-        T_EGRESS, PRIO_CONVERSATION,
+        T_EGRESS,
+        PRIO_CONVERSATION,
         {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": destination_ip},
-        [], cookie(DENY, local.locator, destination_ip), hard_timeout=DENY_HARD_TIMEOUT,
+        [],
+        cookie(DENY, local.locator, destination_ip),
+        hard_timeout=DENY_HARD_TIMEOUT,
     )
 
 
 def deny_ingress(local_locator: str, remote_locator: str) -> Flow:
     return flow(
-        T_INGRESS, PRIO_CONVERSATION,
+        T_INGRESS,
+        PRIO_CONVERSATION,
         {"eth_type": ETH_IP, "ipv4_src": remote_locator, "ipv4_dst": local_locator},
-        [], cookie(DENY, local_locator, remote_locator), hard_timeout=DENY_HARD_TIMEOUT,
+        [],
+        cookie(DENY, local_locator, remote_locator),
+        hard_timeout=DENY_HARD_TIMEOUT,
     )
 
 

@@ -31,8 +31,16 @@ _NAMED_PORTS = {
     TABLE: ofp.OFPP_TABLE,
 }
 _PORT_NAMES = {number: name for name, number in _NAMED_PORTS.items()}
-_FIELD_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48,
-               "arp_spa": 32, "arp_tpa": 32, "ipv4_src": 32, "ipv4_dst": 32}
+_FIELD_BITS = {
+    "eth_src": 48,
+    "eth_dst": 48,
+    "arp_sha": 48,
+    "arp_tha": 48,
+    "arp_spa": 32,
+    "arp_tpa": 32,
+    "ipv4_src": 32,
+    "ipv4_dst": 32,
+}
 
 
 def port_number(port: int | str) -> int:
@@ -60,9 +68,11 @@ def instructions(entry: Flow) -> list:
         elif isinstance(action, SetField):
             actions.append(parser.OFPActionSetField(**{action.field: action.value}))
         elif isinstance(action, Move):
-            actions.append(parser.NXActionRegMove(
-                src_field=action.src, dst_field=action.dst, n_bits=_FIELD_BITS[action.src]
-            ))
+            actions.append(
+                parser.NXActionRegMove(
+                    src_field=action.src, dst_field=action.dst, n_bits=_FIELD_BITS[action.src]
+                )
+            )
     if actions:
         result.insert(0, parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
     return result
@@ -71,25 +81,42 @@ def instructions(entry: Flow) -> list:
 def flow_add(datapath: Any, entry: Flow) -> parser.OFPFlowMod:
     flags = ofp.OFPFF_SEND_FLOW_REM if entry.notify_removal else 0
     return parser.OFPFlowMod(
-        datapath, cookie=entry.cookie, table_id=entry.table, command=ofp.OFPFC_ADD,
-        idle_timeout=entry.idle_timeout, hard_timeout=entry.hard_timeout,
-        priority=entry.priority, buffer_id=ofp.OFP_NO_BUFFER, flags=flags,
-        match=match(entry), instructions=instructions(entry),
+        datapath,
+        cookie=entry.cookie,
+        table_id=entry.table,
+        command=ofp.OFPFC_ADD,
+        idle_timeout=entry.idle_timeout,
+        hard_timeout=entry.hard_timeout,
+        priority=entry.priority,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        flags=flags,
+        match=match(entry),
+        instructions=instructions(entry),
     )
 
 
 def flow_delete_strict(datapath: Any, entry: Flow) -> parser.OFPFlowMod:
     return parser.OFPFlowMod(
-        datapath, table_id=entry.table, command=ofp.OFPFC_DELETE_STRICT, priority=entry.priority,
-        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match(entry),
+        datapath,
+        table_id=entry.table,
+        command=ofp.OFPFC_DELETE_STRICT,
+        priority=entry.priority,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=match(entry),
     )
 
 
 def flow_delete_cookie(datapath: Any, cookie: int, mask: int) -> parser.OFPFlowMod:
     """Delete, in every table, the flows whose cookie matches under the mask."""
     return parser.OFPFlowMod(
-        datapath, cookie=cookie, cookie_mask=mask, table_id=ofp.OFPTT_ALL,
-        command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        datapath,
+        cookie=cookie,
+        cookie_mask=mask,
+        table_id=ofp.OFPTT_ALL,
+        command=ofp.OFPFC_DELETE,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
         match=parser.OFPMatch(),
     )
 
@@ -97,15 +124,21 @@ def flow_delete_cookie(datapath: Any, cookie: int, mask: int) -> parser.OFPFlowM
 def packet_out_to_table(datapath: Any, in_port: int, data: bytes) -> parser.OFPPacketOut:
     """Send a packet back through the pipeline, as if it had just arrived on `in_port`."""
     return parser.OFPPacketOut(
-        datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
-        actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)], data=data,
+        datapath,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        in_port=in_port,
+        actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)],
+        data=data,
     )
 
 
 def packet_out(datapath: Any, port: int, data: bytes) -> parser.OFPPacketOut:
     return parser.OFPPacketOut(
-        datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-        actions=[parser.OFPActionOutput(port)], data=data,
+        datapath,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        in_port=ofp.OFPP_CONTROLLER,
+        actions=[parser.OFPActionOutput(port)],
+        data=data,
     )
 
 
@@ -127,8 +160,13 @@ def from_stats(stats: Any) -> Flow:
             actions.append(_plain_action(action))
     actions.sort(key=lambda a: isinstance(a, Goto))
     return Flow(
-        table=stats.table_id, priority=stats.priority, match=tuple(found), actions=tuple(actions),
-        cookie=stats.cookie, idle_timeout=stats.idle_timeout, hard_timeout=stats.hard_timeout,
+        table=stats.table_id,
+        priority=stats.priority,
+        match=tuple(found),
+        actions=tuple(actions),
+        cookie=stats.cookie,
+        idle_timeout=stats.idle_timeout,
+        hard_timeout=stats.hard_timeout,
         notify_removal=bool(stats.flags & ofp.OFPFF_SEND_FLOW_REM),
     )
 
@@ -142,4 +180,3 @@ def _plain_action(action: Any) -> Action:
     if isinstance(action, parser.NXActionRegMove):
         return Move(action.src_field, action.dst_field)
     raise ValueError(f"unexpected action {action!r}")
-

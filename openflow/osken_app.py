@@ -100,8 +100,13 @@ def _resolve(future: asyncio.Future, value: Any) -> None:
 class NviSwitchApp(app_manager.OSKenApp):
     OFP_VERSIONS = [ofp.OFP_VERSION]
 
-    def __init__(self, *args: Any, nvi_controller: Controller, nvi_loop: asyncio.AbstractEventLoop,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        nvi_controller: Controller,
+        nvi_loop: asyncio.AbstractEventLoop,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.controller = nvi_controller
         self.loop = nvi_loop
@@ -126,9 +131,11 @@ class NviSwitchApp(app_manager.OSKenApp):
     def packet_in(self, event: Any) -> None:
         try:
             message = event.msg
-            self._submit(self.controller.packet_in(
-                message.match["in_port"], message.table_id, bytes(message.data)
-            ))
+            self._submit(
+                self.controller.packet_in(
+                    message.match["in_port"], message.table_id, bytes(message.data)
+                )
+            )
         except Exception:
             log.exception("packet-in handler failed")
 
@@ -146,8 +153,9 @@ class NviSwitchApp(app_manager.OSKenApp):
         except Exception:
             log.exception("flow-removed handler failed")
 
-    @set_ev_cls([ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPPortDescStatsReply],
-                MAIN_DISPATCHER)
+    @set_ev_cls(
+        [ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPPortDescStatsReply], MAIN_DISPATCHER
+    )
     def stats_reply(self, event: Any) -> None:
         try:
             if self.channel is not None:

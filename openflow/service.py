@@ -56,9 +56,15 @@ def load_config(path: str | Path) -> ControllerConfig:
 async def read_node_ports(ovsdb: str) -> dict[str, NodePort]:
     """Interface name -> node, for the bridge's ports that carry NVI's external_ids."""
     process = await asyncio.create_subprocess_exec(
-        "ovs-vsctl", f"--db={ovsdb}", "--timeout=5", "--format=json",
-        "--columns=name,external_ids", "list", "Interface",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "ovs-vsctl",
+        f"--db={ovsdb}",
+        "--timeout=5",
+        "--format=json",
+        "--columns=name,external_ids",
+        "list",
+        "Interface",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     if process.returncode != 0:
@@ -88,7 +94,9 @@ class Runtime:
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="nvi-asyncio", daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="nvi-asyncio", daemon=True
+        )
         self.controller: Controller | None = None
 
     def start(self) -> Controller:
@@ -118,7 +126,11 @@ class Runtime:
         path = self.config.state_dir / "controller.stats.json"
         last: dict[str, Any] = {}
         while True:
-            now = {**controller.stats, "pairs": len(controller.pairs), "nodes": len(controller.nodes)}
+            now = {
+                **controller.stats,
+                "pairs": len(controller.pairs),
+                "nodes": len(controller.nodes),
+            }
             if now != last:
                 path.write_text(json.dumps(now, sort_keys=True))
                 last = now
@@ -158,8 +170,12 @@ def serve(config_path: str) -> None:
         **contexts, nvi_controller=controller, nvi_loop=runtime.loop
     )
     (config.state_dir / "controller.ready").write_text("ready\n")
-    log.info("controller for %s listening on %s:%d", config.address, config.listen_host,
-             config.listen_port)
+    log.info(
+        "controller for %s listening on %s:%d",
+        config.address,
+        config.listen_host,
+        config.listen_port,
+    )
     try:
         hub.joinall(services)
     finally:

@@ -65,8 +65,15 @@ class LabNet:
         return Daemon(
             name="controller",
             netns=self.netns(server.name),
-            argv=(sys.executable, "-m", "nvi", "controller", "serve",
-                  "--config", str(folder / "controller.toml")),
+            argv=(
+                sys.executable,
+                "-m",
+                "nvi",
+                "controller",
+                "serve",
+                "--config",
+                str(folder / "controller.toml"),
+            ),
             rundir=folder,
             ready=folder / "controller.ready",
         )
@@ -79,8 +86,15 @@ class LabNet:
         return Daemon(
             name="directory",
             netns=ns,
-            argv=(sys.executable, "-m", "nvi", "directory", "serve",
-                  "--config", str(folder / "directory.toml")),
+            argv=(
+                sys.executable,
+                "-m",
+                "nvi",
+                "directory",
+                "serve",
+                "--config",
+                str(folder / "directory.toml"),
+            ),
             rundir=folder,
             ready=lambda: links.accepts_tcp(ns, directory.address, directory.port),
         )
@@ -174,9 +188,22 @@ class LabNet:
         if not (folder / "directory.toml").exists():
             shutil.rmtree(folder, ignore_errors=True)
             init = subprocess.run(
-                [sys.executable, "-m", "nvi", "directory", "init", str(folder),
-                 "--host", directory.address, "--port", str(directory.port), "-o", "json"],
-                capture_output=True, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "nvi",
+                    "directory",
+                    "init",
+                    str(folder),
+                    "--host",
+                    directory.address,
+                    "--port",
+                    str(directory.port),
+                    "-o",
+                    "json",
+                ],
+                capture_output=True,
+                text=True,
             )
             if init.returncode != 0:
                 raise NviError(f"directory init failed: {init.stderr.strip()}")
@@ -238,6 +265,7 @@ class LabNet:
             changes.append(f"server {server.name}: installed host flows")
         if self.lab.directory:
             changes += self._ensure_running(server, self.controller_daemon(server))
+            ovs.wait_for_controller()
         return changes
 
     @staticmethod
@@ -270,15 +298,35 @@ class LabNet:
             if in_place:
                 return False
         ovs.vsctl(
-            "--may-exist", "add-br", BRIDGE,
-            "--", "set", "bridge", BRIDGE, *(f"{key}={value}" for key, value in wanted.items()),
-            "--", "--may-exist", "add-port", BRIDGE, UPLINK,
-            "--", "set", "interface", UPLINK, "ofport_request=1",
+            "--may-exist",
+            "add-br",
+            BRIDGE,
+            "--",
+            "set",
+            "bridge",
+            BRIDGE,
+            *(f"{key}={value}" for key, value in wanted.items()),
+            "--",
+            "--may-exist",
+            "add-port",
+            BRIDGE,
+            UPLINK,
+            "--",
+            "set",
+            "interface",
+            UPLINK,
+            "ofport_request=1",
         )
         if self.lab.directory:
             ovs.vsctl(
-                "set-controller", BRIDGE, CONTROLLER_TARGET,
-                "--", "set", "controller", BRIDGE, "max_backoff=1000",
+                "set-controller",
+                BRIDGE,
+                CONTROLLER_TARGET,
+                "--",
+                "set",
+                "controller",
+                BRIDGE,
+                "max_backoff=1000",
                 "connection_mode=out-of-band",
             )
         return True
@@ -378,12 +426,16 @@ class LabNet:
         ]
         if self.lab.directory:
             pid = running_pid(self.directory_daemon())
-            others.append({
-                "member": self.lab.directory.name,
-                "kind": f"directory {self.lab.directory.url} " + (f"pid {pid}" if pid else "DOWN"),
-                "namespace": self.netns(self.lab.directory.name)
-                if self.netns(self.lab.directory.name) in present else None,
-            })
+            others.append(
+                {
+                    "member": self.lab.directory.name,
+                    "kind": f"directory {self.lab.directory.url} "
+                    + (f"pid {pid}" if pid else "DOWN"),
+                    "namespace": self.netns(self.lab.directory.name)
+                    if self.netns(self.lab.directory.name) in present
+                    else None,
+                }
+            )
         return {
             "lab": self.lab.name,
             "logs": str(self.rundir),

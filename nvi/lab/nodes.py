@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
+
+from pyroute2 import netns
 
 from federation.client import DirectoryClient
 from federation.errors import NotFound
@@ -24,6 +29,7 @@ from nvi.lab.spec import Server
 from nvi.ports import LOCATOR, NodePort
 
 INSIDE = "eth0"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,12 @@ def free_locator(net: LabNet, server: Server) -> str:
 
 
 async def add_node(
-    net: LabNet, client: DirectoryClient, server_name: str, tenant: str, network: str, name: str,
+    net: LabNet,
+    client: DirectoryClient,
+    server_name: str,
+    tenant: str,
+    network: str,
+    name: str,
     ip: str,
 ) -> NetnsNode:
     """Publish the node, then plug it: a namespace with eth0 on the server's bridge."""
@@ -66,12 +77,24 @@ async def add_node(
     locator = free_locator(net, server)
     mac = node_mac(tenant, name)
     published = await client.create_node(
-        tenant, name=name, kind="container", network=network, ip=ip, mac=mac, locator=locator,
+        tenant,
+        name=name,
+        kind="container",
+        network=network,
+        ip=ip,
+        mac=mac,
+        locator=locator,
         server=server.name,
     )
     node = NetnsNode(
-        name=name, tenant=tenant, network=network, server=server.name, netns=f"{net.netns(server.name)}.{name}",
-        port="n" + hashlib.sha256(f"{tenant}/{name}".encode()).hexdigest()[:10], ip=ip, mac=mac,
+        name=name,
+        tenant=tenant,
+        network=network,
+        server=server.name,
+        netns=f"{net.netns(server.name)}.{name}",
+        port="n" + hashlib.sha256(f"{tenant}/{name}".encode()).hexdigest()[:10],
+        ip=ip,
+        mac=mac,
         locator=locator,
     )
     try:
@@ -101,8 +124,10 @@ def _plug(
     net: LabNet, server: Server, node: NetnsNode, cidr: str, gateway: str, node_id: str
 ) -> None:
     server_ns = net.netns(server.name)
-    links.ensure_netns(node.netns, {"net.ipv6.conf.all.disable_ipv6": "1",
-                                    "net.ipv6.conf.default.disable_ipv6": "1"})
+    links.ensure_netns(
+        node.netns,
+        {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
+    )
     links.ensure_veth(server_ns, node.port, node.netns, INSIDE)
     links.run_in(node.netns, ["ip", "link", "set", INSIDE, "address", node.mac])
     links.ensure_up(server_ns, node.port)
@@ -111,10 +136,49 @@ def _plug(
     links.ensure_address(node.netns, INSIDE, node.ip, prefixlen)
     links.ensure_route(node.netns, "0.0.0.0/0", gateway)
     ids = NodePort(
-        node_id=node_id, tenant=node.tenant, network=node.network,
-        ip=node.ip, cidr=cidr, locator=node.locator, mac=node.mac,
+        node_id=node_id,
+        tenant=node.tenant,
+        network=node.network,
+        ip=node.ip,
+        cidr=cidr,
+        locator=node.locator,
+        mac=node.mac,
     ).external_ids()
     net.ovs(server).vsctl(
-        "--may-exist", "add-port", BRIDGE, node.port, "--", "set", "interface", node.port,
+        "--may-exist",
+        "add-port",
+        BRIDGE,
+        node.port,
+        "--",
+        "set",
+        "interface",
+        node.port,
         *(f'external_ids:"{key}"="{value}"' for key, value in ids.items()),
     )
+
+
+def with_directory(net: LabNet, work: Callable[[DirectoryClient], Awaitable[T]]) -> T:
+    """Run `work` with an admin client of the lab's directory, from inside the lab.
+
+    The directory is reached by IP over the underlay, as servers reach it, so the client runs
+    on a thread that has entered the first server's namespace (namespaces are per thread).
+    """
+    assert net.lab.directory is not None
+    result: list[T] = []
+
+    def run() -> None:
+        netns.pushns(net.netns(net.lab.servers[0].name))
+        try:
+            result.append(asyncio.run(_session(net, work)))
+        finally:
+            netns.popns()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(run).result()
+    return result[0]
+
+
+async def _session(net: LabNet, work: Callable[[DirectoryClient], Awaitable[T]]) -> T:
+    assert net.lab.directory is not None
+    async with DirectoryClient(net.lab.directory.url, net.admin_token()) as client:
+        return await work(client)

@@ -100,6 +100,14 @@ class OvsInstance:
                     raise
                 time.sleep(0.05)
 
+    def wait_for_controller(self, timeout: float = 10.0) -> None:
+        """Block until the bridge reports its controller connection up."""
+        deadline = time.monotonic() + timeout
+        while self.vsctl("--bare", "get", "controller", BRIDGE, "is_connected").strip() != "true":
+            if time.monotonic() > deadline:
+                raise NviError(f"the switch in {self.netns} did not connect to its controller")
+            time.sleep(0.05)
+
     def vsctl(self, *args: str) -> str:
         return _run(["ovs-vsctl", f"--db=unix:{self.db_socket}", "--timeout=10", *args], self.env)
 

@@ -33,8 +33,19 @@ SERVER_B = Server(address="203.0.113.13", mac="aa:00:00:00:00:0b", uplink=UPLINK
 ROUTER_MAC = "aa:00:00:00:00:01"
 
 
-def node(port: int, ip: str, mac: str, locator: str, tenant: str = "blue", network: str = "net") -> LocalNode:
-    return LocalNode(port=port, node_id=f"{tenant}-{ip}", tenant=tenant, network=network, ip=ip, mac=mac, locator=locator, cidr="10.0.0.0/24")
+def node(
+    port: int, ip: str, mac: str, locator: str, tenant: str = "blue", network: str = "net"
+) -> LocalNode:
+    return LocalNode(
+        port=port,
+        node_id=f"{tenant}-{ip}",
+        tenant=tenant,
+        network=network,
+        ip=ip,
+        mac=mac,
+        locator=locator,
+        cidr="10.0.0.0/24",
+    )
 
 
 def remote(n: LocalNode) -> Remote:
@@ -48,15 +59,29 @@ C = node(4, "10.0.0.4", "52:54:00:00:00:04", "198.51.100.65")
 
 def ip_packet(src: LocalNode, dst_ip: str, **extra) -> dict:
     return {
-        "eth_src": src.mac, "eth_dst": gateway_mac(src.tenant, src.network), "eth_type": ETH_IP,
-        "ipv4_src": src.ip, "ipv4_dst": dst_ip, "ip_proto": 6, "tcp_src": 40000, "tcp_dst": 80, **extra,
+        "eth_src": src.mac,
+        "eth_dst": gateway_mac(src.tenant, src.network),
+        "eth_type": ETH_IP,
+        "ipv4_src": src.ip,
+        "ipv4_dst": dst_ip,
+        "ip_proto": 6,
+        "tcp_src": 40000,
+        "tcp_dst": 80,
+        **extra,
     }
 
 
 def arp_request(src: LocalNode, target: str, **extra) -> dict:
     return {
-        "eth_src": src.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": ETH_ARP, "arp_op": 1,
-        "arp_spa": src.ip, "arp_sha": src.mac, "arp_tpa": target, "arp_tha": "00:00:00:00:00:00", **extra,
+        "eth_src": src.mac,
+        "eth_dst": "ff:ff:ff:ff:ff:ff",
+        "eth_type": ETH_ARP,
+        "arp_op": 1,
+        "arp_spa": src.ip,
+        "arp_sha": src.mac,
+        "arp_tpa": target,
+        "arp_tha": "00:00:00:00:00:00",
+        **extra,
     }
 
 
@@ -64,8 +89,12 @@ def two_servers(a: LocalNode = A, b: LocalNode = B) -> tuple[Switch, Switch]:
     """A conversation a<->b across a router: each server installed its own half."""
     switch_a = Switch(desired_base_flows(SERVER_A, [a]))
     switch_b = Switch(desired_base_flows(SERVER_B, [b]))
-    switch_a.install(conversation_flows(SERVER_A, Conversation(a, remote(b), next_hop_mac=ROUTER_MAC)))
-    switch_b.install(conversation_flows(SERVER_B, Conversation(b, remote(a), next_hop_mac=ROUTER_MAC)))
+    switch_a.install(
+        conversation_flows(SERVER_A, Conversation(a, remote(b), next_hop_mac=ROUTER_MAC))
+    )
+    switch_b.install(
+        conversation_flows(SERVER_B, Conversation(b, remote(a), next_hop_mac=ROUTER_MAC))
+    )
     return switch_a, switch_b
 
 
@@ -79,10 +108,18 @@ def test_rewrite_crosses_the_underlay_as_plain_ip_between_locators() -> None:
     switch_a, switch_b = two_servers()
     sent = ip_packet(A, B.ip)
     on_wire = switch_a.process(A.port, sent).to(UPLINK)
-    assert on_wire == [{
-        **sent, "eth_src": SERVER_A.mac, "eth_dst": ROUTER_MAC, "ipv4_src": A.locator, "ipv4_dst": B.locator,
-    }]
-    delivered = switch_b.process(UPLINK, {**on_wire[0], "eth_src": ROUTER_MAC, "eth_dst": SERVER_B.mac}).to(B.port)
+    assert on_wire == [
+        {
+            **sent,
+            "eth_src": SERVER_A.mac,
+            "eth_dst": ROUTER_MAC,
+            "ipv4_src": A.locator,
+            "ipv4_dst": B.locator,
+        }
+    ]
+    delivered = switch_b.process(
+        UPLINK, {**on_wire[0], "eth_src": ROUTER_MAC, "eth_dst": SERVER_B.mac}
+    ).to(B.port)
     assert delivered == [{**sent, "eth_src": gateway_mac("blue", "net"), "eth_dst": B.mac}]
 
 
@@ -97,7 +134,13 @@ def test_reply_takes_the_mirror_path() -> None:
 
 def test_unknown_locator_pair_from_uplink_asks_controller_and_foreign_locator_is_dropped() -> None:
     switch = Switch(desired_base_flows(SERVER_A, [A]))
-    probe = {"eth_type": ETH_IP, "eth_src": ROUTER_MAC, "eth_dst": SERVER_A.mac, "ipv4_src": "203.0.113.99", "ipv4_dst": A.locator}
+    probe = {
+        "eth_type": ETH_IP,
+        "eth_src": ROUTER_MAC,
+        "eth_dst": SERVER_A.mac,
+        "ipv4_src": "203.0.113.99",
+        "ipv4_dst": A.locator,
+    }
     assert switch.process(UPLINK, probe).to_controller
     assert switch.process(UPLINK, {**probe, "ipv4_dst": "198.51.100.99"}).dropped
 
@@ -120,10 +163,18 @@ def test_arp_in_the_network_is_answered_with_the_gateway_mac() -> None:
     switch = Switch(desired_base_flows(SERVER_A, [A]))
     gw = gateway_mac("blue", "net")
     replies = switch.process(A.port, arp_request(A, "10.0.0.77")).to(A.port)
-    assert replies == [{
-        "eth_src": gw, "eth_dst": A.mac, "eth_type": ETH_ARP, "arp_op": 2,
-        "arp_spa": "10.0.0.77", "arp_sha": gw, "arp_tpa": A.ip, "arp_tha": A.mac,
-    }]
+    assert replies == [
+        {
+            "eth_src": gw,
+            "eth_dst": A.mac,
+            "eth_type": ETH_ARP,
+            "arp_op": 2,
+            "arp_spa": "10.0.0.77",
+            "arp_sha": gw,
+            "arp_tpa": A.ip,
+            "arp_tha": A.mac,
+        }
+    ]
     assert switch.process(A.port, arp_request(A, "192.168.1.1")).dropped
     assert switch.process(A.port, arp_request(A, A.ip)).dropped  # gratuitous: never answered
 
@@ -131,19 +182,39 @@ def test_arp_in_the_network_is_answered_with_the_gateway_mac() -> None:
 def test_server_answers_arp_for_its_nodes_locators_only() -> None:
     switch = Switch(desired_base_flows(SERVER_A, [A]))
     who_has = {
-        "eth_src": ROUTER_MAC, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": ETH_ARP, "arp_op": 1,
-        "arp_spa": "198.51.100.1", "arp_sha": ROUTER_MAC, "arp_tpa": A.locator, "arp_tha": "00:00:00:00:00:00",
+        "eth_src": ROUTER_MAC,
+        "eth_dst": "ff:ff:ff:ff:ff:ff",
+        "eth_type": ETH_ARP,
+        "arp_op": 1,
+        "arp_spa": "198.51.100.1",
+        "arp_sha": ROUTER_MAC,
+        "arp_tpa": A.locator,
+        "arp_tha": "00:00:00:00:00:00",
     }
-    assert switch.process(UPLINK, who_has).to(UPLINK) == [{
-        "eth_src": SERVER_A.mac, "eth_dst": ROUTER_MAC, "eth_type": ETH_ARP, "arp_op": 2,
-        "arp_spa": A.locator, "arp_sha": SERVER_A.mac, "arp_tpa": "198.51.100.1", "arp_tha": ROUTER_MAC,
-    }]
+    assert switch.process(UPLINK, who_has).to(UPLINK) == [
+        {
+            "eth_src": SERVER_A.mac,
+            "eth_dst": ROUTER_MAC,
+            "eth_type": ETH_ARP,
+            "arp_op": 2,
+            "arp_spa": A.locator,
+            "arp_sha": SERVER_A.mac,
+            "arp_tpa": "198.51.100.1",
+            "arp_tha": ROUTER_MAC,
+        }
+    ]
     assert switch.process(UPLINK, {**who_has, "arp_tpa": "198.51.100.70"}).dropped
 
 
 def test_arp_reply_to_the_server_reaches_kernel_and_controller() -> None:
     switch = Switch(desired_base_flows(SERVER_A, [A]))
-    reply = {"eth_type": ETH_ARP, "arp_op": 2, "arp_spa": "198.51.100.1", "arp_sha": ROUTER_MAC, "arp_tpa": SERVER_A.address}
+    reply = {
+        "eth_type": ETH_ARP,
+        "arp_op": 2,
+        "arp_spa": "198.51.100.1",
+        "arp_sha": ROUTER_MAC,
+        "arp_tpa": SERVER_A.address,
+    }
     assert {port for port, _ in switch.process(UPLINK, reply).outputs} == {"LOCAL", CONTROLLER}
 
 
@@ -152,9 +223,13 @@ def test_same_server_pair_is_switched_locally() -> None:
     switch.install(conversation_flows(SERVER_A, Conversation(A, remote(C), remote_port=C.port)))
     switch.install(conversation_flows(SERVER_A, Conversation(C, remote(A), remote_port=A.port)))
     sent = ip_packet(A, C.ip)
-    assert switch.process(A.port, sent).to(C.port) == [{**sent, "eth_src": gateway_mac("blue", "net"), "eth_dst": C.mac}]
+    assert switch.process(A.port, sent).to(C.port) == [
+        {**sent, "eth_src": gateway_mac("blue", "net"), "eth_dst": C.mac}
+    ]
     back = ip_packet(C, A.ip)
-    assert switch.process(C.port, back).to(A.port) == [{**back, "eth_src": gateway_mac("blue", "net"), "eth_dst": A.mac}]
+    assert switch.process(C.port, back).to(A.port) == [
+        {**back, "eth_src": gateway_mac("blue", "net"), "eth_dst": A.mac}
+    ]
 
 
 def test_deny_flows_drop_without_the_controller() -> None:
@@ -168,7 +243,9 @@ def test_deny_flows_drop_without_the_controller() -> None:
 
 def test_removing_by_remote_cookie_ends_only_that_pair() -> None:
     switch_a, _ = two_servers()
-    switch_a.install(conversation_flows(SERVER_A, Conversation(A, remote(C), next_hop_mac=ROUTER_MAC)))
+    switch_a.install(
+        conversation_flows(SERVER_A, Conversation(A, remote(C), next_hop_mac=ROUTER_MAC))
+    )
     switch_a.remove(cookie(PAIR, "", B.locator), 0xFF << 56 | REMOTE_MASK)
     assert switch_a.process(A.port, ip_packet(A, B.ip)).to_controller
     assert switch_a.process(A.port, ip_packet(A, C.ip)).to(UPLINK)
@@ -176,18 +253,29 @@ def test_removing_by_remote_cookie_ends_only_that_pair() -> None:
 
 
 tenant_ips = st.integers(min_value=2, max_value=254).map(lambda i: f"10.0.0.{i}")
-locators = st.integers(min_value=1, max_value=2**24 - 2).map(lambda i: str(ipaddress.ip_address(0xC6120000 + i)))
-macs = st.integers(min_value=1, max_value=2**40 - 1).map(lambda i: ":".join(f"{b:02x}" for b in (0x52, *i.to_bytes(5, "big"))))
+locators = st.integers(min_value=1, max_value=2**24 - 2).map(
+    lambda i: str(ipaddress.ip_address(0xC6120000 + i))
+)
+macs = st.integers(min_value=1, max_value=2**40 - 1).map(
+    lambda i: ":".join(f"{b:02x}" for b in (0x52, *i.to_bytes(5, "big")))
+)
 names = st.text(alphabet="abcdefghij", min_size=1, max_size=6)
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    tenant=names, network=names, ips=st.lists(tenant_ips, min_size=2, max_size=2, unique=True),
-    locs=st.lists(locators, min_size=2, max_size=2, unique=True), node_macs=st.lists(macs, min_size=2, max_size=2),
-    other_tenant=names, proto=st.sampled_from([(6, "tcp"), (17, "udp"), (1, None)]), ports=st.tuples(st.integers(1, 65535), st.integers(1, 65535)),
+    tenant=names,
+    network=names,
+    ips=st.lists(tenant_ips, min_size=2, max_size=2, unique=True),
+    locs=st.lists(locators, min_size=2, max_size=2, unique=True),
+    node_macs=st.lists(macs, min_size=2, max_size=2),
+    other_tenant=names,
+    proto=st.sampled_from([(6, "tcp"), (17, "udp"), (1, None)]),
+    ports=st.tuples(st.integers(1, 65535), st.integers(1, 65535)),
 )
-def test_rewrite_then_restore_gives_back_the_original_headers(tenant, network, ips, locs, node_macs, other_tenant, proto, ports) -> None:
+def test_rewrite_then_restore_gives_back_the_original_headers(
+    tenant, network, ips, locs, node_macs, other_tenant, proto, ports
+) -> None:
     """For any tenants, overlapping addresses and locators: what arrives is what was sent,
     except the Ethernet addresses of the last hop (gateway MAC to the node's own MAC)."""
     a = node(2, ips[0], node_macs[0], locs[0], tenant, network)
@@ -208,9 +296,15 @@ def test_rewrite_then_restore_gives_back_the_original_headers(tenant, network, i
     assert tenant_free(wire[0], a, b)
     result = switch_b.process(UPLINK, wire[0])
     assert [port for port, _ in result.outputs] == [b.port]
-    assert result.outputs[0][1] == {**sent, "eth_src": gateway_mac(tenant, network), "eth_dst": b.mac}
+    assert result.outputs[0][1] == {
+        **sent,
+        "eth_src": gateway_mac(tenant, network),
+        "eth_dst": b.mac,
+    }
 
 
 def tenant_free(packet: dict, *nodes: LocalNode) -> bool:
     """On the underlay, IP addresses are locators only."""
-    return {packet["ipv4_src"], packet["ipv4_dst"]}.isdisjoint({n.ip for n in nodes} - {n.locator for n in nodes})
+    return {packet["ipv4_src"], packet["ipv4_dst"]}.isdisjoint(
+        {n.ip for n in nodes} - {n.locator for n in nodes}
+    )

@@ -26,15 +26,26 @@ def as_switch_reports(mod: parser.OFPFlowMod) -> SimpleNamespace:
     mod.serialize()
     buf = bytes(mod.buf)
     parsed_match = parser.OFPMatch.parser(buf, ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE)
-    offset = ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE + parsed_match.length + (-parsed_match.length % 8)
+    offset = (
+        ofp.OFP_FLOW_MOD_SIZE
+        - ofp.OFP_MATCH_SIZE
+        + parsed_match.length
+        + (-parsed_match.length % 8)
+    )
     found = []
     while offset < len(buf):
         instruction = parser.OFPInstruction.parser(buf, offset)
         found.append(instruction)
         offset += instruction.len
     return SimpleNamespace(
-        table_id=mod.table_id, priority=mod.priority, match=parsed_match, instructions=found,
-        cookie=mod.cookie, idle_timeout=mod.idle_timeout, hard_timeout=mod.hard_timeout, flags=mod.flags,
+        table_id=mod.table_id,
+        priority=mod.priority,
+        match=parsed_match,
+        instructions=found,
+        cookie=mod.cookie,
+        idle_timeout=mod.idle_timeout,
+        hard_timeout=mod.hard_timeout,
+        flags=mod.flags,
     )
 
 
@@ -49,11 +60,17 @@ ALL_FLOWS = (
 def test_round_trip(entry) -> None:
     back = from_stats(as_switch_reports(flow_add(DATAPATH, entry)))
     assert same_flow(back, entry)
-    assert (back.idle_timeout, back.hard_timeout, back.notify_removal) == (entry.idle_timeout, entry.hard_timeout, entry.notify_removal)
+    assert (back.idle_timeout, back.hard_timeout, back.notify_removal) == (
+        entry.idle_timeout,
+        entry.hard_timeout,
+        entry.notify_removal,
+    )
 
 
 def test_a_changed_action_is_a_different_flow() -> None:
     egress = conversation_flows(SERVER_A, Conversation(A, remote(B), next_hop_mac=ROUTER_MAC))[0]
-    moved = conversation_flows(SERVER_A, Conversation(A, remote(B), next_hop_mac="aa:00:00:00:00:99"))[0]
+    moved = conversation_flows(
+        SERVER_A, Conversation(A, remote(B), next_hop_mac="aa:00:00:00:00:99")
+    )[0]
     assert egress.key == moved.key
     assert not same_flow(from_stats(as_switch_reports(flow_add(DATAPATH, moved))), egress)

@@ -1,0 +1,385 @@
+"""The data plane on the lab: 3 servers, 2 clouds, a directory, one controller per server.
+
+Two tenants use the same 10.0.0.0/24 addresses on every server. Nodes are namespaces plugged
+into the servers' bridges and published to the directory (`nvi.lab.nodes`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nvi.lab import links
+from nvi.lab.net import LabNet
+from nvi.lab.nodes import NetnsNode, add_node, remove_node, with_directory
+from nvi.lab.process import running_pid
+from nvi.lab.spec import load_lab
+from tests.conftest import EXAMPLE_LAB
+
+pytestmark = pytest.mark.root
+
+PLACEMENT = {"s1": "10.0.0.11", "s2": "10.0.0.12", "s3": "10.0.0.13"}
+TENANTS = ("red", "blue")
+
+
+class Lab:
+    def __init__(self, net: LabNet) -> None:
+        self.net = net
+        self.nodes: dict[str, NetnsNode] = {}
+
+    def add(self, server: str, tenant: str, network: str, name: str, ip: str) -> NetnsNode:
+        node = with_directory(
+            self.net, lambda c: add_node(self.net, c, server, tenant, network, name, ip)
+        )
+        self.nodes[name] = node
+        return node
+
+    def run(self, node: str, argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.nodes[node].netns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def pings(self, node: str, ip: str, *extra: str) -> bool:
+        return self.run(node, ["ping", "-c", "1", "-W", "1", *extra, ip]).returncode == 0
+
+    def ofctl(self, server: str, *args: str) -> str:
+        return self.net.ovs(self.net.lab.server(server)).ofctl(*args)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    spec = load_lab(EXAMPLE_LAB).model_copy(update={"name": "t" + uuid.uuid4().hex[:7]})
+    net = LabNet(spec, root=tmp_path_factory.mktemp("run"))
+    try:
+        net.up()
+        lab = Lab(net)
+
+        async def tenants(client) -> None:
+            for tenant in TENANTS:
+                await client.create_tenant(tenant)
+                await client.create_network(tenant, "net", "10.0.0.0/24")
+            await client.create_network("red", "dmz", "10.0.1.0/24")
+
+        with_directory(net, tenants)
+        for tenant in TENANTS:
+            for server, ip in PLACEMENT.items():
+                lab.add(server, tenant, "net", f"{tenant}{ip.rsplit('.', 1)[1]}", ip)
+        lab.add("s3", "blue", "net", "blue14", "10.0.0.14")
+        lab.add("s2", "red", "dmz", "reddmz", "10.0.1.5")
+        yield lab
+    finally:
+        net.down()
+    assert [ns for ns in links.list_netns() if ns.startswith(net.prefix)] == []
+
+
+def test_every_allowed_pair_pings_across_servers_and_clouds(lab: Lab) -> None:
+    failures = [
+        (f"{tenant}{a[-2:]}", b)
+        for tenant in TENANTS
+        for a in PLACEMENT.values()
+        for b in PLACEMENT.values()
+        if a != b and not lab.pings(f"{tenant}{a[-2:]}", b)
+    ]
+    assert failures == []
+
+
+SERVE = """
+import socket, sys
+name = sys.argv[1]
+tcp = socket.create_server(("0.0.0.0", 7000))
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("0.0.0.0", 7001))
+import threading
+def answer_udp():
+    while True:
+        data, peer = udp.recvfrom(100); udp.sendto(name.encode(), peer)
+threading.Thread(target=answer_udp, daemon=True).start()
+while True:
+    conn, _ = tcp.accept(); conn.sendall(name.encode()); conn.close()
+"""
+ASK = """
+import socket, sys
+kind, ip = sys.argv[1], sys.argv[2]
+if kind == "tcp":
+    print(socket.create_connection((ip, 7000), timeout=3).recv(100).decode())
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+    s.sendto(b"who", (ip, 7001)); print(s.recvfrom(100)[0].decode())
+"""
+
+
+def test_same_address_reaches_own_tenant_over_tcp_and_udp(lab: Lab) -> None:
+    servers = [
+        subprocess.Popen(
+            ["ip", "netns", "exec", lab.nodes[name].netns, "python3", "-c", SERVE, name]
+        )
+        for name in ("red12", "blue12", "red13", "blue13")
+    ]
+    try:
+        time.sleep(0.5)
+        for client, expected in (("red11", "red"), ("blue11", "blue")):
+            for ip in ("10.0.0.12", "10.0.0.13"):
+                for kind in ("tcp", "udp"):
+                    answer = lab.run(client, ["python3", "-c", ASK, kind, ip])
+                    assert answer.stdout.strip() == f"{expected}{ip[-2:]}", (
+                        client,
+                        ip,
+                        kind,
+                        answer.stderr,
+                    )
+    finally:
+        for process in servers:
+            process.kill()
+            process.wait()
+
+
+def test_isolation_matrix(lab: Lab) -> None:
+    """Cross-tenant and policy-denied pairs get nothing, in both directions."""
+    reached = []
+    for name in ("red11", "red12", "red13"):
+        if lab.pings(name, "10.0.0.14"):  # blue14's address: red has no such node
+            reached.append((name, "10.0.0.14"))
+        if lab.pings(name, "10.0.1.5"):  # red's own dmz: no link yet
+            reached.append((name, "10.0.1.5"))
+    if lab.pings("blue14", "10.0.1.5"):
+        reached.append(("blue14", "10.0.1.5"))
+    if lab.pings("reddmz", "10.0.0.11"):
+        reached.append(("reddmz", "10.0.0.11"))
+    assert reached == []
+    assert lab.pings("blue11", "10.0.0.14"), "blue's own node must still be reachable"
+
+
+def test_link_allows_and_its_removal_takes_effect_within_a_second(lab: Lab) -> None:
+    link = with_directory(lab.net, lambda c: c.create_link("red", "network", "net", "dmz"))
+    deadline = time.monotonic() + 5
+    while not lab.pings("red11", "10.0.1.5") and time.monotonic() < deadline:
+        pass
+    assert lab.pings("red11", "10.0.1.5") and lab.pings("reddmz", "10.0.0.13")
+    with_directory(lab.net, lambda c: c.delete_link("red", link.id))
+    time.sleep(1.0)
+    assert not lab.pings("red11", "10.0.1.5")
+    assert not lab.pings("reddmz", "10.0.0.13")
+
+
+def test_full_mtu_end_to_end(lab: Lab) -> None:
+    assert lab.pings("red11", "10.0.0.13", "-M", "do", "-s", "1472")
+    assert not lab.pings("red11", "10.0.0.13", "-M", "do", "-s", "1473")  # the tenant MTU is 1500
+
+
+def capture(netns: str, interface: str, path: Path) -> subprocess.Popen:
+    """tcpdump in a namespace, writing to `path`; returns once it is listening."""
+    process = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "tcpdump",
+            "-i",
+            interface,
+            "-Z",
+            "root",
+            "-nn",
+            "--immediate-mode",
+            "-U",
+            "-w",
+            str(path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said = ""
+    while "listening on" not in said:
+        line = process.stderr.readline()
+        assert line, f"tcpdump did not start: {said}"
+        said += line
+    return process
+
+
+def stop_capture(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
+    process.wait(5)
+
+
+def read_capture(path: Path) -> list[str]:
+    return subprocess.run(
+        ["tcpdump", "-nn", "-e", "-r", str(path)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+
+
+def test_underlay_carries_only_plain_ip_between_locators(lab: Lab, tmp_path: Path) -> None:
+    captures = {
+        cloud: capture(lab.net.netns(cloud), "any", tmp_path / f"{cloud}.pcap")
+        for cloud in ("east", "west")
+    }
+    try:
+        for tenant in TENANTS:
+            assert lab.pings(f"{tenant}11", "10.0.0.13", "-s", "1400")
+            assert lab.pings(f"{tenant}13", "10.0.0.12")
+        lab.run(
+            "red11",
+            [
+                "python3",
+                "-c",
+                "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'x'*1000, ('10.0.0.13', 9)) for _ in range(20)]",
+            ],
+        )
+        time.sleep(0.5)
+    finally:
+        for process in captures.values():
+            stop_capture(process)
+    locators = {n.locator for n in lab.nodes.values()}
+    infrastructure = (
+        {s.address for s in lab.net.lab.servers}
+        | {lab.net.lab.directory.address}
+        | {a for r in lab.net.lab.routers for a in r.addresses.values()}
+    )
+    lines = [line for cloud in captures for line in read_capture(tmp_path / f"{cloud}.pcap")]
+    assert [line for line in lines if "802.1Q" in line or "vlan" in line.lower()] == []
+    ip_lines = [line for line in lines if "ethertype IPv4" in line]
+    endpoints = [IPV4.search(line) for line in ip_lines]
+    assert all(endpoints), [line for line, e in zip(ip_lines, endpoints, strict=True) if not e]
+    between_locators = [line for line, e in zip(ip_lines, endpoints, strict=True) if {e[1], e[2]} <= locators]
+    assert len(between_locators) >= 16, "the tenant traffic was not captured"
+    assert [line for line in between_locators if " ICMP " not in line and " UDP," not in line] == []
+    assert [
+        line for line in between_locators if ".4789:" in line or ".6081:" in line or "GRE" in line
+    ] == []
+    # Everything else on the underlay is the servers' own traffic (directory lookups).
+    others = [line for line, e in zip(ip_lines, endpoints, strict=True) if not {e[1], e[2]} <= locators]
+    assert [
+        line
+        for line, e in zip(ip_lines, endpoints, strict=True)
+        if not {e[1], e[2]} <= locators | infrastructure
+    ] == []
+    assert all(lab.net.lab.directory.address in line for line in others)
+
+
+IPV4 = re.compile(r"length \d+: (\d+\.\d+\.\d+\.\d+)(?:\.\d+)? > (\d+\.\d+\.\d+\.\d+)(?:\.\d+)?:")
+
+
+def test_spoofed_source_mac_ip_and_arp_reach_nobody(lab: Lab, tmp_path: Path) -> None:
+    victim = lab.nodes["red12"]
+    before = anti_spoof_drops(lab, lab.nodes["red11"])
+    sniff = capture(victim.netns, "eth0", tmp_path / "victim.pcap")
+    try:
+        # A forged IP source.
+        lab.run("red11", ["ip", "addr", "add", "10.0.0.99/24", "dev", "eth0"])
+        assert not lab.pings("red11", "10.0.0.12", "-I", "10.0.0.99")
+        lab.run("red11", ["ip", "addr", "del", "10.0.0.99/24", "dev", "eth0"])
+        # A forged MAC source.
+        real_mac = lab.nodes["red11"].mac
+        lab.run("red11", ["ip", "link", "set", "eth0", "address", "52:54:00:de:ad:01"])
+        assert not lab.pings("red11", "10.0.0.12")
+        lab.run("red11", ["ip", "link", "set", "eth0", "address", real_mac])
+        # Forged ARP: claim red12's address, broadcast and unicast.
+        forge = (
+            "import socket, struct\n"
+            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0))\n"
+            "mac = bytes.fromhex(open('/sys/class/net/eth0/address').read().strip().replace(':', ''))\n"
+            "for op, dst in ((2, b'\\xff'*6), (1, b'\\xff'*6)):\n"
+            "    arp = struct.pack('!HHBBH6s4s6s4s', 1, 0x0800, 6, 4, op, mac, socket.inet_aton('10.0.0.12'), dst, socket.inet_aton('10.0.0.12'))\n"
+            "    [s.send(dst + mac + b'\\x08\\x06' + arp) for _ in range(3)]\n"
+        )
+        assert lab.run("red11", ["python3", "-c", forge]).returncode == 0
+        time.sleep(0.5)
+    finally:
+        stop_capture(sniff)
+    seen = read_capture(tmp_path / "victim.pcap")
+    assert [
+        line
+        for line in seen
+        if "10.0.0.99" in line or "de:ad" in line or ("ARP" in line and "10.0.0.12 is-at" in line)
+    ] == []
+    # Dropped at the attacker's own port, by the anti-spoofing flow, never sent to a controller.
+    assert anti_spoof_drops(lab, lab.nodes["red11"]) - before >= 8
+    # And the real node still works afterwards.
+    assert lab.pings("red11", "10.0.0.12")
+
+
+def anti_spoof_drops(lab: Lab, node: NetnsNode) -> int:
+    """Packets the node's catch-all drop flow (priority 100) has dropped."""
+    flows = lab.ofctl(node.server, "dump-flows", f"table=0,in_port={node.port}")
+    counts = [
+        re.search(r"n_packets=(\d+)", line)
+        for line in flows.splitlines()
+        if "priority=100," in line
+    ]
+    assert len(counts) == 1, flows
+    return int(counts[0][1])
+
+
+def test_controller_killed_during_transfer_loses_nothing(lab: Lab) -> None:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", lab.nodes["red13"].netns, "iperf3", "-s", "-1", "-p", "5210"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    client = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.nodes["red11"].netns,
+            "iperf3",
+            "-c",
+            "10.0.0.13",
+            "-p",
+            "5210",
+            "-t",
+            "5",
+            "-J",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    s1 = lab.net.lab.server("s1")
+    controller = lab.net.controller_daemon(s1)
+    time.sleep(1.5)
+    os.kill(running_pid(controller), signal.SIGKILL)
+    time.sleep(0.5)
+    lab.net.up()
+    restarted = time.monotonic()
+    new = lab.add("s2", "red", "net", "red15", "10.0.0.15")
+    assert new.server == "s2"
+    while not lab.pings("red11", "10.0.0.15"):
+        assert time.monotonic() - restarted < 2.0 + 1.0, "new conversation did not work within 2 s"
+    out, _ = client.communicate(timeout=20)
+    server.wait(10)
+    report = json.loads(out)
+    assert "error" not in report, report.get("error")
+    intervals = [i["sum"]["bytes"] for i in report["intervals"]]
+    assert len(intervals) >= 5 and min(intervals) > 0, intervals
+    stats = json.loads((lab.net.rundir / "s1" / "controller.stats.json").read_text())
+    assert stats["connects"] == 1 and stats["pairs"] >= 1
+    egress = lambda: lab.ofctl("s1", "dump-flows", "table=1,ip,nw_dst=10.0.0.15")  # noqa: E731
+    assert "nw_dst=10.0.0.15" in egress()
+    with_directory(lab.net, lambda c: remove_node(lab.net, c, new))
+    time.sleep(1.0)
+    assert "nw_dst=10.0.0.15" not in egress(), "a deleted node's conversation outlived the change"
+
+
+def controller_packet_ins(lab: Lab, server: str) -> int:
+    time.sleep(1.2)  # the controller refreshes its counters once a second
+    return json.loads((lab.net.rundir / server / "controller.stats.json").read_text())["packet_in"]
+
+
+def test_after_the_first_packet_no_controller_work(lab: Lab) -> None:
+    assert lab.pings("blue12", "10.0.0.13")
+    before = {s: controller_packet_ins(lab, s) for s in ("s2", "s3")}
+    flood = lab.run("blue12", ["ping", "-c", "200", "-i", "0.005", "-q", "10.0.0.13"])
+    assert " 0% packet loss" in flood.stdout, flood.stdout
+    assert {s: controller_packet_ins(lab, s) for s in ("s2", "s3")} == before
