@@ -185,16 +185,19 @@ class DirectoryClient:
 
     async def resolve(
         self,
-        ip: str,
+        ip: str | None = None,
         *,
+        locator: str | None = None,
         source: str | None = None,
         tenant: str | None = None,
         network: str | None = None,
         source_ip: str | None = None,
     ) -> Resolution:
-        """Name the source by node id, or by tenant, network and source_ip."""
+        """Name the destination by tenant address or by locator; the source by node id, or by
+        tenant, network and source_ip."""
         params = {
             "ip": ip,
+            "locator": locator,
             "source": source,
             "tenant": tenant,
             "network": network,
@@ -319,9 +322,9 @@ class CachedResolver:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def resolve(self, ip: str, **source: str) -> Resolution:
-        key = ("resolve", ip, *sorted(source.items()))
-        return await self._cached(key, lambda: self.client.resolve(ip, **source))
+    async def resolve(self, ip: str | None = None, **names: str) -> Resolution:
+        key = ("resolve", ip, *sorted(names.items()))
+        return await self._cached(key, lambda: self.client.resolve(ip, **names))
 
     async def locate(self, locator: str) -> Location:
         return await self._cached(("locate", locator), lambda: self.client.locate(locator))

@@ -472,12 +472,15 @@ class Directory:
 
         `tenant`, when given, is the caller's tenant: a source outside it is not found.
         """
+        by_locator = f"loc/{query.locator}" if query.locator else None
         if query.source is not None:
             source_key = f"id/{query.source}"
-            snapshot = await self.store.get(source_key)
+            snapshot = await self.store.get(source_key, *filter(None, [by_locator]))
         else:
             source_key = f"ip/{query.tenant}/{query.source_ip}"
-            snapshot = await self.store.get(source_key, f"ip/{query.tenant}/{query.ip}")
+            snapshot = await self.store.get(
+                source_key, by_locator or f"ip/{query.tenant}/{query.ip}"
+            )
         raw = snapshot.value(source_key)
         source = _load(Node, raw) if raw else None
         if (
@@ -486,13 +489,15 @@ class Directory:
             or query.network not in (None, source.network)
         ):
             raise NotFound("no such source node")
-        destination_key = f"ip/{source.tenant}/{query.ip}"
+        destination_key = by_locator or f"ip/{source.tenant}/{query.ip}"
         if destination_key not in snapshot.entries and query.source is not None:
             snapshot.entries.update((await self.store.get(destination_key)).entries)
         destination_raw = snapshot.value(destination_key)
-        if destination_raw is None:
-            raise NotFound(f"no node with address {query.ip} in the source's tenant")
-        destination = _load(Node, destination_raw)
+        destination = _load(Node, destination_raw) if destination_raw else None
+        if destination is None or destination.tenant != source.tenant:
+            # Another tenant's locator answers exactly like a free one.
+            wanted = f"locator {query.locator}" if by_locator else f"address {query.ip}"
+            raise NotFound(f"no node with {wanted} in the source's tenant")
         return Resolution(
             source=source,
             destination=destination,

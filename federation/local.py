@@ -25,12 +25,14 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
 def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 15, what: str = "condition") -> None:
+    """Poll `check` (connection errors count as "not yet") until true, or raise TimeoutError."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -194,11 +196,14 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_until(
-            lambda: self.process.poll() is None and http_json(self.url + "/v1/health") is not None,
-            30,
-            "the directory service",
-        )
+
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                log_text = self.config_path.with_suffix(".log").read_text()[-2000:]
+                raise RuntimeError(f"the directory service exited: {log_text}")
+            return http_json(self.url + "/v1/health") is not None
+
+        wait_until(ready, 30, "the directory service")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process:

@@ -85,9 +85,11 @@ class NodeQuery(Body):
 
 
 class ResolveQuery(Body):
-    """The source is named by node id, or by (tenant, network, source_ip)."""
+    """The source is named by node id, or by (tenant, network, source_ip); the destination by
+    its tenant address, or by its locator (a receiving server knows only the locator)."""
 
-    ip: IPAddress = Field(description="The destination tenant address")
+    ip: IPAddress | None = Field(None, description="The destination tenant address")
+    locator: IPAddress | None = Field(None, description="Or the destination's locator")
     source: NodeId | None = None
     tenant: Name | None = None
     network: Name | None = None
@@ -95,6 +97,8 @@ class ResolveQuery(Body):
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
+        if (self.ip is None) == (self.locator is None):
+            raise ValueError("name the destination: ip=<tenant address> or locator=<locator>")
         by_address = (self.tenant, self.network, self.source_ip)
         if self.source is not None and any(by_address):
             raise ValueError("name the source by node id or by tenant/network/source_ip, not both")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,7 +42,6 @@ class Channel(Protocol):
 
 class Resolver(Protocol):
     async def resolve(self, ip: str, **source: str) -> Any: ...
-    async def locate(self, locator: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class Controller:
         self.pairs: dict[tuple[str, str], Pair] = {}
         self.arp_cache: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
+        self.decision_ms: dict[str, list[float]] = {"egress": [], "ingress": []}
         self._arp_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._pending: dict[tuple, asyncio.Future[None]] = {}
 
@@ -221,11 +222,21 @@ class Controller:
         # Packets of one new conversation that arrive together share one decision.
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = asyncio.ensure_future(work())
+            pending = self._pending[key] = asyncio.ensure_future(self._timed(key[0], work))
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         await asyncio.shield(pending)
         if self.channel:
             self.channel.resubmit(in_port, data)
+
+    async def _timed(self, kind: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run one decision and keep its duration (the last few hundred, per kind)."""
+        started = time.perf_counter()
+        try:
+            await work()
+        finally:
+            durations = self.decision_ms[kind]
+            durations.append((time.perf_counter() - started) * 1000)
+            del durations[:-500]
 
     async def _first_egress(self, local: f.LocalNode, destination_ip: str) -> None:
         assert self.channel and self.server
@@ -261,13 +272,9 @@ class Controller:
             self.stats["dropped_unknown_locator"] += 1
             return
         try:
-            source = (await self.resolver.locate(source_locator)).node
-            answer = await self.resolver.resolve(source.ip, source=local.node_id)
-            allowed = (
-                source.tenant == local.tenant
-                and answer.allowed
-                and answer.destination.locator == source_locator
-            )
+            answer = await self.resolver.resolve(locator=source_locator, source=local.node_id)
+            source = answer.destination
+            allowed = answer.allowed and source.tenant == local.tenant
         except NotFound:
             allowed = False
         if not allowed:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import statistics
 import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -77,9 +79,21 @@ async def read_node_ports(ovsdb: str) -> dict[str, NodePort]:
     return ports
 
 
-async def next_hop(destination: str) -> str:
-    """The gateway the server's routing table uses for `destination`, or the address itself."""
-    return await asyncio.to_thread(_route_gateway, destination)
+class NextHops:
+    """Next hops from the server's routing table, remembered for a while: a route lookup
+    costs a netlink round trip on a worker thread, far more than the rest of a decision."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._known: dict[str, tuple[str, float]] = {}
+
+    async def __call__(self, destination: str) -> str:
+        known = self._known.get(destination)
+        if known and known[1] > time.monotonic():
+            return known[0]
+        hop = await asyncio.to_thread(_route_gateway, destination)
+        self._known[destination] = (hop, time.monotonic() + self.ttl)
+        return hop
 
 
 def _route_gateway(destination: str) -> str:
@@ -110,7 +124,7 @@ class Runtime:
         controller = Controller(
             resolver,
             lambda: read_node_ports(self.config.ovsdb),
-            next_hop,
+            NextHops(),
             self.config.address,
             self.config.uplink,
         )
@@ -130,6 +144,11 @@ class Runtime:
                 **controller.stats,
                 "pairs": len(controller.pairs),
                 "nodes": len(controller.nodes),
+                **{
+                    f"{kind}_decision_ms_p50": round(statistics.median(values), 3)
+                    for kind, values in controller.decision_ms.items()
+                    if values
+                },
             }
             if now != last:
                 path.write_text(json.dumps(now, sort_keys=True))

@@ -159,7 +159,11 @@ async def test_resolve_applies_policy_and_stays_inside_the_tenant(directory: Dir
         by_address = await directory.resolve(
             ResolveQuery(ip=ip, tenant=source.tenant, network=source.network, source_ip=source.ip)
         )
-        assert by_id.destination == by_address.destination
+        by_locator = await directory.resolve(
+            ResolveQuery(locator=by_id.destination.locator, source=source.id)
+        )
+        assert by_id.destination == by_address.destination == by_locator.destination
+        assert by_id.allowed == by_locator.allowed
         assert by_id.destination.tenant == source.tenant
         return by_id.allowed
 
@@ -181,6 +185,12 @@ async def test_resolve_applies_policy_and_stays_inside_the_tenant(directory: Dir
         )
     with pytest.raises(NotFound):
         await directory.resolve(ResolveQuery(ip="10.0.0.99", source=a1.id))
+    with pytest.raises(NotFound):  # another tenant's locator looks like a free one
+        await directory.resolve(ResolveQuery(locator=u1.locator, source=a1.id))
+    with pytest.raises(NotFound):
+        await directory.resolve(ResolveQuery(locator="192.0.2.250", source=a1.id))
+    with pytest.raises(ValueError, match="name the destination"):
+        ResolveQuery(ip=a1.ip, locator=a1.locator, source=a1.id)
     location = await directory.locate(u1.locator)
     assert location.node == u1
     with pytest.raises(NotFound):

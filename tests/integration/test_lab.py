@@ -7,6 +7,7 @@ create and must remove; nothing else on the machine is looked at or touched.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,7 +63,7 @@ def snapshot(net: LabNet) -> dict:
             "pids": [running_pid(d) for d in net.daemons(server)],
             "bridge": net.ovs(server).vsctl("get", "bridge", BRIDGE, "_uuid"),
             "flows": sorted(
-                line.split(" duration")[0]
+                re.sub(r" (duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*,", "", line)
                 for line in net.ovs(server).ofctl("dump-flows").splitlines()[1:]
             ),
         }
