@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from nvi.config import load_toml_model
 from nvi.errors import NviError
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -44,17 +44,7 @@ class Config(_Section):
 def load_config(path: str | Path) -> Config:
     """Read FILE; relative storage paths are taken from the file's own directory."""
     path = Path(path)
-    try:
-        config = Config.model_validate(tomllib.loads(path.read_text()))
-    except OSError as error:
-        raise NviError(f"cannot read config {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise NviError(f"invalid config {path}: {error}") from None
-    except ValidationError as error:
-        reasons = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False)
-        )
-        raise NviError(f"invalid config {path}: {reasons}") from None
+    config = load_toml_model(path, Config)
     if not config.storage.path.is_absolute():
         config.storage.path = path.parent.resolve() / config.storage.path
     if config.storage.backend == "etcd" and not config.storage.endpoints:

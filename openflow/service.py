@@ -13,15 +13,14 @@ import logging
 import statistics
 import threading
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from pyroute2 import IPRoute
 
 from federation.client import CachedResolver, DirectoryClient
-from nvi.errors import NviError
+from nvi.config import load_toml_model
 from nvi.ports import NodePort
 from openflow.controller import Controller
 
@@ -43,12 +42,7 @@ class ControllerConfig(BaseModel):
 
 def load_config(path: str | Path) -> ControllerConfig:
     path = Path(path)
-    try:
-        config = ControllerConfig.model_validate(tomllib.loads(path.read_text()))
-    except OSError as error:
-        raise NviError(f"cannot read controller config {path}: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, ValidationError) as error:
-        raise NviError(f"invalid controller config {path}: {error}".replace("\n", "; ")) from None
+    config = load_toml_model(path, ControllerConfig, "controller config")
     base = path.parent.resolve()
     config.token_file = base / config.token_file
     config.state_dir = base / config.state_dir

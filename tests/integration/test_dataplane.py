@@ -93,6 +93,8 @@ def test_every_allowed_pair_pings_across_servers_and_clouds(lab: Lab) -> None:
         if a != b and not lab.pings(f"{tenant}{a[-2:]}", b)
     ]
     assert failures == []
+    assert lab.pings("blue13", "10.0.0.14"), "two nodes on one server (s3) are switched locally"
+    assert lab.pings("blue14", "10.0.0.13")
 
 
 SERVE = """
@@ -120,24 +122,28 @@ else:
 
 
 def test_same_address_reaches_own_tenant_over_tcp_and_udp(lab: Lab) -> None:
+    """Every ordered pair of every tenant, TCP and UDP: the answer comes from the node of the
+    client's own tenant, never from the other tenant's node with the same address."""
+    names = [f"{tenant}{ip[-2:]}" for tenant in TENANTS for ip in PLACEMENT.values()]
     servers = [
         subprocess.Popen(
             ["ip", "netns", "exec", lab.nodes[name].netns, "python3", "-c", SERVE, name]
         )
-        for name in ("red12", "blue12", "red13", "blue13")
+        for name in names
     ]
     try:
         time.sleep(0.5)
-        for client, expected in (("red11", "red"), ("blue11", "blue")):
-            for ip in ("10.0.0.12", "10.0.0.13"):
+        wrong = []
+        for client in names:
+            tenant = client.rstrip("0123456789")
+            for ip in PLACEMENT.values():
+                if ip.endswith(client[-2:]):
+                    continue
                 for kind in ("tcp", "udp"):
-                    answer = lab.run(client, ["python3", "-c", ASK, kind, ip])
-                    assert answer.stdout.strip() == f"{expected}{ip[-2:]}", (
-                        client,
-                        ip,
-                        kind,
-                        answer.stderr,
-                    )
+                    answer = lab.run(client, ["python3", "-c", ASK, kind, ip]).stdout.strip()
+                    if answer != f"{tenant}{ip[-2:]}":
+                        wrong.append((client, ip, kind, answer))
+        assert wrong == []
     finally:
         for process in servers:
             process.kill()
@@ -251,14 +257,18 @@ def test_underlay_carries_only_plain_ip_between_locators(lab: Lab, tmp_path: Pat
     ip_lines = [line for line in lines if "ethertype IPv4" in line]
     endpoints = [IPV4.search(line) for line in ip_lines]
     assert all(endpoints), [line for line, e in zip(ip_lines, endpoints, strict=True) if not e]
-    between_locators = [line for line, e in zip(ip_lines, endpoints, strict=True) if {e[1], e[2]} <= locators]
+    between_locators = [
+        line for line, e in zip(ip_lines, endpoints, strict=True) if {e[1], e[2]} <= locators
+    ]
     assert len(between_locators) >= 16, "the tenant traffic was not captured"
     assert [line for line in between_locators if " ICMP " not in line and " UDP," not in line] == []
     assert [
         line for line in between_locators if ".4789:" in line or ".6081:" in line or "GRE" in line
     ] == []
     # Everything else on the underlay is the servers' own traffic (directory lookups).
-    others = [line for line, e in zip(ip_lines, endpoints, strict=True) if not {e[1], e[2]} <= locators]
+    others = [
+        line for line, e in zip(ip_lines, endpoints, strict=True) if not {e[1], e[2]} <= locators
+    ]
     assert [
         line
         for line, e in zip(ip_lines, endpoints, strict=True)
