@@ -14,9 +14,10 @@ TENANT = "nvi-tenant"
 NETWORK = "nvi-network"
 IP = "nvi-ip"
 CIDR = "nvi-cidr"
+GATEWAY = "nvi-gateway"  # the network's gateway address (the directory's Network.gateway)
 LOCATOR = "nvi-locator"
 MAC = "attached-mac"  # the OVS convention for the MAC behind the port
-KEYS = (NODE_ID, TENANT, NETWORK, IP, CIDR, LOCATOR, MAC)
+KEYS = (NODE_ID, TENANT, NETWORK, IP, CIDR, GATEWAY, LOCATOR, MAC)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class NodePort:
     network: str
     ip: str
     cidr: str
+    gateway: str
     locator: str
     mac: str
 
@@ -36,6 +38,7 @@ class NodePort:
             NETWORK: self.network,
             IP: self.ip,
             CIDR: self.cidr,
+            GATEWAY: self.gateway,
             LOCATOR: self.locator,
             MAC: self.mac,
         }
@@ -51,6 +54,7 @@ class NodePort:
             network=ids[NETWORK],
             ip=ids[IP],
             cidr=ids[CIDR],
+            gateway=ids[GATEWAY],
             locator=ids[LOCATOR],
             mac=ids[MAC].lower(),
         )

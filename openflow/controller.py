@@ -20,6 +20,7 @@ from os_ken.lib.packet import arp, ether_types, ethernet, ipv4, packet
 from federation.errors import DirectoryError, NotFound
 from federation.models import Change, ChangeType
 from nvi.ports import NodePort
+from openflow import dhcp
 from openflow import flows as f
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Controller:
                     mac=port.mac,
                     locator=port.locator,
                     cidr=port.cidr,
+                    gateway=port.gateway,
                 )
         return nodes
 
@@ -209,6 +211,12 @@ class Controller:
         ip = parsed.get_protocol(ipv4.ipv4)
         if ip is None or self.server is None:
             self.stats["dropped_unexpected"] += 1
+            return
+        if table_id == f.T_CLASSIFY and in_port in self.nodes:
+            answer = dhcp.reply(data, self.nodes[in_port])
+            if answer is not None and self.channel:
+                self.channel.send_packet(in_port, answer)
+                self.stats["dhcp_replies"] += 1
             return
         if table_id == f.T_EGRESS and in_port in self.nodes:
             key = ("egress", in_port, ip.dst)

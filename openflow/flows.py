@@ -35,6 +35,7 @@ PAIR_IDLE_TIMEOUT = 120
 DENY_HARD_TIMEOUT = 5
 
 PRIO_HOST_ARP_REPLY = 1001  # above the lab's host flows (1000)
+PRIO_DHCP = 320
 PRIO_ARP_OWN = 310
 PRIO_ARP_ANSWER = 300
 PRIO_ALLOW = 200
@@ -43,6 +44,7 @@ PRIO_CONVERSATION = 400
 PRIO_MISS = 0
 
 ETH_IP, ETH_ARP = 0x0800, 0x0806
+UDP = 17
 ARP_REQUEST, ARP_REPLY = 1, 2
 
 LOCAL = "LOCAL"
@@ -138,6 +140,7 @@ class LocalNode:
     mac: str
     locator: str
     cidr: str
+    gateway: str
 
 
 @dataclass(frozen=True)
@@ -216,14 +219,22 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
 
     A node may only send IP from its own MAC and address, and only ARP requests that tell the
     truth about itself; everything else from the port is dropped before it can reach the
-    controller. ARP for any address of its network is answered with the network's gateway MAC
-    (an L3 network: no broadcast leaves the port). The server answers ARP for the node's
+    controller, except DHCP requests from its own MAC, which the controller answers. ARP for
+    any address of its network is answered with the network's gateway MAC (an L3 network: no
+    broadcast leaves the port). The server answers ARP for the node's
     locator on the uplink with its own MAC, so the underlay delivers locator traffic here.
     """
     base = cookie(BASE, node.locator)
     gw_mac = gateway_mac(node.tenant, node.network)
     own = {"in_port": node.port, "eth_src": node.mac}
     return [
+        flow(
+            T_CLASSIFY,
+            PRIO_DHCP,
+            {**own, "eth_type": ETH_IP, "ip_proto": UDP, "udp_src": 68, "udp_dst": 67},
+            [Output(CONTROLLER)],
+            base,
+        ),
         flow(
             T_CLASSIFY,
             PRIO_ARP_OWN,

@@ -43,6 +43,7 @@ class NetnsNode:
     ip: str
     mac: str
     locator: str
+    dhcp: bool = False  # configure eth0 by DHCP (from the server's controller), like a VM
 
 
 def node_mac(tenant: str, name: str) -> str:
@@ -70,8 +71,10 @@ async def add_node(
     network: str,
     name: str,
     ip: str,
+    dhcp: bool = False,
 ) -> NetnsNode:
-    """Publish the node, then plug it: a namespace with eth0 on the server's bridge."""
+    """Publish the node, then plug it: a namespace with eth0 on the server's bridge, its
+    address set statically or (`dhcp`) left for a DHCP client to ask the server for."""
     server = net.lab.server(server_name)
     record = await client.get_network(tenant, network)
     locator = free_locator(net, server)
@@ -96,6 +99,7 @@ async def add_node(
         ip=ip,
         mac=mac,
         locator=locator,
+        dhcp=dhcp,
     )
     try:
         await asyncio.to_thread(_plug, net, server, node, record.cidr, record.gateway, published.id)
@@ -132,15 +136,17 @@ def _plug(
     links.run_in(node.netns, ["ip", "link", "set", INSIDE, "address", node.mac])
     links.ensure_up(server_ns, node.port)
     links.ensure_up(node.netns, INSIDE)
-    prefixlen = ipaddress.ip_network(cidr).prefixlen
-    links.ensure_address(node.netns, INSIDE, node.ip, prefixlen)
-    links.ensure_route(node.netns, "0.0.0.0/0", gateway)
+    if not node.dhcp:
+        prefixlen = ipaddress.ip_network(cidr).prefixlen
+        links.ensure_address(node.netns, INSIDE, node.ip, prefixlen)
+        links.ensure_route(node.netns, "0.0.0.0/0", gateway)
     ids = NodePort(
         node_id=node_id,
         tenant=node.tenant,
         network=node.network,
         ip=node.ip,
         cidr=cidr,
+        gateway=gateway,
         locator=node.locator,
         mac=node.mac,
     ).external_ids()

@@ -36,9 +36,11 @@ class Lab:
         self.net = net
         self.nodes: dict[str, NetnsNode] = {}
 
-    def add(self, server: str, tenant: str, network: str, name: str, ip: str) -> NetnsNode:
+    def add(
+        self, server: str, tenant: str, network: str, name: str, ip: str, dhcp: bool = False
+    ) -> NetnsNode:
         node = with_directory(
-            self.net, lambda c: add_node(self.net, c, server, tenant, network, name, ip)
+            self.net, lambda c: add_node(self.net, c, server, tenant, network, name, ip, dhcp)
         )
         self.nodes[name] = node
         return node
@@ -385,6 +387,47 @@ def test_controller_killed_during_transfer_loses_nothing(lab: Lab) -> None:
 def controller_packet_ins(lab: Lab, server: str) -> int:
     time.sleep(1.2)  # the controller refreshes its counters once a second
     return json.loads((lab.net.rundir / server / "controller.stats.json").read_text())["packet_in"]
+
+
+DHCP_SCRIPT = """#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    ip route replace default via "$router"
+    ;;
+esac
+"""
+
+
+def test_a_node_learns_its_address_by_dhcp_from_its_own_server(lab: Lab, tmp_path: Path) -> None:
+    node = lab.add("s2", "red", "net", "reddhcp", "10.0.0.20", dhcp=True)
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(DHCP_SCRIPT)
+    script.chmod(0o755)
+    client = lab.run(
+        node.name,
+        [
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            str(script),
+        ],
+    )
+    assert client.returncode == 0, client.stdout + client.stderr
+    assert "inet 10.0.0.20/24" in lab.run(node.name, ["ip", "-4", "addr", "show", "eth0"]).stdout
+    assert "default via 10.0.0.1" in lab.run(node.name, ["ip", "route"]).stdout
+    assert lab.pings(node.name, "10.0.0.11") and lab.pings("red13", "10.0.0.20")
+    with_directory(lab.net, lambda c: remove_node(lab.net, c, node))
 
 
 def test_after_the_first_packet_no_controller_work(lab: Lab) -> None:

@@ -45,6 +45,7 @@ def node(
         mac=mac,
         locator=locator,
         cidr="10.0.0.0/24",
+        gateway="10.0.0.1",
     )
 
 
