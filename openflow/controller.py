@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from os_ken.lib.packet import arp, ether_types, ethernet, ipv4, packet
@@ -113,28 +113,18 @@ class Controller:
         self.channel = None
 
     async def _local_nodes(self, ports: dict[str, tuple[int, str]]) -> dict[int, f.LocalNode]:
-        nodes = {}
-        for name, port in (await self.read_ports()).items():
-            if name in ports:
-                number = ports[name][0]
-                nodes[number] = f.LocalNode(
-                    port=number,
-                    node_id=port.node_id,
-                    tenant=port.tenant,
-                    network=port.network,
-                    ip=port.ip,
-                    mac=port.mac,
-                    locator=port.locator,
-                    cidr=port.cidr,
-                    gateway=port.gateway,
-                )
-        return nodes
+        return {
+            ports[name][0]: f.LocalNode(port=ports[name][0], **asdict(port))
+            for name, port in (await self.read_ports()).items()
+            if name in ports
+        }
 
     def _reconcile_base(self, present: list[f.Flow]) -> None:
         assert self.channel and self.server
         desired = f.desired_base_flows(self.server, list(self.nodes.values()))
         ours = [e for e in present if e.cookie >> f.COOKIE_CLASS_SHIFT == f.BASE]
-        missing = [d for d in desired if not any(f.same_flow(d, p) for p in ours)]
+        held = {p.identity for p in ours}
+        missing = [d for d in desired if d.identity not in held]
         desired_keys = {d.key for d in desired}
         stale = [p for p in ours if p.key not in desired_keys]
         self.channel.delete_strict(stale)

@@ -101,11 +101,11 @@ class Flow:
         """What identifies the entry in the switch (table, priority, match)."""
         return (self.table, self.priority, tuple(sorted(self.match)))
 
-
-def same_flow(a: Flow, b: Flow) -> bool:
-    """Equal as the switch holds them: same entry, same actions, same cookie (timers and the
-    order of match fields do not matter)."""
-    return (a.key, a.actions, a.cookie) == (b.key, b.actions, b.cookie)
+    @property
+    def identity(self) -> tuple:
+        """The entry and what it does: equal identities are the same flow to the switch
+        (timers and the order of match fields do not matter)."""
+        return (self.key, self.actions, self.cookie)
 
 
 def flow(
