@@ -1,0 +1,261 @@
+"""The controller's decisions against an in-memory switch and an in-memory directory.
+
+The switch is `openflow.simulate.Switch` behind the controller's `Channel` interface, so every
+flow the controller installs is then exercised by packets; the directory is a table of nodes
+with the directory's answer types. The real switch and directory are in the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from os_ken.lib.packet import ethernet, ipv4, packet
+
+from federation.errors import NotFound
+from federation.models import Change, ChangeType, Resolution
+from nvi.model import Node
+from nvi.ports import NodePort
+from openflow import flows as f
+from openflow.controller import Controller
+from openflow.simulate import Switch
+
+UPLINK, LOCAL_MAC, ROUTER = 1, "aa:00:00:00:00:0a", "aa:00:00:00:00:01"
+
+
+def record(name: str, ip: str, locator: str, network: str = "net", tenant: str = "red") -> Node:
+    return Node(
+        id=f"id-{name}",
+        tenant=tenant,
+        name=name,
+        kind="container",
+        network=network,
+        ip=ip,
+        mac=f"52:54:00:00:00:{int(ip.rsplit('.', 1)[1]):02x}",
+        locator=locator,
+        server="x",
+    )
+
+
+A = record("a", "10.0.0.2", "198.51.100.64")  # on this server, port 2
+C = record("c", "10.0.0.3", "198.51.100.65")  # on this server, port 3
+B = record("b", "10.0.0.4", "203.0.113.64")  # elsewhere
+D = record("d", "10.0.1.5", "203.0.113.65", "dmz")  # elsewhere, another network of red
+
+
+class Directory:
+    """Answers like the directory: within the source's tenant; same network or a link."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = {n.id: n for n in nodes}
+        self.links: set[frozenset[str]] = set()
+
+    async def resolve(
+        self, ip: str | None = None, *, locator: str | None = None, source: str
+    ) -> Resolution:
+        origin = self.nodes[source]
+        for node in self.nodes.values():
+            if node.tenant == origin.tenant and (node.ip == ip or node.locator == locator):
+                allowed = node.network == origin.network or (
+                    frozenset((node.network, origin.network)) in self.links
+                )
+                return Resolution(source=origin, destination=node, allowed=allowed, revision=1)
+        raise NotFound("no such node")
+
+
+class Channel:
+    """The controller's switch connection, backed by the in-memory switch."""
+
+    def __init__(self, switch: Switch, ports: dict[str, tuple[int, str]]) -> None:
+        self.switch, self._ports = switch, ports
+        self.resubmitted: list[tuple[int, bytes]] = []
+        self.sent: list[tuple[int, bytes]] = []
+        self.deleted: list[f.Flow] = []
+
+    def install(self, entries: list[f.Flow]) -> None:
+        self.switch.install(entries)
+
+    def delete_strict(self, entries: list[f.Flow]) -> None:
+        self.deleted += entries
+        for entry in entries:
+            self.switch.flows.pop(entry.key, None)
+
+    def delete_cookie(self, cookie: int, mask: int) -> None:
+        self.switch.remove(cookie, mask)
+
+    def resubmit(self, in_port: int, data: bytes) -> None:
+        self.resubmitted.append((in_port, data))
+
+    def send_packet(self, port: int, data: bytes) -> None:
+        self.sent.append((port, data))
+
+    async def dump_flows(self) -> list[f.Flow]:
+        return list(self.switch.flows.values())
+
+    async def ports(self) -> dict[str, tuple[int, str]]:
+        return self._ports
+
+
+def port_of(node: Node) -> NodePort:
+    return NodePort(
+        node_id=node.id,
+        tenant=node.tenant,
+        network=node.network,
+        ip=node.ip,
+        cidr="10.0.0.0/24",
+        gateway="10.0.0.1",
+        locator=node.locator,
+        mac=node.mac,
+    )
+
+
+class Server:
+    """One server: its switch, its controller, its local node ports."""
+
+    def __init__(self, directory: Directory, local: dict[str, Node]) -> None:
+        self.switch = Switch()
+        self.directory = directory
+        self.local = dict(local)
+        self.ports = {"LOCAL": (0xFFFFFFFE, LOCAL_MAC), "uplink": (UPLINK, "aa:00:00:00:00:0b")}
+        self.ports.update({name: (2 + i, "") for i, name in enumerate(local)})
+        self.controller = self.new_controller()
+        self.controller.arp_cache[ROUTER_IP] = ROUTER
+
+    def new_controller(self) -> Controller:
+        async def read_ports() -> dict[str, NodePort]:
+            return {name: port_of(node) for name, node in self.local.items()}
+
+        async def next_hop(_: str) -> str:
+            return ROUTER_IP
+
+        return Controller(self.directory, read_ports, next_hop, "198.51.100.11")
+
+    def connect(self) -> Channel:
+        channel = Channel(self.switch, self.ports)
+        asyncio.run(self.controller.connected(channel))
+        return channel
+
+    def first_packet(self, source: Node, destination_ip: str) -> None:
+        port = self.ports[source.name][0]
+        asyncio.run(self.controller.packet_in(port, f.T_EGRESS, ip_frame(source, destination_ip)))
+
+    def send(self, source: Node, destination_ip: str) -> list:
+        packet_fields = {
+            "eth_src": source.mac,
+            "eth_type": f.ETH_IP,
+            "ipv4_src": source.ip,
+            "ipv4_dst": destination_ip,
+        }
+        return self.switch.process(self.ports[source.name][0], packet_fields).outputs
+
+
+ROUTER_IP = "198.51.100.1"
+
+
+def ip_frame(source: Node, destination_ip: str) -> bytes:
+    frame = packet.Packet()
+    frame.add_protocol(ethernet.ethernet(dst="02:00:00:00:00:01", src=source.mac))
+    frame.add_protocol(ipv4.ipv4(src=source.ip, dst=destination_ip, proto=1))
+    frame.serialize()
+    return bytes(frame.data)
+
+
+@pytest.fixture
+def server() -> Server:
+    return Server(Directory([A, B, C, D]), {"a": A, "c": C})
+
+
+def test_connect_installs_the_base_flows_and_a_reconnect_changes_nothing(server: Server) -> None:
+    server.connect()
+    base = dict(server.switch.flows)
+    assert len(base) == 4 + 2 * 7  # server flows, then 7 per node port
+    server.first_packet(A, B.ip)
+    held = dict(server.switch.flows)
+    server.controller = server.new_controller()  # a restarted controller process
+    channel = server.connect()
+    assert server.switch.flows == held and channel.deleted == []
+    assert set(server.controller.pairs) == {(A.locator, B.locator)}
+
+
+def test_first_packet_installs_the_pair_and_resubmits_the_packet(server: Server) -> None:
+    channel = server.connect()
+    assert [port for port, _ in server.send(A, B.ip)] == [f.CONTROLLER]
+    server.first_packet(A, B.ip)
+    ((out_port, headers),) = server.send(A, B.ip)
+    assert out_port == UPLINK
+    assert (headers["ipv4_src"], headers["ipv4_dst"], headers["eth_dst"]) == (
+        A.locator,
+        B.locator,
+        ROUTER,
+    )
+    assert len(channel.resubmitted) == 1
+
+
+def test_same_server_pair_is_switched_both_ways(server: Server) -> None:
+    server.connect()
+    server.first_packet(A, C.ip)
+    assert [port for port, _ in server.send(A, C.ip)] == [server.ports["c"][0]]
+    assert [port for port, _ in server.send(C, A.ip)] == [server.ports["a"][0]]
+
+
+def test_unknown_and_policy_denied_destinations_get_a_drop_flow(server: Server) -> None:
+    server.connect()
+    for destination in ("10.0.0.99", D.ip):
+        server.first_packet(A, destination)
+        assert server.send(A, destination) == []
+    assert server.controller.stats["denied"] == 2
+
+
+def test_a_deleted_node_loses_its_conversations_at_once(server: Server) -> None:
+    server.connect()
+    server.first_packet(A, B.ip)
+    server.first_packet(A, C.ip)
+    change = Change(revision=2, type=ChangeType.NODE_DELETED, tenant="red", node=B)
+    asyncio.run(server.controller.on_change(change))
+    assert [port for port, _ in server.send(A, B.ip)] == [f.CONTROLLER]
+    assert [port for port, _ in server.send(A, C.ip)] == [server.ports["c"][0]]
+
+
+def test_a_removed_link_revokes_exactly_the_pairs_it_allowed(server: Server) -> None:
+    server.directory.links.add(frozenset(("net", "dmz")))
+    server.connect()
+    server.first_packet(A, D.ip)
+    server.first_packet(A, B.ip)
+    assert server.send(A, D.ip)[0][0] == UPLINK
+    server.directory.links.clear()
+    link = SimpleNamespace(tenant="red", id="network:dmz:net", kind="network", a="dmz", b="net")
+    change = Change.model_construct(
+        revision=3, type=ChangeType.LINK_REMOVED, tenant="red", link=link
+    )
+    asyncio.run(server.controller.on_change(change))
+    assert [port for port, _ in server.send(A, D.ip)] == [f.CONTROLLER]
+    assert server.send(A, B.ip)[0][0] == UPLINK
+    assert server.controller.stats["conversations_revoked"] == 1
+
+
+def test_reconnect_removes_flows_of_a_port_that_is_gone(server: Server) -> None:
+    server.connect()
+    server.first_packet(A, C.ip)
+    del server.local["c"]
+    server.controller = server.new_controller()
+    channel = server.connect()
+    assert {e.cookie for e in channel.deleted} == {f.cookie(f.BASE, C.locator)}
+    assert all(e.cookie != f.cookie(f.BASE, C.locator) for e in server.switch.flows.values())
+
+
+def test_a_failing_directory_drops_the_packet_and_keeps_the_controller_alive(
+    server: Server,
+) -> None:
+    server.connect()
+
+    async def broken(*_, **__) -> Resolution:
+        raise RuntimeError("directory exploded")
+
+    server.directory.resolve = broken  # type: ignore[method-assign]
+    server.first_packet(A, B.ip)
+    assert server.controller.stats["errors_packet_in"] == 1
+    server.directory = Directory([A, B, C, D])
+    server.controller.resolver = server.directory
+    server.first_packet(A, B.ip)
+    assert server.send(A, B.ip)[0][0] == UPLINK
