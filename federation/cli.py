@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import BaseModel
 
 from federation.client import DirectoryClient
 from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
 from federation.directory import new_token, token_hash
+from nvi.clitools import output_option, read_token, run_client, show_rows
 from nvi.errors import NviError
-from nvi.output import print_json, print_table
-
-output_option = click.option(
-    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
 
 
 @click.group()
@@ -85,7 +79,7 @@ def init(folder: str, host: str, port: int, etcd_endpoints: tuple[str, ...], out
         "resolver token": str(root / "resolver.token"),
         "url": f"http://{host}:{port}",
     }
-    _show(output, "directory", [row], list(row))
+    show_rows(output, "directory", [row], list(row))
 
 
 @directory.command("credential")
@@ -94,7 +88,7 @@ def credential(output: str) -> None:
     """Make a new admin or resolver token and the hash to put in the config file."""
     secret = new_token()
     row = {"token": secret, "sha256": token_hash(secret)}
-    _show(output, "credential", [row], list(row))
+    show_rows(output, "credential", [row], list(row))
 
 
 def _client_options(command: Callable) -> Callable:
@@ -127,32 +121,14 @@ def _run(
     call: Callable[[DirectoryClient], Awaitable[Any]],
 ) -> Any:
     """Run one client call; a token file wins over nothing, a --token over a file."""
-    if token is None and token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as error:
-            raise NviError(f"cannot read token file {token_file}: {error.strerror}") from None
-
-    async def go() -> Any:
-        async with DirectoryClient(url, token) as client:
-            return await call(client)
-
-    return asyncio.run(go())
-
-
-def _show(output: str, title: str, rows: list[Any], columns: list[str]) -> None:
-    data = [row.model_dump(mode="json") if isinstance(row, BaseModel) else row for row in rows]
-    if output == "json":
-        print_json(data)
-    else:
-        print_table(title, data, columns)
+    return run_client(lambda: DirectoryClient(url, read_token(token, token_file)), call)
 
 
 @directory.command()
 @_client_options
 def health(url: str, token: str | None, token_file: str | None, output: str) -> None:
     """Check that the service and its storage answer."""
-    _show(
+    show_rows(
         output,
         "health",
         [_run(url, token, token_file, DirectoryClient.health)],
@@ -177,14 +153,16 @@ def tenant_create(
         await client.create_tenant(name)
         return await client.create_token(name, "first token")
 
-    _show(output, "tenant", [_run(url, token, token_file, call)], ["tenant", "id", "token"])
+    show_rows(output, "tenant", [_run(url, token, token_file, call)], ["tenant", "id", "token"])
 
 
 @tenant.command("list")
 @_client_options
 def tenant_list(url: str, token: str | None, token_file: str | None, output: str) -> None:
     """List tenants."""
-    _show(output, "tenants", _run(url, token, token_file, DirectoryClient.list_tenants), ["name"])
+    show_rows(
+        output, "tenants", _run(url, token, token_file, DirectoryClient.list_tenants), ["name"]
+    )
 
 
 @tenant.command("delete")
@@ -218,7 +196,7 @@ def token_create(
     created = _run(
         url, token, token_file, lambda client: client.create_token(tenant_name, description)
     )
-    _show(output, "token", [created], ["tenant", "id", "description", "token"])
+    show_rows(output, "token", [created], ["tenant", "id", "description", "token"])
 
 
 @directory.command("nodes")
@@ -228,7 +206,7 @@ def nodes(
     tenant_name: str, url: str, token: str | None, token_file: str | None, output: str
 ) -> None:
     """List the nodes of TENANT."""
-    _show(
+    show_rows(
         output,
         "nodes",
         _run(url, token, token_file, lambda client: client.list_nodes(tenant_name)),
@@ -242,4 +220,4 @@ def nodes(
 def locate(locator: str, url: str, token: str | None, token_file: str | None, output: str) -> None:
     """Show the node that holds underlay address LOCATOR."""
     found = _run(url, token, token_file, lambda client: client.locate(locator))
-    _show(output, "node", [found.node], ["tenant", "name", "network", "ip", "mac", "server"])
+    show_rows(output, "node", [found.node], ["tenant", "name", "network", "ip", "mac", "server"])

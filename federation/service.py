@@ -36,6 +36,7 @@ from federation.storage import Store
 from federation.storage.etcd import EtcdStore
 from federation.storage.sqlite import SqliteStore
 from nvi.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Tenant
+from nvi.web import json_errors
 
 log = logging.getLogger(__name__)
 
@@ -336,29 +337,6 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI])
 
 
-@web.middleware
-async def errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    """Every failure is a JSON body with a message; no traceback ever leaves the service."""
-    try:
-        return await handler(request)
-    except DirectoryError as error:
-        body = {"error": str(error)}
-        if details := getattr(error, "details", None):
-            body["details"] = details
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-        return web.json_response(body, status=error.status, headers=headers)
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        headers = {k: v for k, v in error.headers.items() if k in ("Allow",)}
-        return web.json_response({"error": error.reason}, status=error.status, headers=headers)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unexpected failure answering %s %s", request.method, request.path)
-        return web.json_response({"error": "internal error; see the service log"}, status=500)
-
-
 def open_store(storage: StorageConfig) -> Store:
     """The backend a storage section names (not yet opened)."""
     if storage.backend == "etcd":
@@ -394,7 +372,10 @@ async def pruning_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[json_errors(DirectoryError, log, "the service log")],
+        client_max_size=config.max_body_bytes,
+    )
     app[CONFIG] = config
     app[OPENAPI] = api.openapi(
         "NVI federation directory",

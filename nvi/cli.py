@@ -47,6 +47,10 @@ def _register() -> None:
     from openflow.cli import controller
 
     main.add_command(controller)
+    from hostagent.cli import agent, node
+
+    main.add_command(agent)
+    main.add_command(node)
 
 
 _register()

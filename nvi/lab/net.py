@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostagent.lab import lab_agent, lab_docker_root, lab_dockerd, write_config
 from nvi.errors import NviError
 from nvi.lab import links
 from nvi.lab.ovs import BRIDGE, HOST_COOKIE, UPLINK, OvsInstance, host_flows
@@ -57,8 +58,8 @@ class LabNet:
 
     def daemons(self, server: Server) -> list[Daemon]:
         """Every supervised process of a server, in start order."""
-        controller = [self.controller_daemon(server)] if self.lab.directory else []
-        return [*self.ovs(server).daemons(), *controller]
+        with_directory = [self.controller_daemon(server), self.agent_daemon(server)]
+        return [*self.ovs(server).daemons(), *(with_directory if self.lab.directory else [])]
 
     def controller_daemon(self, server: Server) -> Daemon:
         folder = self.rundir / server.name
@@ -77,6 +78,17 @@ class LabNet:
             rundir=folder,
             ready=folder / "controller.ready",
         )
+
+    def agent_daemon(self, server: Server) -> Daemon:
+        """The server's host agent (hostagent.lab); it needs the directory and the engine."""
+        assert self.lab.directory is not None
+        ns = self.netns(server.name)
+        return lab_agent(self.lab.name, server, self.ovs(server), self.lab.directory.url, ns)[1]
+
+    def docker_daemon(self) -> Daemon:
+        """The lab's one Docker engine, in the root namespaces, for every server's agent."""
+        launch = self.netns(self.lab.directory.name) if self.lab.directory else ""
+        return lab_dockerd(self.lab.name, launch)
 
     def directory_daemon(self) -> Daemon:
         directory = self.lab.directory
@@ -123,6 +135,8 @@ class LabNet:
             changes += self._up_router(router.name)
         if self.lab.directory:
             changes += self._up_directory()
+            pid, started = ensure_running(self.docker_daemon(), timeout=30)
+            changes += [f"started the lab's Docker engine (pid {pid})"] if started else []
         for server in self.lab.servers:
             changes += self._up_server(server)
         return changes
@@ -266,6 +280,12 @@ class LabNet:
         if self.lab.directory:
             changes += self._ensure_running(server, self.controller_daemon(server))
             ovs.wait_for_controller()
+            config, agent = lab_agent(
+                self.lab.name, server, ovs, self.lab.directory.url, self.netns(server.name)
+            )
+            write_config(config, ovs.rundir)
+            pid, started = ensure_running(agent, timeout=60)
+            changes += [f"server {server.name}: started agent (pid {pid})"] if started else []
         return changes
 
     @staticmethod
@@ -367,6 +387,10 @@ class LabNet:
         """Remove everything this lab created, and nothing else; safe after a crash."""
         _require_root()
         removed = [self._remove_member(ns) for ns in self._our_netns()]
+        # Last: the engine stops the containers of the (already stopped) agents as it exits.
+        if stop(self.docker_daemon(), timeout=30):
+            removed.append("stopped the lab's Docker engine")
+        shutil.rmtree(lab_docker_root(self.lab.name), ignore_errors=True)
         if self.rundir.exists():
             shutil.rmtree(self.rundir)
             removed.append(f"removed {self.rundir}")

@@ -109,7 +109,7 @@ def test_each_server_runs_its_own_ovs_with_secure_bridge(lab_net: LabNet) -> Non
         )
         assert ovs.vsctl("list-ports", BRIDGE).split() == [UPLINK]
         assert links.link_state(ns, UPLINK) == "UP"
-    assert len(seen_pids) == sum(len(lab_net.daemons(s)) for s in lab_net.lab.servers) == 9
+    assert len(seen_pids) == sum(len(lab_net.daemons(s)) for s in lab_net.lab.servers) == 12
 
 
 def test_servers_reach_each_other_across_the_router(lab_net: LabNet) -> None:

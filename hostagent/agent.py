@@ -1,0 +1,290 @@
+"""The agent: a whole cloud of one server. It creates, stops, starts and deletes this server's
+nodes, plumbs them into the local bridge and publishes them to the directory, keeping all
+three (driver, switch, directory) consistent with its sqlite state, also across crashes.
+
+Every change is ordered so that the state row exists before anything it describes and
+outlives it: create = reserve row -> publish -> node (driver: define, run, interface) ->
+port -> ready; delete = mark deleting -> node -> port -> unpublish -> drop row. A failure
+undoes what was done; a crash leaves a row in `creating` or `deleting` that the next
+reconciliation finishes (undoing a create, completing a delete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from hostagent.config import AgentConfig
+from hostagent.drivers import NodeDriver
+from hostagent.errors import Conflict, Invalid, NotFound, Unauthorized
+from hostagent.models import AgentStatus, Desired, ImageInfo, NodeCreate, NodeInfo, Phase
+from hostagent.ovs import Switch
+from hostagent.plumbing import ifindex
+from hostagent.publisher import Publisher
+from hostagent.state import State
+from nvi.errors import NviError
+from nvi.model import NodeKind
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        state: State,
+        drivers: list[NodeDriver],
+        switch: Switch,
+        publisher: Publisher,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.drivers = {driver.kind: driver for driver in drivers}
+        self.switch = switch
+        self.publisher = publisher
+        # One change at a time: changes are short (a container start), and a single writer
+        # keeps locator allocation, capacity checks and reconciliation simple and correct.
+        self.lock = asyncio.Lock()
+
+    # -- create ---------------------------------------------------------------------------
+
+    async def create(self, request: NodeCreate, token: str | None) -> NodeInfo:
+        token = _require(token)
+        async with self.lock:
+            await self._check(request)
+            taken = await self.switch.locators()
+            node = self.state.reserve(request, self.config.locator_pool, token, taken)
+            try:
+                network = await self.publisher.network(token, request.tenant, request.network)
+                if request.ip is not None and not network.usable(request.ip):
+                    raise Invalid(
+                        f"{request.ip} is not a usable address of network {network.name} "
+                        f"({network.cidr}, gateway {network.gateway})"
+                    )
+                record = await self.publisher.publish(token, node, self.config.name, request.ip)
+                node = self.state.update(
+                    node.id,
+                    directory_id=record.id,
+                    ip=record.ip,
+                    mac=record.mac,
+                    gateway=network.gateway,
+                    prefixlen=ipaddress.ip_network(network.cidr).prefixlen,
+                )
+                await self.driver(node.kind).create(node)
+                await self._bring_up(node)
+                return self.state.update(node.id, phase=Phase.READY, token=None)
+            except BaseException:
+                await self._undo(node.id)
+                raise
+
+    async def _check(self, request: NodeCreate) -> None:
+        """Refuse what cannot work before anything is reserved."""
+        driver = self.driver(request.kind)
+        if not await driver.has_image(request.image):
+            known = sorted(image.name for image in await driver.images())
+            raise Invalid(f"unknown image {request.image!r}; images here: {', '.join(known)}")
+        capacity = self.config.capacity
+        cpus, memory = self.state.reserved()
+        if request.cpus > capacity.cpus or request.memory_mib > capacity.memory_mib:
+            raise Invalid(
+                f"limits beyond this server's capacity ({capacity.cpus:g} CPUs, "
+                f"{capacity.memory_mib} MiB)"
+            )
+        if cpus + request.cpus > capacity.cpus or memory + request.memory_mib > capacity.memory_mib:
+            raise Conflict(
+                f"not enough free capacity: {capacity.cpus - cpus:g} CPUs and "
+                f"{capacity.memory_mib - memory} MiB are left"
+            )
+
+    def driver(self, kind: NodeKind) -> NodeDriver:
+        if kind not in self.drivers:
+            have = ", ".join(sorted(self.drivers))
+            raise Invalid(f"kind {kind}: this server has no {kind} driver (it has: {have})")
+        return self.drivers[kind]
+
+    async def _bring_up(self, node: NodeInfo) -> list[str]:
+        """Run the node with its interface, then plug the interface (afresh, if the driver
+        made a new one) into the bridge."""
+        done = await self.driver(node.kind).start(node)
+        if done or (await self.switch.ports()).get(node.port) != await ifindex(node.port):
+            await self.switch.plug(node)
+            done.append("plugged its port into the bridge")
+        return done
+
+    async def _undo(self, node_id: str) -> bool:
+        """Remove everything of a node whose create failed; the row goes last, and stays (for
+        the next reconciliation) if the directory record could not be removed."""
+        node = self.state.get(node_id)
+        token = self.state.token(node_id)
+        try:
+            await self._remove_local(node)
+            if token is not None:
+                await self.publisher.unpublish(token, node.tenant, node.name, node.locator)
+        except (NviError, OSError) as error:
+            log.warning("rolling back %s/%s is incomplete: %s", node.tenant, node.name, error)
+            return False
+        self.state.delete(node_id)
+        return True
+
+    async def _remove_local(self, node: NodeInfo) -> None:
+        await self.driver(node.kind).remove(node.id)
+        await self.switch.unplug(node.port)
+
+    # -- the other verbs ------------------------------------------------------------------
+
+    def nodes(self, tenant: str | None = None) -> list[NodeInfo]:
+        return self.state.nodes(tenant)
+
+    async def show(self, tenant: str, name: str) -> NodeInfo:
+        node = self.node(tenant, name)
+        return node.model_copy(update={"state": await self.driver(node.kind).state(node)})
+
+    async def listing(self, tenant: str | None = None) -> list[NodeInfo]:
+        return [await self.show(node.tenant, node.name) for node in self.state.nodes(tenant)]
+
+    async def stop(self, tenant: str, name: str) -> NodeInfo:
+        async with self.lock:
+            node = self._ready(tenant, name)
+            await self.driver(node.kind).stop(node)
+            await self.switch.unplug(node.port)
+            self.state.update(node.id, desired=Desired.STOPPED)
+        return await self.show(tenant, name)
+
+    async def start(self, tenant: str, name: str) -> NodeInfo:
+        async with self.lock:
+            node = self._ready(tenant, name)
+            self.state.update(node.id, desired=Desired.RUNNING)
+            await self._bring_up(node)
+        return await self.show(tenant, name)
+
+    async def delete(self, tenant: str, name: str, token: str | None) -> None:
+        token = _require(token)
+        async with self.lock:
+            node = self.node(tenant, name)
+            if node.phase == Phase.CREATING:
+                raise Conflict(f"node {tenant}/{name} is being rolled back; try again later")
+            await self._authorise(token, node)
+            self.state.update(node.id, phase=Phase.DELETING, token=token)
+            await self._finish_delete(node.id)
+
+    async def _authorise(self, token: str, node: NodeInfo) -> None:
+        """The token must be the node's tenant's: the directory must show it the record."""
+        try:
+            await self.publisher.network(token, node.tenant, node.network)
+        except NviError as error:
+            if getattr(error, "status", None) in (401, 403, 404):
+                raise Unauthorized(f"the token is not valid for tenant {node.tenant}") from None
+            raise
+
+    async def _finish_delete(self, node_id: str) -> None:
+        node = self.state.get(node_id)
+        token = self.state.token(node_id)
+        await self._remove_local(node)
+        if token is not None:
+            await self.publisher.unpublish(token, node.tenant, node.name, node.locator)
+        self.state.delete(node_id)
+
+    def node(self, tenant: str, name: str) -> NodeInfo:
+        node = self.state.find(tenant, name)
+        if node is None:
+            raise NotFound(f"no node {tenant}/{name} on this server")
+        return node
+
+    def _ready(self, tenant: str, name: str) -> NodeInfo:
+        node = self.node(tenant, name)
+        if node.phase != Phase.READY:
+            raise Conflict(f"node {tenant}/{name} is {node.phase}")
+        return node
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    async def reconcile(self) -> list[str]:
+        """Make the server match the state: finish or undo interrupted operations, bring
+        nodes to their desired state, re-plumb missing wires and ports, remove orphans."""
+        async with self.lock:
+            repairs: list[str] = []
+            for node in self.state.nodes():
+                label = f"{node.tenant}/{node.name}"
+                try:
+                    if node.phase == Phase.CREATING:
+                        if await self._undo(node.id):
+                            repairs.append(f"rolled back the interrupted create of {label}")
+                    elif node.phase == Phase.DELETING:
+                        await self._finish_delete(node.id)
+                        repairs.append(f"finished the interrupted delete of {label}")
+                    else:
+                        repairs += [f"{label}: {r}" for r in await self._converge(node)]
+                except (NviError, OSError) as error:
+                    log.warning("reconciling %s: %s", label, error)
+            repairs += await self._remove_orphans()
+        for repair in repairs:
+            log.info("reconcile: %s", repair)
+        return repairs
+
+    async def _converge(self, node: NodeInfo) -> list[str]:
+        driver = self.driver(node.kind)
+        repairs = []
+        state = await driver.state(node)
+        if state == "missing":
+            await driver.create(node)
+            repairs.append(f"re-created its missing {node.kind}")
+        if node.desired == Desired.RUNNING:
+            return repairs + await self._bring_up(node)
+        if state == "running":
+            await driver.stop(node)
+            repairs.append(f"stopped its {node.kind}")
+        await self.switch.unplug(node.port)
+        return repairs
+
+    async def _remove_orphans(self) -> list[str]:
+        """Nodes, interfaces and ports of this agent that no state row accounts for: left by
+        a crash between making them and recording or after removing the row."""
+        nodes = self.state.nodes()
+        known = {node.id for node in nodes}
+        ports = {node.port for node in nodes}
+        repairs = []
+        for driver in self.drivers.values():
+            repairs += await driver.orphans(known)
+        for port in await self.switch.ports():
+            if port not in ports:
+                await self.switch.unplug(port)
+                repairs.append(f"removed orphan port {port}")
+        return repairs
+
+    async def reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval)
+            try:
+                await self.reconcile()
+            except (NviError, OSError) as error:
+                log.warning("reconciliation failed: %s", error)
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def images(self) -> list[ImageInfo]:
+        return [image for driver in self.drivers.values() for image in await driver.images()]
+
+    async def status(self) -> AgentStatus:
+        nodes = self.state.nodes()
+        cpus, memory = self.state.reserved()
+        capacity = self.config.capacity
+        return AgentStatus(
+            server=self.config.name,
+            underlay=self.config.underlay,
+            locators=self.config.locators,
+            bridge=self.config.bridge,
+            nodes=len(nodes),
+            locators_free=self.config.locator_pool.size - len(nodes),
+            cpus_free=capacity.cpus - cpus,
+            memory_mib_free=capacity.memory_mib - memory,
+            drivers={str(kind): await driver.health() for kind, driver in self.drivers.items()},
+            ovs=await self.switch.health(),
+            directory=await self.publisher.health(),
+        )
+
+
+def _require(token: str | None) -> str:
+    if not token:
+        raise Unauthorized("the tenant's directory token is needed: send X-Tenant-Token")
+    return token

@@ -1,0 +1,234 @@
+"""`nvi agent ...` (run and inspect this server's agent) and `nvi node ...` (its nodes).
+
+Node names are `TENANT/NAME`, or just `NAME` with `--tenant` (env NVI_TENANT). Create and
+delete act on the tenant's behalf and need its directory token (`--token`, env
+NVI_TENANT_TOKEN, or `--token-file`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+
+from hostagent.client import DEFAULT_SOCKET, AgentClient
+from nvi.clitools import output_option, read_token, run_client, show_rows
+from nvi.errors import NviError
+
+NODE_COLUMNS = ["tenant", "name", "kind", "network", "ip", "mac", "locator", "state", "port"]
+
+agent_option = click.option(
+    "--agent",
+    "address",
+    envvar="NVI_AGENT",
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    help="Agent socket path or http(s) URL [env NVI_AGENT]",
+)
+operator_token_option = click.option(
+    "--agent-token", envvar="NVI_AGENT_TOKEN", help="Operator token for TCP [env NVI_AGENT_TOKEN]"
+)
+
+
+def _run(
+    address: str,
+    call: Callable[[AgentClient], Awaitable[Any]],
+    *,
+    operator_token: str | None = None,
+    tenant_token: str | None = None,
+) -> Any:
+    return run_client(
+        lambda: AgentClient(address, operator_token=operator_token, tenant_token=tenant_token),
+        call,
+    )
+
+
+def _split(name: str, tenant: str | None) -> tuple[str, str]:
+    if "/" in name:
+        tenant, _, name = name.partition("/")
+    if not tenant:
+        raise NviError(f"which tenant's {name}? write TENANT/{name} or pass --tenant")
+    return tenant, name
+
+
+@click.group()
+def agent() -> None:
+    """This server's host agent."""
+
+
+@agent.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def serve(config_path: str) -> None:
+    """Run the agent (until SIGTERM); the socket appears once it has reconciled."""
+    from hostagent.config import load_config
+    from hostagent.service import serve as run
+
+    run(load_config(config_path))
+
+
+@agent.command()
+@agent_option
+@operator_token_option
+@output_option
+def status(address: str, agent_token: str | None, output: str) -> None:
+    """This server, its free capacity and the state of Docker, OVS and the directory."""
+    answer = _run(address, AgentClient.status, operator_token=agent_token)
+    columns = list(answer.model_dump())
+    show_rows(output, "agent", [answer], columns)
+
+
+@click.group()
+def node() -> None:
+    """Nodes (containers) on this server."""
+
+
+def _node_options(command: Callable) -> Callable:
+    for option in reversed(
+        [
+            agent_option,
+            operator_token_option,
+            click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]"),
+            output_option,
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _tenant_token_options(command: Callable) -> Callable:
+    command = click.option(
+        "--token-file",
+        envvar="NVI_TENANT_TOKEN_FILE",
+        type=click.Path(dir_okay=False),
+        help="[env NVI_TENANT_TOKEN_FILE]",
+    )(command)
+    return click.option(
+        "--token", envvar="NVI_TENANT_TOKEN", help="Tenant's directory token [env NVI_TENANT_TOKEN]"
+    )(command)
+
+
+@node.command("create")
+@click.argument("name")
+@click.option("--network", "-n", required=True)
+@click.option("--ip", help="Fixed tenant address (default: the lowest free one)")
+@click.option("--kind", type=click.Choice(["container", "vm"]), default="container")
+@click.option("--image", default="nvi/busybox:latest", show_default=True)
+@click.option("--cpus", type=float, default=1, show_default=True)
+@click.option("--memory", "memory_mib", type=int, default=128, show_default=True, help="MiB")
+@_tenant_token_options
+@_node_options
+def create(
+    name: str,
+    network: str,
+    ip: str | None,
+    kind: str,
+    image: str,
+    cpus: float,
+    memory_mib: int,
+    token: str | None,
+    token_file: str | None,
+    address: str,
+    agent_token: str | None,
+    tenant: str | None,
+    output: str,
+) -> None:
+    """Create NAME (TENANT/NAME) on NETWORK and publish it."""
+    tenant, name = _split(name, tenant)
+    body = dict(name=name, tenant=tenant, network=network, kind=kind, image=image, ip=ip)
+    body |= dict(cpus=cpus, memory_mib=memory_mib)
+    created = _run(
+        address,
+        lambda client: client.create(**body),
+        operator_token=agent_token,
+        tenant_token=read_token(token, token_file),
+    )
+    show_rows(output, "node", [created], NODE_COLUMNS)
+
+
+@node.command("list")
+@_node_options
+def list_(address: str, agent_token: str | None, tenant: str | None, output: str) -> None:
+    """This server's nodes (of one tenant with --tenant)."""
+    rows = _run(address, lambda client: client.list(tenant), operator_token=agent_token)
+    show_rows(output, "nodes", rows, NODE_COLUMNS)
+
+
+@node.command()
+@click.argument("name")
+@_node_options
+def show(name: str, address: str, agent_token: str | None, tenant: str | None, output: str) -> None:
+    """One node, with every field."""
+    tenant, name = _split(name, tenant)
+    found = _run(address, lambda client: client.show(tenant, name), operator_token=agent_token)
+    show_rows(output, "node", [found], list(found.model_dump()))
+
+
+@node.command()
+@click.argument("name")
+@_node_options
+def stop(name: str, address: str, agent_token: str | None, tenant: str | None, output: str) -> None:
+    """Stop a node; it keeps its addresses and stays published."""
+    tenant, name = _split(name, tenant)
+    found = _run(address, lambda client: client.stop(tenant, name), operator_token=agent_token)
+    show_rows(output, "node", [found], NODE_COLUMNS)
+
+
+@node.command()
+@click.argument("name")
+@_node_options
+def start(
+    name: str, address: str, agent_token: str | None, tenant: str | None, output: str
+) -> None:
+    """Start a stopped node."""
+    tenant, name = _split(name, tenant)
+    found = _run(address, lambda client: client.start(tenant, name), operator_token=agent_token)
+    show_rows(output, "node", [found], NODE_COLUMNS)
+
+
+@node.command()
+@click.argument("name")
+@_tenant_token_options
+@_node_options
+def delete(
+    name: str,
+    token: str | None,
+    token_file: str | None,
+    address: str,
+    agent_token: str | None,
+    tenant: str | None,
+    output: str,
+) -> None:
+    """Delete a node and its directory record; deleting a deleted node is harmless."""
+    tenant, name = _split(name, tenant)
+    try:
+        _run(
+            address,
+            lambda client: client.delete(tenant, name),
+            operator_token=agent_token,
+            tenant_token=read_token(token, token_file),
+        )
+        result = "deleted"
+    except NviError as error:
+        if getattr(error, "status", None) != 404:
+            raise
+        result = "already gone"
+    show_rows(
+        output,
+        "node",
+        [{"tenant": tenant, "name": name, "result": result}],
+        ["tenant", "name", "result"],
+    )
+
+
+@node.command()
+@click.argument("name")
+@agent_option
+@operator_token_option
+@click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]")
+def console(name: str, address: str, agent_token: str | None, tenant: str | None) -> None:
+    """Attach to the node's console (a shell in a container); run on the node's server."""
+    tenant, name = _split(name, tenant)
+    argv = _run(address, lambda client: client.console(tenant, name), operator_token=agent_token)
+    os.execvp(argv[0], argv)

@@ -1,0 +1,101 @@
+"""Asyncio client of one agent, over its Unix socket or over TCP with an operator token.
+
+Used by the CLI, the tests and the benchmark; an error answer raises an NviError carrying
+the answer's status and message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from pydantic import TypeAdapter
+
+from hostagent.errors import AgentError
+from hostagent.models import TENANT_TOKEN, AgentStatus, ImageInfo, NodeInfo
+
+DEFAULT_SOCKET = "/run/nvi/agent.sock"
+
+
+class AgentClient:
+    """`async with AgentClient("/run/nvi/agent.sock") as agent: ...`; `address` is a socket
+    path or an http(s) URL."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_SOCKET,
+        *,
+        operator_token: str | None = None,
+        tenant_token: str | None = None,
+        timeout: float = 60,
+    ) -> None:
+        headers = {}
+        if operator_token:
+            headers["Authorization"] = f"Bearer {operator_token}"
+        if tenant_token:
+            headers[TENANT_TOKEN] = tenant_token
+        if address.startswith(("http://", "https://")):
+            self.base, connector = address.rstrip("/"), None
+        else:
+            self.base, connector = "http://agent", aiohttp.UnixConnector(path=address)
+        self.address = address
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._session.close()
+
+    async def _call(self, method: str, path: str, answer: Any = None, **kwargs: Any) -> Any:
+        try:
+            async with self._session.request(method, self.base + path, **kwargs) as response:
+                body = await response.read()
+        except (aiohttp.ClientError, OSError) as error:
+            raise AgentError(f"agent at {self.address} unreachable: {error}") from None
+        if response.status >= 400:
+            try:
+                message = TypeAdapter(dict).validate_json(body)["error"]
+            except (ValueError, KeyError):
+                message = body.decode(errors="replace")[:200] or str(response.reason)
+            error = AgentError(message)
+            error.status = response.status
+            raise error
+        return TypeAdapter(answer).validate_json(body) if answer is not None else None
+
+    async def status(self) -> AgentStatus:
+        return await self._call("GET", "/v1/status", AgentStatus)
+
+    async def images(self) -> list[ImageInfo]:
+        return await self._call("GET", "/v1/images", list[ImageInfo])
+
+    async def create(self, **body: Any) -> NodeInfo:
+        body = {key: value for key, value in body.items() if value is not None}
+        return await self._call("POST", "/v1/nodes", NodeInfo, json=body)
+
+    async def list(self, tenant: str | None = None) -> list[NodeInfo]:
+        params = {"tenant": tenant} if tenant else None
+        return await self._call("GET", "/v1/nodes", list[NodeInfo], params=params)
+
+    async def show(self, tenant: str, name: str) -> NodeInfo:
+        return await self._call("GET", f"/v1/nodes/{tenant}/{name}", NodeInfo)
+
+    async def stop(self, tenant: str, name: str) -> NodeInfo:
+        return await self._call("POST", f"/v1/nodes/{tenant}/{name}/stop", NodeInfo)
+
+    async def start(self, tenant: str, name: str) -> NodeInfo:
+        return await self._call("POST", f"/v1/nodes/{tenant}/{name}/start", NodeInfo)
+
+    async def delete(self, tenant: str, name: str) -> None:
+        await self._call("DELETE", f"/v1/nodes/{tenant}/{name}")
+
+    async def console(self, tenant: str, name: str) -> list[str]:
+        return await self._call("GET", f"/v1/nodes/{tenant}/{name}/console", list[str])
+
+    async def raw(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """Status and JSON body of any request, for tests of error answers."""
+        async with self._session.request(method, self.base + path, **kwargs) as response:
+            body = await response.read()
+            return response.status, (TypeAdapter(Any).validate_json(body) if body else None)

@@ -1,0 +1,140 @@
+"""The agent's configuration file (TOML): facts about this server only, never about another.
+
+A server joins NVI with its own name, underlay address, locator pool and bridge, plus the
+directory URL. Nothing here names or addresses any other server.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import netaddr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from nvi.errors import NviError
+from nvi.lab.spec import parse_pool
+from nvi.model import IPAddress, Label
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OvsConfig(_Section):
+    db: str = Field("unix:/run/openvswitch/db.sock", description="OVSDB of this server's switch")
+
+
+class DockerConfig(_Section):
+    url: str = Field("unix:///run/docker.sock", description="The local Docker engine")
+    labels: dict[str, str] = Field(
+        {}, description="Extra labels on every container and image the agent makes"
+    )
+    start_timeout: float = Field(30, gt=0, description="How long to wait for Docker at start")
+
+
+class DirectoryConfig(_Section):
+    url: str = Field(description="Base URL of the federation directory")
+    timeout: float = Field(10, gt=0)
+
+
+class TcpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7490, ge=0, le=65535)
+    token_sha256: list[Sha256] = Field(min_length=1, description="Operator tokens (SHA-256)")
+
+
+class Capacity(_Section):
+    """What the agent may hand out to nodes in total; defaults to the machine's size."""
+
+    cpus: float = Field(default_factory=lambda: float(os.cpu_count() or 1), gt=0)
+    memory_mib: int = Field(default_factory=lambda: _memory_mib(), gt=0)
+
+
+class AgentConfig(_Section):
+    name: Label = Field(description="This server's name, published as the nodes' server label")
+    underlay: IPAddress = Field(description="This server's own underlay address")
+    locators: str = Field(description="This server's locator pool: CIDR or first-last")
+    bridge: str = Field("br-int", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    state_dir: Path = Field(Path("/var/lib/nvi/agent"), description="Holds the sqlite state")
+    socket: Path = Field(Path("/run/nvi/agent.sock"), description="The local REST API")
+    reconcile_interval: float = Field(30, gt=0, description="Seconds between repair passes")
+    ovs: OvsConfig = OvsConfig()
+    docker: DockerConfig = DockerConfig()
+    directory: DirectoryConfig
+    tcp: TcpConfig | None = None
+    capacity: Capacity = Field(default_factory=Capacity)
+
+    @field_validator("locators")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        if parse_pool(value).version != 4:
+            raise ValueError(f"{value} is not an IPv4 pool")
+        return value
+
+    @property
+    def locator_pool(self) -> netaddr.IPRange:
+        return parse_pool(self.locators)
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "agent.db"
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and check FILE; relative paths are taken from the file's own directory."""
+    path = Path(path)
+    try:
+        config = AgentConfig.model_validate(tomllib.loads(path.read_text()))
+    except OSError as error:
+        raise NviError(f"cannot read agent config {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, ValidationError) as error:
+        raise NviError(f"invalid agent config {path}: {error}".replace("\n", "; ")) from None
+    base = path.parent.resolve()
+    config.state_dir = base / config.state_dir
+    config.socket = base / config.socket
+    return config
+
+
+def render_config(config: AgentConfig) -> str:
+    """The TOML text of a config, as an operator (or the lab) writes it to a file."""
+    lines = []
+    sections = []
+    for key, value in config.model_dump(mode="json", exclude_none=True).items():
+        if isinstance(value, dict):
+            sections.append(
+                f"\n[{key}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in value.items())
+            )
+        else:
+            lines.append(f"{key} = {_toml(value)}\n")
+    return "# NVI host agent (see docs/hostagent.md)\n" + "".join(lines) + "".join(sections)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _memory_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 1024

@@ -1,0 +1,120 @@
+"""How a lab runs host agents: one Docker engine for the whole lab, in the machine's root
+namespaces, and one agent per server (a `Daemon` inside the server's namespace, supervised
+like its OVS: pidfile with start time, readiness path, own log).
+
+An agent's config is made from the server's own lab entry and the directory URL only, so it
+never names another server. The agents share the engine: every container carries its
+agent's id, and the lab's containers also carry `nvi.lab=<lab>`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hostagent.config import AgentConfig, DirectoryConfig, DockerConfig, OvsConfig, render_config
+from nvi.lab.ovs import BRIDGE, OvsInstance
+from nvi.lab.process import Daemon
+from nvi.lab.spec import Server
+
+LAB_LABEL = "nvi.lab"
+
+
+def agent_config(
+    server: Server,
+    ovs: OvsInstance,
+    directory_url: str,
+    docker_url: str,
+    labels: dict[str, str] | None = None,
+) -> AgentConfig:
+    """The config of the agent of one lab server; its state lives in the server's run dir."""
+    return AgentConfig(
+        name=server.name,
+        underlay=server.address,
+        locators=server.locators,
+        bridge=BRIDGE,
+        state_dir=ovs.rundir / "agent",
+        socket=ovs.rundir / "agent.sock",
+        ovs=OvsConfig(db=f"unix:{ovs.db_socket}"),
+        docker=DockerConfig(url=docker_url, labels=labels or {}),
+        directory=DirectoryConfig(url=directory_url),
+    )
+
+
+def agent_daemon(config: AgentConfig, netns: str, rundir: Path) -> Daemon:
+    """The agent process of a server (config in `rundir/agent.toml`, see `write_config`);
+    ready once its socket exists, which it creates only after reconciling."""
+    return Daemon(
+        name="agent",
+        netns=netns,
+        argv=(sys.executable, "-m", "nvi", "agent", "serve", "--config", f"{rundir}/agent.toml"),
+        rundir=rundir,
+        ready=config.socket,
+    )
+
+
+def write_config(config: AgentConfig, rundir: Path) -> None:
+    rundir.mkdir(parents=True, exist_ok=True)
+    (rundir / "agent.toml").write_text(render_config(config))
+
+
+def lab_agent(
+    lab: str, server: Server, ovs: OvsInstance, directory_url: str, netns: str
+) -> tuple[AgentConfig, Daemon]:
+    """The agent of a lab server, using the lab's Docker engine."""
+    exec_root = lab_docker_root(lab) / "exec"
+    config = agent_config(server, ovs, directory_url, docker_url(exec_root), {LAB_LABEL: lab})
+    return config, agent_daemon(config, netns, ovs.rundir)
+
+
+def lab_docker_root(lab: str) -> Path:
+    """Everything of the lab's engine: its pidfile and log, data and exec roots. Outside the
+    lab's run directory, so that `down` finds the engine even when that directory is lost
+    (named after the lab: the tag), and short whatever the run directory is, since
+    containerd's socket under the exec root must fit a Unix socket path (107 bytes)."""
+    return Path("/run") / f"nvi-docker-{lab}"
+
+
+def lab_dockerd(lab: str, launch_netns: str) -> Daemon:
+    """The lab's Docker engine. Started from one of the lab's namespaces (a `Daemon` runs under
+    `ip netns exec`), it at once re-enters the network and mount namespaces of the process
+    bringing the lab up (the machine's own; pid 1's may be out of reach in a sandbox): dockerd
+    needs the real cgroup mounts, which `ip netns exec`'s private /sys hides."""
+    root = lab_docker_root(lab)
+    home = f"/proc/{os.getpid()}/ns"
+    return Daemon(
+        name="dockerd",
+        netns=launch_netns,
+        argv=(
+            "nsenter",
+            f"--net={home}/net",
+            f"--mount={home}/mnt",
+            *dockerd_argv(root / "data", root / "exec"),
+        ),
+        rundir=root,
+        ready=root / "exec" / "docker.sock",
+    )
+
+
+def dockerd_argv(data_root: Path, exec_root: Path) -> list[str]:
+    """A Docker engine of its own: own socket, data and exec roots, no Docker networking at
+    all (nodes get their interface from the agent). It must run in the machine's root
+    namespaces: under `ip netns exec` it finds no cgroup mount. `exec_root` must be short
+    (see `lab_docker_root`)."""
+    return [
+        "dockerd",
+        f"--host={docker_url(exec_root)}",
+        f"--data-root={data_root}",
+        f"--exec-root={exec_root}",
+        f"--pidfile={exec_root / 'engine.pid'}",
+        "--shutdown-timeout=5",
+        "--bridge=none",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--ip-masq=false",
+    ]
+
+
+def docker_url(exec_root: Path) -> str:
+    return f"unix://{exec_root / 'docker.sock'}"

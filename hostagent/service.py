@@ -1,0 +1,264 @@
+"""The agent's REST API (aiohttp): a Unix socket for the server's own operators and tools, and
+optionally TCP with an operator token. Operations are declared with the directory's `Api`
+layer, so validation, errors and the OpenAPI document come from one declaration.
+
+Changes on a tenant's behalf (create, delete) carry the tenant's directory token in the
+`X-Tenant-Token` header: the agent publishes with it and keeps it no longer than needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from federation.api import Api, Call, Principal, Role
+from federation.directory import token_hash
+from hostagent.agent import Agent
+from hostagent.config import AgentConfig
+from hostagent.containers import ContainerDriver
+from hostagent.errors import Unauthorized
+from hostagent.models import TENANT_TOKEN, AgentStatus, ImageInfo, NodeCreate, NodeInfo, NodeQuery
+from hostagent.ovs import Switch
+from hostagent.publisher import DirectoryPublisher
+from hostagent.state import State
+from nvi.errors import NviError
+from nvi.model import Name
+from nvi.web import json_errors
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", AgentConfig)
+AGENT = web.AppKey("agent", Agent)
+OPENAPI = web.AppKey("openapi", dict)
+VERSION = "1.0.0"
+OPERATOR = {Role.ADMIN}
+
+
+async def authenticate(request: web.Request) -> Principal:
+    """Whoever can open the Unix socket is the server's operator; over TCP, a token says so."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return Principal(Role.ADMIN)
+    tcp = request.app[CONFIG].tcp
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if tcp and scheme.lower() == "bearer" and token_hash(secret.strip()) in tcp.token_sha256:
+        return Principal(Role.ADMIN)
+    raise Unauthorized("missing or invalid operator credentials: send 'Authorization: Bearer'")
+
+
+api = Api({"tenant": Name, "name": Name}, authenticate)
+
+
+def _agent(call: Call) -> Agent:
+    return call.request.app[AGENT]
+
+
+def _token(call: Call) -> str | None:
+    return call.request.headers.get(TENANT_TOKEN)
+
+
+@api.route(
+    "GET",
+    "/v1/status",
+    "This server, its capacity and its subsystems",
+    roles=OPERATOR,
+    response=AgentStatus,
+)
+async def status(call: Call) -> AgentStatus:
+    return await _agent(call).status()
+
+
+@api.route(
+    "GET",
+    "/v1/images",
+    "Images nodes can be created from",
+    roles=OPERATOR,
+    response=list[ImageInfo],
+)
+async def images(call: Call) -> list[ImageInfo]:
+    return await _agent(call).images()
+
+
+@api.route(
+    "GET",
+    "/v1/nodes",
+    "List this server's nodes",
+    roles=OPERATOR,
+    query=NodeQuery,
+    response=list[NodeInfo],
+)
+async def list_nodes(call: Call) -> list[NodeInfo]:
+    return await _agent(call).listing(call.query.tenant)
+
+
+@api.route(
+    "POST",
+    "/v1/nodes",
+    "Create a node and publish it (needs X-Tenant-Token)",
+    roles=OPERATOR,
+    body=NodeCreate,
+    response=NodeInfo,
+    status=201,
+)
+async def create_node(call: Call) -> NodeInfo:
+    node = await _agent(call).create(call.body, _token(call))
+    return await _agent(call).show(node.tenant, node.name)
+
+
+@api.route("GET", "/v1/nodes/{tenant}/{name}", "Read a node", roles=OPERATOR, response=NodeInfo)
+async def show_node(call: Call) -> NodeInfo:
+    return await _agent(call).show(call.path["tenant"], call.path["name"])
+
+
+@api.route(
+    "POST",
+    "/v1/nodes/{tenant}/{name}/stop",
+    "Stop a node (it stays published)",
+    roles=OPERATOR,
+    response=NodeInfo,
+)
+async def stop_node(call: Call) -> NodeInfo:
+    return await _agent(call).stop(call.path["tenant"], call.path["name"])
+
+
+@api.route(
+    "POST",
+    "/v1/nodes/{tenant}/{name}/start",
+    "Start a stopped node",
+    roles=OPERATOR,
+    response=NodeInfo,
+)
+async def start_node(call: Call) -> NodeInfo:
+    return await _agent(call).start(call.path["tenant"], call.path["name"])
+
+
+@api.route(
+    "DELETE",
+    "/v1/nodes/{tenant}/{name}",
+    "Delete a node and its directory record (needs X-Tenant-Token)",
+    roles=OPERATOR,
+    status=204,
+)
+async def delete_node(call: Call) -> None:
+    await _agent(call).delete(call.path["tenant"], call.path["name"], _token(call))
+
+
+@api.route(
+    "GET",
+    "/v1/nodes/{tenant}/{name}/console",
+    "The command that attaches to the node's console on this server",
+    roles=OPERATOR,
+    response=list[str],
+)
+async def console(call: Call) -> list[str]:
+    agent = _agent(call)
+    node = agent.node(call.path["tenant"], call.path["name"])
+    return agent.driver(node.kind).console(node)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+async def agent_context(app: web.Application) -> AsyncIterator[None]:
+    """Subsystem: state, drivers, switch and directory; reconciled before the API answers."""
+    config = app[CONFIG]
+    state = State(config.database)
+    driver = ContainerDriver(
+        config.docker.url, state.agent_id, config.docker.labels, config.docker.start_timeout
+    )
+    publisher = DirectoryPublisher(config.directory.url, config.directory.timeout)
+    agent = Agent(
+        config, state, [driver], Switch(config.ovs.db, config.bridge, state.agent_id), publisher
+    )
+    app[AGENT] = agent
+    try:
+        for each in agent.drivers.values():
+            await each.prepare()
+        await agent.reconcile()
+        yield
+    finally:
+        for each in agent.drivers.values():
+            await each.close()
+        await publisher.close()
+        state.close()
+
+
+async def reconcile_context(app: web.Application) -> AsyncIterator[None]:
+    """Subsystem: periodic repair (missing ports, dead containers, interrupted operations)."""
+    task = asyncio.create_task(app[AGENT].reconcile_forever())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def make_app(config: AgentConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[json_errors(NviError, log, "the agent's log")], client_max_size=65536
+    )
+    app[CONFIG] = config
+    app[OPENAPI] = api.openapi(
+        "NVI host agent", VERSION, "One server's nodes. See docs/hostagent.md."
+    )
+    app.cleanup_ctx.append(agent_context)
+    app.cleanup_ctx.append(reconcile_context)
+    api.add_routes(app)
+    app.router.add_get("/v1/openapi.json", openapi)
+    return app
+
+
+async def run(config: AgentConfig) -> None:
+    """Serve until cancelled; the Unix socket appears only once the agent has reconciled, so
+    its existence is the readiness signal."""
+    runner = web.AppRunner(make_app(config), access_log=None)
+    await runner.setup()
+    config.socket.parent.mkdir(parents=True, exist_ok=True)
+    config.socket.unlink(missing_ok=True)
+    temporary = config.socket.with_name(config.socket.name + ".new")
+    temporary.unlink(missing_ok=True)
+    sites: list[web.BaseSite] = [web.UnixSite(runner, str(temporary))]
+    if config.tcp:
+        sites.append(web.TCPSite(runner, config.tcp.host, config.tcp.port))
+    try:
+        for site in sites:
+            await site.start()
+        temporary.chmod(0o600)
+        temporary.rename(config.socket)
+        log.info("agent %s serving on %s", config.name, config.socket)
+        await asyncio.Event().wait()
+    finally:
+        config.socket.unlink(missing_ok=True)
+        await runner.cleanup()
+
+
+def serve(config: AgentConfig) -> None:
+    """Run until SIGINT or SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(_until_signal(config))
+    except KeyboardInterrupt:
+        pass
+
+
+def _stopper(task: asyncio.Task, sig: signal.Signals) -> Callable[[], None]:
+    def stop() -> None:
+        log.info("stopping on %s", sig.name)
+        task.cancel()
+
+    return stop
+
+
+async def _until_signal(config: AgentConfig) -> None:
+    task = asyncio.create_task(run(config))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stopper(task, sig))
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

@@ -1,0 +1,54 @@
+"""Pieces every `nvi` client command uses: the output option, rendering answers as tables or
+JSON, reading a token file, and running one call of an asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import BaseModel
+
+from nvi.errors import NviError
+from nvi.output import print_json, print_table
+
+C = TypeVar("C")
+T = TypeVar("T")
+
+output_option = click.option(
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+def show_rows(output: str, title: str, rows: list[Any], columns: list[str]) -> None:
+    """Rows (models or dicts) as a table for people, or as JSON for scripts."""
+    data = [row.model_dump(mode="json") if isinstance(row, BaseModel) else row for row in rows]
+    if output == "json":
+        print_json(data)
+    else:
+        print_table(title, data, columns)
+
+
+def read_token(token: str | None, token_file: str | None) -> str | None:
+    """A token given directly wins; otherwise the file's content, if a file is named."""
+    if token is None and token_file:
+        try:
+            return Path(token_file).read_text().strip()
+        except OSError as error:
+            raise NviError(f"cannot read token file {token_file}: {error.strerror}") from None
+    return token
+
+
+def run_client(
+    client: Callable[[], AbstractAsyncContextManager[C]], call: Callable[[C], Awaitable[T]]
+) -> T:
+    """Open a client, make one call with it, close it: one command, one event loop."""
+
+    async def go() -> T:
+        async with client() as opened:
+            return await call(opened)
+
+    return asyncio.run(go())

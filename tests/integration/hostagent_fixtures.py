@@ -1,0 +1,268 @@
+"""Fixtures for the host agent tests: a Docker engine of the tests' own (session), and a
+one-server lab running the real directory and the real agent in the server's namespace.
+
+Everything is tagged with the test run's id (`nvi.test=<id>` labels, `nvi-` namespaces, a
+`t<7 hex>` lab) and removed by it; nothing else on the machine is touched.
+Test modules use them with `pytest_plugins = ["tests.integration.hostagent_fixtures"]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiodocker
+import pytest
+from pyroute2 import netns as pyroute_netns
+
+from federation.client import DirectoryClient
+from federation.directory import new_token, token_hash
+from hostagent.client import AgentClient
+from hostagent.config import AgentConfig
+from hostagent.containers import ContainerDriver
+from hostagent.lab import agent_config, agent_daemon, docker_url, dockerd_argv, write_config
+from nvi.lab.net import LabNet
+from nvi.lab.ovs import OvsInstance
+from nvi.lab.process import Daemon, ensure_running, running_pid, terminate
+from nvi.lab.spec import Lab, Server
+
+T = TypeVar("T")
+TEST_ID = uuid.uuid4().hex[:7]
+LABELS = {"nvi.test": TEST_ID}
+DIRECTORY_PORT = 7480
+NETWORK_CIDR = "10.1.0.0/24"
+
+
+def in_netns(ns: str | None, factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to its end on a thread of its own (so also from inside a test's event
+    loop), in namespace `ns` if given (its sockets stay there)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            if ns is not None:
+                pyroute_netns.setns(ns, flags=0)
+            outcome["value"] = asyncio.run(factory())
+        except BaseException as error:  # handed to the calling thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@dataclass
+class DockerEngine:
+    url: str
+
+    def call(self, use: Callable[[aiodocker.Docker], Awaitable[T]]) -> T:
+        async def go() -> T:
+            async with aiodocker.Docker(url=self.url) as docker:
+                return await use(docker)
+
+        return in_netns(None, go)
+
+    def containers(self, label: str) -> list[dict]:
+        """Every container with the label `key=value` (running or not)."""
+
+        async def ours(docker: aiodocker.Docker) -> list[dict]:
+            found = await docker.containers.list(all=True, filters={"label": [label]})
+            return [{"id": c.id, "labels": c["Labels"], "state": c["State"]} for c in found]
+
+        return self.call(ours)
+
+    def test_containers(self) -> list[dict]:
+        """Every container made during this test run."""
+        return self.containers(f"nvi.test={TEST_ID}")
+
+    def remove_test_containers(self) -> None:
+        async def remove(docker: aiodocker.Docker) -> None:
+            for container in await docker.containers.list(
+                all=True, filters={"label": [f"nvi.test={TEST_ID}"]}
+            ):
+                await container.delete(force=True)
+
+        self.call(remove)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A dockerd of the tests' own (root namespaces: it needs the cgroup mount), with its own
+    short-pathed socket and state under /tmp; stopped by its PID."""
+    root = Path(tempfile.mkdtemp(prefix="nvi-dk", dir="/tmp"))
+    with (root / "dockerd.log").open("ab") as log:
+        process = subprocess.Popen(
+            dockerd_argv(root / "data", root / "exec"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        engine = DockerEngine(docker_url(root / "exec"))
+        engine.call(lambda docker: ContainerDriver(engine.url, "", {}).wait_ready(30))
+        yield engine
+        engine.remove_test_containers()
+    finally:
+        terminate(process.pid, timeout=20)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Tenant:
+    name: str
+    token: str
+
+
+@dataclass
+class Site:
+    """One lab server with its directory and agent, and two tenants with the same network."""
+
+    net: LabNet
+    server: Server
+    config: AgentConfig
+    agent: Daemon
+    directory: Daemon
+    docker: DockerEngine
+    admin_token: str
+    acme: Tenant
+    rival: Tenant
+
+    @property
+    def ns(self) -> str:
+        return self.net.netns(self.server.name)
+
+    @property
+    def ovs(self) -> OvsInstance:
+        return self.net.ovs(self.server)
+
+    def client(self, tenant: Tenant | None = None, **kwargs: Any) -> AgentClient:
+        return AgentClient(
+            str(self.config.socket), tenant_token=tenant.token if tenant else None, **kwargs
+        )
+
+    def directory_call(self, token: str, use: Callable[[DirectoryClient], Awaitable[T]]) -> T:
+        async def go() -> T:
+            async with DirectoryClient(f"http://127.0.0.1:{DIRECTORY_PORT}", token) as client:
+                return await use(client)
+
+        return in_netns(self.ns, go)
+
+    def start_agent(self) -> int:
+        pid, _ = ensure_running(self.agent, timeout=60)
+        return pid
+
+    def ports(self) -> dict[str, dict[str, str]]:
+        """Interfaces on the bridge with their external_ids."""
+        answer = self.ovs.vsctl("--format=json", "--columns=name,external_ids", "list", "interface")
+        return {
+            name: dict(external[1])
+            for name, external in json.loads(answer)["data"]
+            if name not in ("uplink", "br-int")
+        }
+
+
+def one_server_lab(name: str) -> Lab:
+    return Lab.model_validate(
+        {
+            "name": name,
+            "clouds": [{"name": "east", "subnet": "198.51.100.0/24"}],
+            "servers": [
+                {
+                    "name": "s1",
+                    "cloud": "east",
+                    "address": "198.51.100.11",
+                    "locators": "198.51.100.64-198.51.100.71",
+                }
+            ],
+        }
+    )
+
+
+def directory_daemon(ns: str, rundir: Path, admin_token: str) -> Daemon:
+    folder = rundir / "directory"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "directory.toml"
+    config.write_text(
+        f'host = "127.0.0.1"\nport = {DIRECTORY_PORT}\n\n[storage]\nbackend = "sqlite"\n'
+        f'path = "directory.db"\n\n[auth]\nadmin_token_sha256 = ["{token_hash(admin_token)}"]\n'
+    )
+    return Daemon(
+        name="directory",
+        netns=ns,
+        argv=(sys.executable, "-m", "nvi", "directory", "serve", "--config", str(config)),
+        rundir=rundir,
+        ready=folder / "directory.db",
+    )
+
+
+async def _set_up_tenants(admin_token: str) -> dict[str, str]:
+    url = f"http://127.0.0.1:{DIRECTORY_PORT}"
+    deadline = time.monotonic() + 20
+    async with DirectoryClient(url, admin_token) as admin:
+        while True:
+            try:
+                await admin.health()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        tokens = {}
+        for tenant in ("acme", "rival"):
+            await admin.create_tenant(tenant)
+            await admin.create_network(tenant, "web", NETWORK_CIDR)
+            tokens[tenant] = (await admin.create_token(tenant, "host agent tests")).token
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def site(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    net = LabNet(one_server_lab("t" + uuid.uuid4().hex[:7]), root=tmp_path_factory.mktemp("run"))
+    server = net.lab.server("s1")
+    try:
+        net.up()
+        ns, rundir = net.netns(server.name), net.rundir / server.name
+        admin_token = new_token()
+        directory = directory_daemon(ns, rundir, admin_token)
+        ensure_running(directory, timeout=30)
+        tokens = in_netns(ns, lambda: _set_up_tenants(admin_token))
+        config = agent_config(
+            server, net.ovs(server), f"http://127.0.0.1:{DIRECTORY_PORT}", docker_engine.url, LABELS
+        )
+        write_config(config, rundir)
+        site = Site(
+            net=net,
+            server=server,
+            config=config,
+            agent=agent_daemon(config, ns, rundir),
+            directory=directory,
+            docker=docker_engine,
+            admin_token=admin_token,
+            acme=Tenant("acme", tokens["acme"]),
+            rival=Tenant("rival", tokens["rival"]),
+        )
+        site.start_agent()
+        yield site
+        assert running_pid(site.agent) is not None, "the agent died during the tests"
+        assert "stopping on" not in site.agent.log.read_text(), "the agent was stopped"
+    finally:
+        for log in sorted(net.rundir.glob("*/*.log")):  # shown by pytest when a test failed
+            print(f"--- {log.name}:\n" + log.read_text(errors="replace")[-4000:])
+        try:
+            docker_engine.remove_test_containers()
+        finally:
+            net.down()
