@@ -150,18 +150,23 @@ async def main() -> None:
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--nodes-per-tenant", type=int, default=100)
     parser.add_argument("--lookups", type=int, default=10_000, help="per row")
+    parser.add_argument(
+        "--backends", nargs="+", choices=["sqlite", "etcd"], default=["sqlite", "etcd"]
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="nvi-bench-") as tmp:
         root = Path(tmp)
-        sqlite = StorageConfig(backend="sqlite", path=root / "directory.db")
-        rows += await bench_backend("sqlite", sqlite, root, args)
-        cluster = start_etcd_cluster(root / "etcd")
-        try:
-            etcd = StorageConfig(backend="etcd", endpoints=cluster.endpoints)
-            rows += await bench_backend("etcd (3 members)", etcd, root, args)
-        finally:
-            cluster.stop_all()
+        if "sqlite" in args.backends:
+            sqlite = StorageConfig(backend="sqlite", path=root / "directory.db")
+            rows += await bench_backend("sqlite", sqlite, root, args)
+        if "etcd" in args.backends:
+            cluster = start_etcd_cluster(root / "etcd")
+            try:
+                etcd = StorageConfig(backend="etcd", endpoints=cluster.endpoints)
+                rows += await bench_backend("etcd (3 members)", etcd, root, args)
+            finally:
+                cluster.stop_all()
     columns = [
         "backend",
         "nodes",

@@ -36,6 +36,10 @@ class SqliteStore(Store):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
+        # Lookups are random reads over the whole table: keep it in memory and mapped, so a
+        # lookup costs no read() system calls once warm.
+        db.execute("PRAGMA cache_size=-65536")
+        db.execute("PRAGMA mmap_size=268435456")
         return db
 
     async def open(self) -> None:
