@@ -9,6 +9,7 @@ import click
 
 from nvi.errors import NviError
 from nvi.lab.net import LabNet
+from nvi.lab.populate import populate
 from nvi.lab.spec import load_lab
 from nvi.output import console, print_json, print_table
 
@@ -27,9 +28,11 @@ def lab() -> None:
 @lab_file
 @output_option
 def up(lab_file: str, output: str) -> None:
-    """Create the lab, or repair it; a second run changes nothing."""
+    """Create the lab, or repair it, then its declared tenants and nodes; a second run
+    changes nothing."""
     net = LabNet(load_lab(lab_file))
     changes = net.up()
+    changes += populate(net)
     if output == "json":
         print_json({"lab": net.lab.name, "changes": changes})
         return

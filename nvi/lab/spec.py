@@ -6,6 +6,7 @@ the machine. Every check a lab file can fail happens here, so a bad file creates
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import netaddr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nvi.errors import NviError
+from nvi.model import CIDR, IPAddress, Name, NodeKind
 
 # Lab names carry no dash, so the prefix `nvi-<lab>-` of one lab never matches another lab's.
 LabName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,7}$")]
@@ -102,6 +104,29 @@ class Directory(_Strict):
         return f"http://{self.address}:{self.port}"
 
 
+class TenantNetwork(_Strict):
+    name: Name
+    cidr: CIDR
+
+
+class Tenant(_Strict):
+    """A tenant the lab creates in its directory, with its networks."""
+
+    name: Name
+    networks: list[TenantNetwork] = Field(min_length=1)
+
+
+class LabNode(_Strict):
+    """A node the lab asks a server's host agent for, on the tenant's behalf."""
+
+    name: Name
+    tenant: Name
+    network: Name
+    server: MemberName
+    kind: NodeKind = NodeKind.CONTAINER
+    ip: IPAddress | None = None
+
+
 class Lab(_Strict):
     """A whole lab; checks that span several sections run when it is built."""
 
@@ -110,6 +135,8 @@ class Lab(_Strict):
     routers: list[Router] = []
     servers: list[Server] = Field(min_length=1)
     directory: Directory | None = None
+    tenants: list[Tenant] = []
+    nodes: list[LabNode] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Lab:
@@ -203,6 +230,7 @@ def _parse_ip(text: str) -> str:
 
 def _problems(lab: Lab) -> Iterator[str]:
     """Every cross-section inconsistency, in file order; the first one is reported."""
+    yield from _tenant_problems(lab)
     seen: set[str] = set()
     for name in lab.member_names():
         if name in seen:
@@ -262,6 +290,34 @@ def _problems(lab: Lab) -> Iterator[str]:
             if pool.first <= other_pool.last and other_pool.first <= pool.last:
                 yield f"servers {other.name} and {server.name} have overlapping locator pools"
         pools.append((server, pool))
+
+
+def _tenant_problems(lab: Lab) -> Iterator[str]:
+    """Tenants and nodes need the directory, and must refer to what the file declares."""
+    if (lab.tenants or lab.nodes) and lab.directory is None:
+        yield "tenants and nodes need a [directory]"
+    networks: dict[tuple[str, str], ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+    for tenant in lab.tenants:
+        if any(t == tenant.name for t, _ in networks):
+            yield f"duplicate tenant {tenant.name!r}"
+        for network in tenant.networks:
+            if (tenant.name, network.name) in networks:
+                yield f"tenant {tenant.name}: duplicate network {network.name!r}"
+            networks[(tenant.name, network.name)] = ipaddress.ip_network(network.cidr)
+    servers = {s.name for s in lab.servers}
+    taken: set[tuple[str, str]] = set()
+    for node in lab.nodes:
+        where = f"node {node.tenant}/{node.name}"
+        if (node.tenant, node.name) in taken:
+            yield f"{where}: declared twice"
+        taken.add((node.tenant, node.name))
+        if node.server not in servers:
+            yield f"{where}: unknown server {node.server!r}"
+        cidr = networks.get((node.tenant, node.network))
+        if cidr is None:
+            yield f"{where}: tenant {node.tenant!r} has no network {node.network!r} in this file"
+        elif node.ip and ipaddress.ip_address(node.ip) not in cidr:
+            yield f"{where}: {node.ip} is outside {node.network} ({cidr})"
 
 
 def load_lab(path: str | Path) -> Lab:

@@ -171,3 +171,55 @@ def test_unreachable_cloud_gets_no_route() -> None:
     data["routers"] = []
     lab = parse_lab(data)
     assert lab.gateways({"east"}, "s1") == []
+
+
+POPULATED = {
+    **BASE,
+    "directory": {"cloud": "east", "address": "198.51.100.2"},
+    "tenants": [{"name": "red", "networks": [{"name": "net", "cidr": "10.0.0.0/24"}]}],
+    "nodes": [
+        {"name": "web", "tenant": "red", "network": "net", "server": "s1", "ip": "10.0.0.10"}
+    ],
+}
+
+
+def test_tenants_and_nodes_load() -> None:
+    lab = parse_lab(POPULATED)
+    assert [(n.tenant, n.name, n.kind, n.ip) for n in lab.nodes] == [
+        ("red", "web", "container", "10.0.0.10")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"directory": None}, "tenants and nodes need a [directory]"),
+        (
+            {"nodes": [{**POPULATED["nodes"][0], "server": "s9"}]},
+            "node red/web: unknown server 's9'",
+        ),
+        (
+            {"nodes": [{**POPULATED["nodes"][0], "network": "dmz"}]},
+            "node red/web: tenant 'red' has no network 'dmz' in this file",
+        ),
+        (
+            {"nodes": [{**POPULATED["nodes"][0], "ip": "10.9.0.1"}]},
+            "node red/web: 10.9.0.1 is outside net (10.0.0.0/24)",
+        ),
+        ({"nodes": POPULATED["nodes"] * 2}, "node red/web: declared twice"),
+        ({"tenants": POPULATED["tenants"] * 2}, "duplicate tenant 'red'"),
+        (
+            {"tenants": [{"name": "red", "networks": [{"name": "net", "cidr": "10.0.0.0/33"}]}]},
+            "tenants[0].networks[0].cidr",
+        ),
+        (
+            {"nodes": [{**POPULATED["nodes"][0], "kind": "pod"}]},
+            "nodes[0].kind (web): Input should be 'vm' or 'container'",
+        ),
+    ],
+)
+def test_bad_tenants_and_nodes_name_the_problem(change: dict, expected: str) -> None:
+    data = {**POPULATED, **change}
+    if data["directory"] is None:
+        del data["directory"]
+    assert expected in error_of(data)
