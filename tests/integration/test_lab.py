@@ -253,3 +253,18 @@ def test_cli_and_down_after_a_crashed_up(tmp_path: Path) -> None:
         result = nvi("lab", "down", str(lab_file), env=env)
     assert result.returncode == 0, result.stderr
     assert_gone(net, [])
+
+
+def test_a_servers_configuration_never_names_another_server(lab_net: LabNet) -> None:
+    """Each server knows its own facts and the directory's URL, nothing about its peers."""
+    for server in lab_net.lab.servers:
+        configs = sorted((lab_net.rundir / server.name).glob("*.toml"))
+        assert {c.name for c in configs} == {"controller.toml", "agent.toml"}
+        text = "\n".join(c.read_text() for c in configs)
+        assert server.address in text
+        for other in lab_net.lab.servers:
+            if other is server:
+                continue
+            assert other.address not in text
+            assert other.locators not in text
+            assert re.search(rf"\b{other.name}\b", text) is None, f"{server.name} names {other.name}"
