@@ -51,6 +51,8 @@ class Agent:
 
     async def create(self, request: NodeCreate, token: str | None) -> NodeInfo:
         token = _require(token)
+        if request.image is None:
+            request = request.model_copy(update={"image": self.driver(request.kind).default_image})
         async with self.lock:
             await self._check(request)
             taken = await self.switch.locators()
@@ -81,6 +83,7 @@ class Agent:
     async def _check(self, request: NodeCreate) -> None:
         """Refuse what cannot work before anything is reserved."""
         driver = self.driver(request.kind)
+        driver.check(request)
         if not await driver.has_image(request.image):
             known = sorted(image.name for image in await driver.images())
             raise Invalid(f"unknown image {request.image!r}; images here: {', '.join(known)}")

@@ -114,7 +114,7 @@ def _tenant_token_options(command: Callable) -> Callable:
 @click.option("--network", "-n", required=True)
 @click.option("--ip", help="Fixed tenant address (default: the lowest free one)")
 @click.option("--kind", type=click.Choice(["container", "vm"]), default="container")
-@click.option("--image", default="nvi/busybox:latest", show_default=True)
+@click.option("--image", help="Default: the kind's (containers nvi/busybox:latest, VMs nvi/vm)")
 @click.option("--cpus", type=float, default=1, show_default=True)
 @click.option("--memory", "memory_mib", type=int, default=128, show_default=True, help="MiB")
 @_tenant_token_options
@@ -124,7 +124,7 @@ def create(
     network: str,
     ip: str | None,
     kind: str,
-    image: str,
+    image: str | None,
     cpus: float,
     memory_mib: int,
     token: str | None,
@@ -136,7 +136,8 @@ def create(
 ) -> None:
     """Create NAME (TENANT/NAME) on NETWORK and publish it."""
     tenant, name = _split(name, tenant)
-    body = dict(name=name, tenant=tenant, network=network, kind=kind, image=image, ip=ip)
+    body = dict(name=name, tenant=tenant, network=network, kind=kind, ip=ip)
+    body |= dict(image=image) if image else {}
     body |= dict(cpus=cpus, memory_mib=memory_mib)
     created = _run(
         address,
@@ -228,7 +229,8 @@ def delete(
 @operator_token_option
 @click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]")
 def console(name: str, address: str, agent_token: str | None, tenant: str | None) -> None:
-    """Attach to the node's console (a shell in a container); run on the node's server."""
+    """Attach to the node's console: a shell in a container, a VM's serial console (virsh
+    console; leave with Ctrl-]). Run it on the node's server."""
     tenant, name = _split(name, tenant)
     argv = _run(address, lambda client: client.console(tenant, name), operator_token=agent_token)
     os.execvp(argv[0], argv)

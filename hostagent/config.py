@@ -25,6 +25,8 @@ from nvi.errors import NviError
 from nvi.lab.spec import parse_pool
 from nvi.model import IPAddress, Label
 
+LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
+LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")  # its namespace is QEMU's, where taps are opened
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -42,6 +44,21 @@ class DockerConfig(_Section):
         {}, description="Extra labels on every container and image the agent makes"
     )
     start_timeout: float = Field(30, gt=0, description="How long to wait for Docker at start")
+
+
+class VmConfig(_Section):
+    """VMs (libvirt/QEMU); off by default, so an agent runs without libvirt installed."""
+
+    enabled: bool = Field(False, description="Register the VM driver (needs scripts/setup-vm)")
+    uri: str = Field("qemu:///system", description="The local libvirt")
+    owner: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="Tag of this agent's domains (nvi-<owner>-<node id>); default: the agent id",
+    )
+    guest_cache: Path | None = Field(
+        None, description="The tiny guest's cache; default $NVI_GUEST_CACHE or /var/cache/nvi/guest"
+    )
 
 
 class DirectoryConfig(_Section):
@@ -72,6 +89,7 @@ class AgentConfig(_Section):
     reconcile_interval: float = Field(30, gt=0, description="Seconds between repair passes")
     ovs: OvsConfig = OvsConfig()
     docker: DockerConfig = DockerConfig()
+    vm: VmConfig = VmConfig()
     directory: DirectoryConfig
     tcp: TcpConfig | None = None
     capacity: Capacity = Field(default_factory=Capacity)

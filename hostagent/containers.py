@@ -20,7 +20,7 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 from hostagent.errors import Failed
-from hostagent.models import ImageInfo, NodeInfo
+from hostagent.models import ImageInfo, NodeCreate, NodeInfo
 from hostagent.plumbing import plumb, plumbed, ports_here, unplumb
 from hostagent.state import port_name
 from nvi.model import NodeKind
@@ -67,6 +67,7 @@ def busybox_context(busybox: Path = BUSYBOX) -> bytes:
 
 class ContainerDriver:
     kind = NodeKind.CONTAINER
+    default_image = BUSYBOX_IMAGE
 
     def __init__(
         self, url: str, agent_id: str, labels: dict[str, str], start_timeout: float = 30
@@ -120,6 +121,9 @@ class ContainerDriver:
         except DockerError as error:
             raise Failed(f"building {BUSYBOX_IMAGE}: {error.message}") from None
         return True
+
+    def check(self, request: NodeCreate) -> None:
+        """Docker takes any CPU share and memory the API's model allows."""
 
     async def has_image(self, name: str) -> bool:
         try:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from hostagent.models import ImageInfo, NodeInfo
+from hostagent.models import ImageInfo, NodeCreate, NodeInfo
 from nvi.model import NodeKind
 
 
 class NodeDriver(Protocol):
     kind: NodeKind
+    default_image: str  # what a create without an image gets
 
     async def prepare(self) -> None:
         """Wait for the engine behind the driver and make the default image exist."""
+
+    def check(self, request: NodeCreate) -> None:
+        """Raise `Invalid` for limits this kind of node cannot have (before anything is made)."""
 
     async def images(self) -> list[ImageInfo]: ...
 

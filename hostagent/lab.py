@@ -9,16 +9,52 @@ agent's id, and the lab's containers also carry `nvi.lab=<lab>`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
-from hostagent.config import AgentConfig, DirectoryConfig, DockerConfig, OvsConfig, render_config
+from hostagent.config import (
+    LIBVIRT_SOCKET,
+    LIBVIRTD_PIDFILE,
+    AgentConfig,
+    DirectoryConfig,
+    DockerConfig,
+    OvsConfig,
+    VmConfig,
+    render_config,
+)
+from hostagent.guest import cached_guest
 from nvi.lab.ovs import BRIDGE, OvsInstance
 from nvi.lab.process import Daemon
 from nvi.lab.spec import Server
 
 LAB_LABEL = "nvi.lab"
+
+
+def vm_stack_available() -> bool:
+    """Whether this machine can run VMs: libvirtd up, libvirt-python and the guest installed
+    (what scripts/setup-vm does; the lab never installs them itself)."""
+    return (
+        LIBVIRT_SOCKET.exists()
+        and LIBVIRTD_PIDFILE.exists()
+        and importlib.util.find_spec("libvirt") is not None
+        and cached_guest() is not None
+    )
+
+
+def lab_vm_owner(lab: str, server: Server) -> str:
+    """A lab agent's VMs are `nvi-<lab>-<server>-<node id>`: `down` finds them by the lab."""
+    return f"{lab}-{server.name}"
+
+
+def remove_lab_vms(lab: str) -> list[str]:
+    """Every VM of the lab's agents (the agents are gone by then; libvirt is the machine's)."""
+    if not vm_stack_available():
+        return []
+    from hostagent.vm import remove_owners  # needs libvirt-python
+
+    return remove_owners(f"{lab}-")
 
 
 def agent_config(
@@ -27,6 +63,7 @@ def agent_config(
     directory_url: str,
     docker_url: str,
     labels: dict[str, str] | None = None,
+    vm: VmConfig | None = None,
 ) -> AgentConfig:
     """The config of the agent of one lab server; its state lives in the server's run dir."""
     return AgentConfig(
@@ -38,6 +75,7 @@ def agent_config(
         socket=ovs.rundir / "agent.sock",
         ovs=OvsConfig(db=f"unix:{ovs.db_socket}"),
         docker=DockerConfig(url=docker_url, labels=labels or {}),
+        vm=vm or VmConfig(),
         directory=DirectoryConfig(url=directory_url),
     )
 
@@ -62,9 +100,11 @@ def write_config(config: AgentConfig, rundir: Path) -> None:
 def lab_agent(
     lab: str, server: Server, ovs: OvsInstance, directory_url: str, netns: str
 ) -> tuple[AgentConfig, Daemon]:
-    """The agent of a lab server, using the lab's Docker engine."""
+    """The agent of a lab server, using the lab's Docker engine, and VMs if the machine has
+    the VM stack (scripts/setup-vm); otherwise containers only."""
     exec_root = lab_docker_root(lab) / "exec"
-    config = agent_config(server, ovs, directory_url, docker_url(exec_root), {LAB_LABEL: lab})
+    vm = VmConfig(enabled=True, owner=lab_vm_owner(lab, server)) if vm_stack_available() else None
+    config = agent_config(server, ovs, directory_url, docker_url(exec_root), {LAB_LABEL: lab}, vm)
     return config, agent_daemon(config, netns, ovs.rundir)
 
 

@@ -20,7 +20,9 @@ class NodeCreate(BaseModel):
     tenant: Name
     network: Name
     kind: NodeKind = NodeKind.CONTAINER
-    image: str = Field("nvi/busybox:latest", pattern=IMAGE_PATTERN)
+    image: str | None = Field(
+        None, pattern=IMAGE_PATTERN, description="Default: the kind's default image"
+    )
     ip: IPAddress | None = Field(None, description="Fixed tenant address; default: lowest free")
     cpus: float = Field(1, gt=0, le=1024)
     memory_mib: int = Field(128, ge=16, le=1 << 20)

@@ -12,6 +12,7 @@ loop, which then shuts the agent down (see docs/hostagent.md, "Why no netns=").
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import threading
@@ -133,7 +134,13 @@ def _delete(name: str) -> bool:
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if found:
-            ipr.link("del", index=found[0])
+            try:
+                ipr.link("del", index=found[0])
+            except NetlinkError as error:
+                # A stopped container's namespace takes its end of the veth, and the kernel
+                # the pair, with it: gone between the lookup and the delete is gone.
+                if error.code != errno.ENODEV:
+                    raise
         return bool(found)
 
 

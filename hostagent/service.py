@@ -21,6 +21,7 @@ from federation.directory import token_hash
 from hostagent.agent import Agent
 from hostagent.config import AgentConfig
 from hostagent.containers import ContainerDriver
+from hostagent.drivers import NodeDriver
 from hostagent.errors import Unauthorized
 from hostagent.models import TENANT_TOKEN, AgentStatus, ImageInfo, NodeCreate, NodeInfo, NodeQuery
 from hostagent.ovs import Switch
@@ -169,12 +170,18 @@ async def agent_context(app: web.Application) -> AsyncIterator[None]:
     """Subsystem: state, drivers, switch and directory; reconciled before the API answers."""
     config = app[CONFIG]
     state = State(config.database)
-    driver = ContainerDriver(
-        config.docker.url, state.agent_id, config.docker.labels, config.docker.start_timeout
-    )
+    drivers: list[NodeDriver] = [
+        ContainerDriver(
+            config.docker.url, state.agent_id, config.docker.labels, config.docker.start_timeout
+        )
+    ]
+    if config.vm.enabled:
+        from hostagent.vmnode import VmNodeDriver  # needs libvirt-python: only when enabled
+
+        drivers.append(VmNodeDriver(config.vm, state.agent_id, config.state_dir / "vms"))
     publisher = DirectoryPublisher(config.directory.url, config.directory.timeout)
     agent = Agent(
-        config, state, [driver], Switch(config.ovs.db, config.bridge, state.agent_id), publisher
+        config, state, drivers, Switch(config.ovs.db, config.bridge, state.agent_id), publisher
     )
     app[AGENT] = agent
     try:

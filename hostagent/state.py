@@ -73,7 +73,10 @@ class State:
         self, request: NodeCreate, pool: netaddr.IPRange, token: str, taken: set[str]
     ) -> NodeInfo:
         """Insert the row of a node about to be created, with the lowest locator that neither
-        a row nor anything else on this server (`taken`) holds."""
+        a row nor anything else on this server (`taken`) holds. The agent has filled in the
+        image (a request without one gets its kind's default)."""
+        if request.image is None:
+            raise ValueError("reserve needs the request's image")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             if self._find(request.tenant, request.name):

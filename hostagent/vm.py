@@ -21,16 +21,34 @@ from pathlib import Path
 
 import libvirt
 
+from hostagent.config import LIBVIRTD_PIDFILE
 from hostagent.guest import Guest
 from hostagent.vmxml import NAME, NAMESPACE, VmSpec, domain_xml, metadata_fields
 
 libvirt.registerErrorHandler(lambda _context, _error: None, None)  # errors raise; no stderr
 
-LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")  # its namespace is QEMU's, where taps are opened
-
 
 class VmError(RuntimeError):
     pass
+
+
+def remove_owners(prefix: str, uri: str = "qemu:///system") -> list[str]:
+    """Destroy and undefine every domain whose owner starts with `prefix`: a lab's `down`
+    knows the lab's name but no agent's state. Both tags must match, as in `VmDriver.keys`.
+    Their taps are in the lab's namespaces, which `down` deletes."""
+    conn = libvirt.open(uri)
+    removed = []
+    try:
+        for domain in conn.listAllDomains():
+            owner = VmDriver.metadata(domain).get("owner", "")
+            if domain.name().startswith(f"nvi-{prefix}") and owner.startswith(prefix):
+                if domain.isActive():
+                    domain.destroy()
+                domain.undefine()
+                removed.append(f"removed VM {domain.name()}")
+    finally:
+        conn.close()
+    return removed
 
 
 class VmDriver:
@@ -154,13 +172,13 @@ class VmDriver:
         return domain
 
     def _ours(self, domain: libvirt.virDomain) -> bool:
-        return self._metadata(domain).get("owner") == self.owner
+        return self.metadata(domain).get("owner") == self.owner
 
     def _port(self, domain: libvirt.virDomain) -> str:
-        return self._metadata(domain)["port"]
+        return self.metadata(domain)["port"]
 
     @staticmethod
-    def _metadata(domain: libvirt.virDomain) -> dict[str, str]:
+    def metadata(domain: libvirt.virDomain) -> dict[str, str]:
         try:
             xml = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE)
         except libvirt.libvirtError as error:

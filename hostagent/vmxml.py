@@ -17,6 +17,8 @@ NAMESPACE = "https://nvi.dev/xmlns/libvirt/node/1"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PORT = re.compile(r"^[a-zA-Z0-9_-]{1,15}$")  # an interface name
 MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MIN_CPUS, MAX_CPUS = 1, 64
+MIN_MEMORY_MIB, MAX_MEMORY_MIB = 64, 65536
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,14 @@ class VmSpec:
             raise ValueError(f"VM port {self.port!r} is not a valid interface name")
         if not MAC.match(self.mac) or int(self.mac[:2], 16) & 1:
             raise ValueError(f"VM MAC {self.mac!r} is not a lower-case unicast MAC")
-        if not (1 <= self.cpus <= 64 and 64 <= self.memory_mib <= 65536):
-            raise ValueError("VM cpus must be 1-64 and memory_mib 64-65536")
+        if not (
+            MIN_CPUS <= self.cpus <= MAX_CPUS
+            and MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB
+        ):
+            raise ValueError(
+                f"VM cpus must be {MIN_CPUS}-{MAX_CPUS} and memory_mib "
+                f"{MIN_MEMORY_MIB}-{MAX_MEMORY_MIB}"
+            )
 
 
 def domain_xml(name: str, owner: str, spec: VmSpec, guest: Guest, console_log: Path) -> str:

@@ -10,6 +10,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_LAB = REPO / "examples" / "labs" / "two-clouds.toml"
 
+# Test modules import helpers from this fixture plugin directly; whichever module pytest
+# imports first, its asserts must still be rewritten (and pytest must not warn).
+pytest.register_assert_rewrite("tests.integration.hostagent_fixtures")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostagent.lab import lab_agent, lab_docker_root, lab_dockerd, write_config
+from hostagent.lab import lab_agent, lab_docker_root, lab_dockerd, remove_lab_vms, write_config
 from nvi.errors import NviError
 from nvi.lab import links
 from nvi.lab.ovs import BRIDGE, HOST_COOKIE, UPLINK, OvsInstance, host_flows
@@ -387,6 +387,7 @@ class LabNet:
         """Remove everything this lab created, and nothing else; safe after a crash."""
         _require_root()
         removed = [self._remove_member(ns) for ns in self._our_netns()]
+        removed += remove_lab_vms(self.lab.name)
         # Last: the engine stops the containers of the (already stopped) agents as it exits.
         if stop(self.docker_daemon(), timeout=30):
             removed.append("stopped the lab's Docker engine")

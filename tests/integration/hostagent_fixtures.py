@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,9 +34,11 @@ from hostagent.config import AgentConfig
 from hostagent.containers import ContainerDriver
 from hostagent.lab import agent_config, agent_daemon, docker_url, dockerd_argv, write_config
 from nvi.lab.net import LabNet
+from nvi.lab.nodes import with_directory
 from nvi.lab.ovs import OvsInstance
 from nvi.lab.process import Daemon, ensure_running, running_pid, terminate
-from nvi.lab.spec import Lab, Server
+from nvi.lab.spec import Lab, Server, load_lab
+from tests.conftest import EXAMPLE_LAB, REPO
 
 T = TypeVar("T")
 TEST_ID = uuid.uuid4().hex[:7]
@@ -173,6 +176,52 @@ class Site:
             for name, external in json.loads(answer)["data"]
             if name not in ("uplink", "br-int")
         }
+
+
+def setup_vm() -> None:
+    """Install and start the VM stack and build the guest (idempotent; a fresh CI machine)."""
+    setup = subprocess.run([REPO / "scripts" / "setup-vm"], capture_output=True, text=True)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+
+
+def example_lab(root: Path) -> LabNet:
+    """The example lab (3 servers, 2 clouds, directory) under a test name `t<7 hex>`."""
+    spec = load_lab(EXAMPLE_LAB).model_copy(update={"name": "t" + uuid.uuid4().hex[:7]})
+    return LabNet(spec, root=root)
+
+
+def lab_tenants(net: LabNet, names: tuple[str, ...], cidr: str = "10.0.0.0/24") -> dict[str, str]:
+    """Tenants in a lab's directory, each with a network `net` of `cidr` and an agent token."""
+
+    async def make(client: DirectoryClient) -> dict[str, str]:
+        tokens = {}
+        for tenant in names:
+            await client.create_tenant(tenant)
+            await client.create_network(tenant, "net", cidr)
+            tokens[tenant] = (await client.create_token(tenant, "agents")).token
+        return tokens
+
+    return with_directory(net, make)
+
+
+def type_on_console(uri: str, domain: str, log: Path, line: str, expect: str) -> None:
+    """Type a line on a VM's serial console (its pty, as `virsh console` does) and wait for
+    `expect` in the console log. QEMU notices a newly opened pty only on its next
+    once-a-second poll, and reads nothing from it before: so wait, and keep it open."""
+    tty = subprocess.run(
+        ["virsh", "-c", uri, "ttyconsole", domain], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+    try:
+        time.sleep(1.2)
+        os.write(fd, line.encode() + b"\n")
+        deadline = time.monotonic() + 20
+        while expect not in (content := log.read_text(errors="replace") if log.exists() else ""):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{expect!r} not on the console within 20 s:\n{content}")
+            time.sleep(0.2)
+    finally:
+        os.close(fd)
 
 
 def one_server_lab(name: str) -> Lab:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from federation.client import DirectoryClient
 from hostagent.client import AgentClient
 from hostagent.lab import LAB_LABEL, docker_url, lab_docker_root
 from hostagent.models import NodeInfo
@@ -26,7 +25,7 @@ from nvi.lab.nodes import NetnsNode, add_node, with_directory
 from nvi.lab.process import running_pid
 from nvi.lab.spec import load_lab
 from tests.conftest import EXAMPLE_LAB
-from tests.integration.hostagent_fixtures import DockerEngine, in_netns
+from tests.integration.hostagent_fixtures import DockerEngine, in_netns, lab_tenants
 
 pytestmark = pytest.mark.root
 
@@ -97,16 +96,7 @@ def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clouds]:
     try:
         net.up()
         assert net.lab.directory is not None
-
-        async def tenants(client: DirectoryClient) -> dict[str, str]:
-            tokens = {}
-            for tenant in ("red", "blue"):
-                await client.create_tenant(tenant)
-                await client.create_network(tenant, "net", "10.0.0.0/24")
-                tokens[tenant] = (await client.create_token(tenant, "agents")).token
-            return tokens
-
-        tokens = with_directory(net, tenants)
+        tokens = lab_tenants(net, ("red", "blue"))
         clouds = Clouds(net, tokens, {}, {})
         for server, tenant, name, ip in [
             ("s1", "red", "red11", "10.0.0.11"),

@@ -10,10 +10,8 @@ idempotent) installs libvirt/QEMU, starts libvirtd and builds the guest on a fre
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,8 @@ from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import NetnsNode, add_node, free_locator, node_mac, with_directory
 from nvi.lab.ovs import BRIDGE
-from nvi.lab.spec import load_lab
 from nvi.ports import NodePort
-from tests.conftest import EXAMPLE_LAB, REPO
+from tests.integration.hostagent_fixtures import example_lab, setup_vm, type_on_console
 
 if TYPE_CHECKING:
     from hostagent.vm import VmDriver
@@ -107,23 +104,8 @@ class Lab:
         return time.monotonic() - started
 
     def console_type(self, vm: Vm, line: str, expect: str) -> None:
-        """Type a line on the VM's serial console (its pty, as `virsh console` does) and wait
-        for `expect` in the console log. QEMU notices a newly opened pty only on its next
-        once-a-second poll, and reads nothing from it before: so wait, and keep it open."""
-        domain = self.driver.domain_name(vm.key)
-        tty = subprocess.run(
-            ["virsh", "-c", self.driver.uri, "ttyconsole", domain],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
-        try:
-            time.sleep(1.2)
-            os.write(fd, line.encode() + b"\n")
-            self.wait_console(vm, expect)
-        finally:
-            os.close(fd)
+        domain, log = self.driver.domain_name(vm.key), self.driver.console_log(vm.key)
+        type_on_console(self.driver.uri, domain, log, line, expect)
 
     def wait_console(self, vm: Vm, text: str, timeout: float = 20) -> str:
         deadline = time.monotonic() + timeout
@@ -137,12 +119,11 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    setup = subprocess.run([REPO / "scripts" / "setup-vm"], capture_output=True, text=True)
-    assert setup.returncode == 0, setup.stdout + setup.stderr
+    setup_vm()
     from hostagent.vm import VmDriver  # libvirt-python is there only after setup-vm
 
-    spec = load_lab(EXAMPLE_LAB).model_copy(update={"name": "t" + uuid.uuid4().hex[:7]})
-    net = LabNet(spec, root=tmp_path_factory.mktemp("run"))
+    net = example_lab(tmp_path_factory.mktemp("run"))
+    spec = net.lab
     driver = None
     try:
         net.up()

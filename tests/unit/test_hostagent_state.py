@@ -1,13 +1,15 @@
 """The agent's pure parts: locator allocation and rows in its sqlite state, the config file
-round trip, and the port record the controller reads."""
+round trip (and that nothing needs libvirt unless VMs are enabled), and the port record the controller reads."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from hostagent.config import AgentConfig, DirectoryConfig, load_config, render_config
+from hostagent.config import AgentConfig, DirectoryConfig, VmConfig, load_config, render_config
 from hostagent.errors import Conflict
 from hostagent.models import NodeCreate, Phase
 from hostagent.ovs import node_port
@@ -19,7 +21,9 @@ POOL = parse_pool("198.51.100.64-198.51.100.66")
 
 
 def request(name: str, tenant: str = "acme") -> NodeCreate:
-    return NodeCreate(name=name, tenant=tenant, network="web", cpus=0.5, memory_mib=64)
+    return NodeCreate(
+        name=name, tenant=tenant, network="web", image="nvi/busybox", cpus=0.5, memory_mib=64
+    )
 
 
 def test_locators_are_the_lowest_free_skipping_those_held_by_others(tmp_path: Path) -> None:
@@ -76,7 +80,23 @@ def test_config_file_round_trip(tmp_path: Path) -> None:
         state_dir=tmp_path / "state",
         socket=tmp_path / "agent.sock",
         directory=DirectoryConfig(url="http://198.51.100.2:7480"),
+        vm=VmConfig(enabled=True, owner="lab-s1", guest_cache=tmp_path / "guest"),
     )
     path = tmp_path / "agent.toml"
     path.write_text(render_config(config))
     assert load_config(path) == config
+    path.write_text(render_config(config.model_copy(update={"vm": VmConfig()})))
+    assert load_config(path).vm.enabled is False, "VMs are off unless the config says so"
+
+
+def test_the_agent_and_the_lab_load_without_libvirt() -> None:
+    """A server without the VM stack runs containers: nothing imports libvirt unless
+    `[vm] enabled` (here the import is made to fail, as on a machine without it)."""
+    code = (
+        "import sys; sys.modules['libvirt'] = None\n"
+        "import hostagent.service, hostagent.lab, nvi.lab.net\n"
+        "assert sys.modules['libvirt'] is None\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    blocked = "import sys; sys.modules['libvirt'] = None; import hostagent.vmnode"
+    assert subprocess.run([sys.executable, "-c", blocked], capture_output=True).returncode != 0
