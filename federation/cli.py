@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from federation.client import DirectoryClient
 from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
 from federation.directory import new_token, token_hash
 from nvi.clitools import output_option, read_token, run_client, show_rows
+from nvi.config import write_secret
 from nvi.errors import NviError
 
 
@@ -36,12 +36,6 @@ def serve(config_path: str) -> None:
     run(load_config(config_path))
 
 
-def _write_secret(path: Path, secret: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(secret + "\n")
-
-
 @directory.command()
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -62,8 +56,8 @@ def init(folder: str, host: str, port: int, etcd_endpoints: tuple[str, ...], out
         raise NviError(f"{config} exists; not overwriting it")
     root.mkdir(parents=True, exist_ok=True)
     admin, resolver = new_token(), new_token()
-    _write_secret(root / "admin.token", admin)
-    _write_secret(root / "resolver.token", resolver)
+    write_secret(root / "admin.token", admin)
+    write_secret(root / "resolver.token", resolver)
     storage = (
         StorageConfig(backend="etcd", endpoints=list(etcd_endpoints))
         if etcd_endpoints

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import TypeVar
@@ -26,3 +27,10 @@ def load_toml_model(path: Path, model: type[M], what: str = "config") -> M:
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False)
         )
         raise NviError(f"invalid {what} {path}: {reasons}") from None
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """A credential file: created readable by its owner only, and never over an existing one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret + "\n")

@@ -9,13 +9,13 @@ already is left alone, so running it again changes nothing.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 from federation.client import DirectoryClient
 from federation.errors import Conflict
 from hostagent.client import AgentClient
 from hostagent.errors import AgentError
+from nvi.config import write_secret
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import with_directory
 
@@ -47,9 +47,7 @@ async def _tenants(net: LabNet, client: DirectoryClient) -> tuple[list[str], dic
         if not path.exists():
             created = await client.create_token(tenant.name, f"lab {net.lab.name}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as file:
-                file.write(created.token + "\n")
+            write_secret(path, created.token)
         tokens[tenant.name] = path.read_text().strip()
     return changes, tokens
 
