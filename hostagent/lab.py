@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -36,11 +37,22 @@ def vm_stack_available() -> bool:
     """Whether this machine can run VMs: libvirtd up, libvirt-python and the guest installed
     (what scripts/setup-vm does; the lab never installs them itself)."""
     return (
-        LIBVIRT_SOCKET.exists()
-        and LIBVIRTD_PIDFILE.exists()
+        LIBVIRTD_PIDFILE.exists()
+        and _accepts_connections(LIBVIRT_SOCKET)
         and importlib.util.find_spec("libvirt") is not None
         and cached_guest() is not None
     )
+
+
+def _accepts_connections(path: Path) -> bool:
+    """A socket file outlives its daemon (a reboot, a kill): only a connection proves it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def lab_vm_owner(lab: str, server: Server) -> str:

@@ -145,7 +145,9 @@ class Runtime:
                 },
             }
             if now != last:
-                path.write_text(json.dumps(now, sort_keys=True))
+                partial = path.with_suffix(".tmp")
+                partial.write_text(json.dumps(now, sort_keys=True))
+                partial.replace(path)  # readers never see half a file
                 last = now
             await asyncio.sleep(1)
 

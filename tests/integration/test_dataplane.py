@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -375,8 +375,8 @@ def test_controller_killed_during_transfer_loses_nothing(lab: Lab) -> None:
     assert "error" not in report, report.get("error")
     intervals = [i["sum"]["bytes"] for i in report["intervals"]]
     assert len(intervals) >= 5 and min(intervals) > 0, intervals
-    stats = json.loads((lab.net.rundir / "s1" / "controller.stats.json").read_text())
-    assert stats["connects"] == 1 and stats["pairs"] >= 1
+    stats = controller_stats(lab, "s1", lambda s: s.get("connects", 0) >= 1)
+    assert stats["connects"] == 1 and stats["pairs"] >= 1, stats
     egress = lambda: lab.ofctl("s1", "dump-flows", "table=1,ip,nw_dst=10.0.0.15")  # noqa: E731
     assert "nw_dst=10.0.0.15" in egress()
     with_directory(lab.net, lambda c: remove_node(lab.net, c, new))
@@ -384,9 +384,19 @@ def test_controller_killed_during_transfer_loses_nothing(lab: Lab) -> None:
     assert "nw_dst=10.0.0.15" not in egress(), "a deleted node's conversation outlived the change"
 
 
+def controller_stats(lab: Lab, server: str, ready: Callable[[dict], bool] = lambda _: True) -> dict:
+    """The controller's counters once `ready` holds of them (they are refreshed once a
+    second, so a fresh event can take that long to show)."""
+    path = lab.net.rundir / server / "controller.stats.json"
+    deadline = time.monotonic() + 5
+    while not ready(stats := json.loads(path.read_text())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return stats
+
+
 def controller_packet_ins(lab: Lab, server: str) -> int:
-    time.sleep(1.2)  # the controller refreshes its counters once a second
-    return json.loads((lab.net.rundir / server / "controller.stats.json").read_text())["packet_in"]
+    time.sleep(1.2)  # the counters of everything sent so far are on disk after one refresh
+    return controller_stats(lab, server)["packet_in"]
 
 
 DHCP_SCRIPT = """#!/bin/sh
