@@ -12,6 +12,7 @@ reconciliation finishes (undoing a create, completing a delete).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 
@@ -46,6 +47,7 @@ class Agent:
         # One change at a time: changes are short (a container start), and a single writer
         # keeps locator allocation, capacity checks and reconciliation simple and correct.
         self.lock = asyncio.Lock()
+        self.steps: dict[str, str] = {}  # node id -> the step its create is at (for `show`)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -57,7 +59,9 @@ class Agent:
             await self._check(request)
             taken = await self.switch.locators()
             node = self.state.reserve(request, self.config.locator_pool, token, taken)
+            step = functools.partial(self.steps.__setitem__, node.id)
             try:
+                step("publishing it to the directory")
                 network = await self.publisher.network(token, request.tenant, request.network)
                 if request.ip is not None and not network.usable(request.ip):
                     raise Invalid(
@@ -73,18 +77,26 @@ class Agent:
                     gateway=network.gateway,
                     prefixlen=ipaddress.ip_network(network.cidr).prefixlen,
                 )
-                await self.driver(node.kind).create(node)
+                driver = self.driver(node.kind)
+                if node.image == driver.default_image:
+                    await driver.ensure_default_image(step)
+                step(f"starting its {node.kind}")
+                await driver.create(node)
                 await self._bring_up(node)
                 return self.state.update(node.id, phase=Phase.READY, token=None)
             except BaseException:
+                step("rolling back")
                 await self._undo(node.id)
                 raise
+            finally:
+                self.steps.pop(node.id, None)
 
     async def _check(self, request: NodeCreate) -> None:
         """Refuse what cannot work before anything is reserved."""
         driver = self.driver(request.kind)
         driver.check(request)
-        if not await driver.has_image(request.image):
+        buildable = request.image == driver.default_image
+        if not buildable and not await driver.has_image(request.image):
             known = sorted(image.name for image in await driver.images())
             raise Invalid(f"unknown image {request.image!r}; images here: {', '.join(known)}")
         capacity = self.config.capacity
@@ -141,7 +153,13 @@ class Agent:
 
     async def show(self, tenant: str, name: str) -> NodeInfo:
         node = self.node(tenant, name)
-        return node.model_copy(update={"state": await self.driver(node.kind).state(node)})
+        driver = self.driver(node.kind)
+        state = await driver.state(node)
+        if node.phase != Phase.READY:
+            step = self.steps.get(node.id, str(node.phase))
+            return node.model_copy(update={"state": state, "progress": step})
+        ready, line = await driver.booted(node) if state == "running" else (False, "")
+        return node.model_copy(update={"state": state, "ready": ready, "progress": line})
 
     async def listing(self, tenant: str | None = None) -> list[NodeInfo]:
         return [await self.show(node.tenant, node.name) for node in self.state.nodes(tenant)]

@@ -7,6 +7,7 @@ NVI_TENANT_TOKEN, or `--token-file`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,10 +15,24 @@ from typing import Any
 import click
 
 from hostagent.client import DEFAULT_SOCKET, AgentClient
+from hostagent.models import NodeInfo
 from nvi.clitools import output_option, read_token, run_client, show_rows
 from nvi.errors import NviError
+from nvi.output import ProgressLine
 
-NODE_COLUMNS = ["tenant", "name", "kind", "network", "ip", "mac", "locator", "state", "port"]
+NODE_COLUMNS = [
+    "tenant",
+    "name",
+    "kind",
+    "network",
+    "ip",
+    "mac",
+    "locator",
+    "state",
+    "ready",
+    "port",
+]
+POLL_SECONDS = 0.3
 
 agent_option = click.option(
     "--agent",
@@ -43,6 +58,62 @@ def _run(
         lambda: AgentClient(address, operator_token=operator_token, tenant_token=tenant_token),
         call,
     )
+
+
+_WAIT_OPTIONS = [
+    click.option(
+        "--wait/--no-wait",
+        default=True,
+        show_default=True,
+        help="Return once the node has booted (a VM's guest has its address), showing progress",
+    ),
+    click.option(
+        "--boot-timeout",
+        type=click.FloatRange(min=1),
+        default=300,
+        show_default=True,
+        help="Seconds to wait for the boot",
+    ),
+]
+
+
+async def _create_watching(
+    client: AgentClient, body: dict[str, Any], wait: bool, boot_timeout: float
+) -> NodeInfo:
+    """Create, showing the agent's step while it works (building an image, starting the
+    node), then the boot."""
+    tenant, name = body["tenant"], body["name"]
+    with ProgressLine(f"{tenant}/{name}") as progress:
+        progress.update("asking the agent")
+        creating = asyncio.ensure_future(client.create(**body))
+        while not (await asyncio.wait({creating}, timeout=POLL_SECONDS))[0]:
+            try:
+                progress.update((await client.show(tenant, name)).progress)
+            except NviError:
+                pass  # not reserved yet: the agent is still checking the request
+        node = creating.result()
+        return await _until_booted(client, node, progress, boot_timeout) if wait else node
+
+
+async def _until_booted(
+    client: AgentClient, node: NodeInfo, progress: ProgressLine, timeout: float
+) -> NodeInfo:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        node = await client.show(node.tenant, node.name)
+        if node.ready:
+            progress.update("booted")
+            return node
+        if node.state != "running":
+            raise NviError(f"node {node.tenant}/{node.name} is {node.state}, not running")
+        if asyncio.get_running_loop().time() > deadline:
+            raise NviError(
+                f"node {node.tenant}/{node.name} runs but did not finish booting in "
+                f"{timeout:g} s; its last console line: {node.progress!r} "
+                f"(look with: nvi node console {node.tenant}/{node.name})"
+            )
+        progress.update(f"booting: {node.progress}" if node.progress else "booting")
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def _split(name: str, tenant: str | None) -> tuple[str, str]:
@@ -97,6 +168,12 @@ def _node_options(command: Callable) -> Callable:
     return command
 
 
+def _wait_options(command: Callable) -> Callable:
+    for option in reversed(_WAIT_OPTIONS):
+        command = option(command)
+    return command
+
+
 def _tenant_token_options(command: Callable) -> Callable:
     command = click.option(
         "--token-file",
@@ -117,6 +194,7 @@ def _tenant_token_options(command: Callable) -> Callable:
 @click.option("--image", help="Default: the kind's (containers nvi/busybox:latest, VMs nvi/vm)")
 @click.option("--cpus", type=float, default=1, show_default=True)
 @click.option("--memory", "memory_mib", type=int, default=128, show_default=True, help="MiB")
+@_wait_options
 @_tenant_token_options
 @_node_options
 def create(
@@ -127,6 +205,8 @@ def create(
     image: str | None,
     cpus: float,
     memory_mib: int,
+    wait: bool,
+    boot_timeout: float,
     token: str | None,
     token_file: str | None,
     address: str,
@@ -141,7 +221,7 @@ def create(
     body |= dict(cpus=cpus, memory_mib=memory_mib)
     created = _run(
         address,
-        lambda client: client.create(**body),
+        lambda client: _create_watching(client, body, wait, boot_timeout),
         operator_token=agent_token,
         tenant_token=read_token(token, token_file),
     )
@@ -178,13 +258,27 @@ def stop(name: str, address: str, agent_token: str | None, tenant: str | None, o
 
 @node.command()
 @click.argument("name")
+@_wait_options
 @_node_options
 def start(
-    name: str, address: str, agent_token: str | None, tenant: str | None, output: str
+    name: str,
+    wait: bool,
+    boot_timeout: float,
+    address: str,
+    agent_token: str | None,
+    tenant: str | None,
+    output: str,
 ) -> None:
     """Start a stopped node."""
     tenant, name = _split(name, tenant)
-    found = _run(address, lambda client: client.start(tenant, name), operator_token=agent_token)
+
+    async def start_watching(client: AgentClient) -> NodeInfo:
+        with ProgressLine(f"{tenant}/{name}") as progress:
+            progress.update("starting")
+            node = await client.start(tenant, name)
+            return await _until_booted(client, node, progress, boot_timeout) if wait else node
+
+    found = _run(address, start_watching, operator_token=agent_token)
     show_rows(output, "node", [found], NODE_COLUMNS)
 
 

@@ -15,6 +15,8 @@ from hostagent.errors import AgentError
 from hostagent.models import TENANT_TOKEN, AgentStatus, ImageInfo, NodeInfo
 
 DEFAULT_SOCKET = "/run/nvi/agent.sock"
+# A create may build the default image first (the VM guest downloads a kernel package).
+CREATE_TIMEOUT = aiohttp.ClientTimeout(total=900)
 
 
 class AgentClient:
@@ -73,7 +75,7 @@ class AgentClient:
 
     async def create(self, **body: Any) -> NodeInfo:
         body = {key: value for key, value in body.items() if value is not None}
-        return await self._call("POST", "/v1/nodes", NodeInfo, json=body)
+        return await self._call("POST", "/v1/nodes", NodeInfo, json=body, timeout=CREATE_TIMEOUT)
 
     async def list(self, tenant: str | None = None) -> list[NodeInfo]:
         params = {"tenant": tenant} if tenant else None

@@ -88,7 +88,7 @@ class ContainerDriver:
 
     async def prepare(self) -> None:
         await self.wait_ready(self.start_timeout)
-        if await self.ensure_busybox():
+        if await self.ensure_default_image(lambda _: None):
             log.info("built the %s image", BUSYBOX_IMAGE)
 
     async def wait_ready(self, timeout: float) -> None:
@@ -103,11 +103,12 @@ class ContainerDriver:
                     raise Failed(f"docker at {self.url}: {error}") from None
                 await asyncio.sleep(0.1)
 
-    async def ensure_busybox(self) -> bool:
-        """Build the busybox image unless it exists; returns whether it was built. The image
-        is not this agent's (agents may share an engine), so it carries no agent label."""
+    async def ensure_default_image(self, report: Callable[[str], None]) -> bool:
+        """Build the busybox image unless it exists. The image is not this agent's (agents
+        may share an engine), so it carries no agent label."""
         if await self.has_image(BUSYBOX_IMAGE):
             return False
+        report(f"building image {BUSYBOX_IMAGE}")
         try:
             async for line in self.docker.images.build(
                 fileobj=io.BytesIO(busybox_context()),
@@ -118,6 +119,8 @@ class ContainerDriver:
             ):
                 if "error" in line:
                     raise Failed(f"building {BUSYBOX_IMAGE}: {line['error']}")
+                if line.get("stream", "").strip():
+                    report(f"building image {BUSYBOX_IMAGE}: {line['stream'].strip()}")
         except DockerError as error:
             raise Failed(f"building {BUSYBOX_IMAGE}: {error.message}") from None
         return True
@@ -227,6 +230,10 @@ class ContainerDriver:
     async def state(self, node: NodeInfo) -> str:
         info = await self._inspect(node)
         return "missing" if info is None else info["State"]["Status"]
+
+    async def booted(self, node: NodeInfo) -> tuple[bool, str]:
+        """A container has no boot: it is up once its process runs."""
+        return True, ""
 
     async def orphans(self, known: set[str]) -> list[str]:
         removed = []

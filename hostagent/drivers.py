@@ -7,6 +7,7 @@ rollback and reconciliation can call it whatever state a crash left behind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from hostagent.models import ImageInfo, NodeCreate, NodeInfo
@@ -19,6 +20,10 @@ class NodeDriver(Protocol):
 
     async def prepare(self) -> None:
         """Wait for the engine behind the driver and make the default image exist."""
+
+    async def ensure_default_image(self, report: Callable[[str], None]) -> bool:
+        """Build the default image unless it exists (an operator may have removed it since
+        start-up), calling `report` with what the build is doing; whether it was built."""
 
     def check(self, request: NodeCreate) -> None:
         """Raise `Invalid` for limits this kind of node cannot have (before anything is made)."""
@@ -43,6 +48,10 @@ class NodeDriver(Protocol):
 
     async def state(self, node: NodeInfo) -> str:
         """`running`, `exited`/`stopped`, ... or `missing` when the node is not defined."""
+
+    async def booted(self, node: NodeInfo) -> tuple[bool, str]:
+        """Whether a running node's own system is up (a VM's guest has its address), and its
+        latest boot message ("" when there is none to show). Asked of running nodes only."""
 
     async def orphans(self, known: set[str]) -> list[str]:
         """Remove this agent's nodes and interfaces whose node id is not in `known`."""

@@ -12,10 +12,12 @@ import gzip
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -64,6 +66,9 @@ esac
 """
 # A shell on the serial console, respawned when it exits, with job control (it owns ttyS0).
 INITTAB = "ttyS0::respawn:-/bin/sh\n"
+# What the udhcpc script prints on the console once the guest has its address: booted.
+READY_MARK = "nvi-guest: "
+_TERMINAL_NOISE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[^\x20-\x7e]")
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,11 @@ def cached_guest(cache: Path | None = None) -> Guest | None:
     return guest if guest.kernel.is_file() and guest.initrd.is_file() else None
 
 
-def ensure_guest(cache: Path | None = None) -> Guest:
-    """Return the cached guest, building it first if needed (downloads the kernel package)."""
+def ensure_guest(
+    cache: Path | None = None, report: Callable[[str], None] = lambda _: None
+) -> Guest:
+    """Return the cached guest, building it first if needed (downloads the kernel package);
+    `report` hears each step of a build."""
     cache = cache or cache_dir()
     found = cached_guest(cache)
     if found:
@@ -99,8 +107,11 @@ def ensure_guest(cache: Path | None = None) -> Guest:
     cache.chmod(0o755)  # QEMU runs as libvirt-qemu and must read the kernel and initramfs
     with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
         work = Path(tmp)
+        report("building the VM guest: downloading the kernel package")
         deb = _download_kernel(work)
+        report("building the VM guest: unpacking the kernel and its modules")
         version, vmlinuz, modules = _unpack_kernel(deb)
+        report("building the VM guest: writing the busybox initramfs")
         kernel = f"vmlinuz-{version}"
         initrd = f"initrd-{version}.img"
         (work / kernel).write_bytes(vmlinuz)
@@ -112,6 +123,15 @@ def ensure_guest(cache: Path | None = None) -> Guest:
     (cache / "guest.json.tmp").write_text(json.dumps(manifest))
     os.replace(cache / "guest.json.tmp", cache / "guest.json")
     return Guest(cache / kernel, cache / initrd, version)
+
+
+def boot_progress(console: str) -> tuple[bool, str]:
+    """Whether the guest has booted (its address is configured), and the latest line it
+    printed, from the serial console's output since the VM started."""
+    lines = [_TERMINAL_NOISE.sub("", line).strip() for line in re.split(r"[\r\n]+", console)]
+    lines = [line for line in lines if line]
+    booted = any(READY_MARK in line for line in lines)
+    return booted, lines[-1] if lines else ""
 
 
 def initramfs(modules: dict[str, bytes], busybox: bytes) -> bytes:

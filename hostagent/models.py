@@ -65,6 +65,12 @@ class NodeInfo(BaseModel):
     phase: Phase
     desired: Desired
     state: str = Field("unknown", description="What the driver reports: running, exited, missing")
+    ready: bool = Field(
+        False, description="Created, running and booted: a VM's guest has its address"
+    )
+    progress: str = Field(
+        "", description="What is happening to it now: a create's step, a VM's last boot line"
+    )
     port: str = Field(description="The node's interface on the bridge")
     created: float
 

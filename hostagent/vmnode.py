@@ -19,7 +19,7 @@ import libvirt
 
 from hostagent.config import VmConfig
 from hostagent.errors import Failed, Invalid
-from hostagent.guest import Guest, ensure_guest
+from hostagent.guest import Guest, boot_progress, cached_guest, ensure_guest
 from hostagent.models import ImageInfo, NodeCreate, NodeInfo
 from hostagent.plumbing import ifindex, unplumb
 from hostagent.state import port_name
@@ -59,10 +59,18 @@ class VmNodeDriver:
 
     async def prepare(self) -> None:
         """Build the guest if it is not cached yet, then connect to libvirt."""
-        self._guest = await self._call(ensure_guest, self.config.guest_cache)
+        await self.ensure_default_image(lambda _: None)
+        assert self._guest is not None
         self._vms = await self._call(
             VmDriver, self.owner, self._guest, self.state_dir, self.config.uri
         )
+
+    async def ensure_default_image(self, report: Callable[[str], None]) -> bool:
+        built = cached_guest(self.config.guest_cache) is None
+        self._guest = await self._call(ensure_guest, self.config.guest_cache, report)
+        if self._vms is not None:
+            self._vms.guest = self._guest
+        return built
 
     async def close(self) -> None:
         if self._vms is not None:
@@ -76,7 +84,9 @@ class VmNodeDriver:
         return [ImageInfo(name=VM_IMAGE, id=f"kernel-{guest.version}", size=size)]
 
     async def has_image(self, name: str) -> bool:
-        return name in (VM_IMAGE, f"{VM_IMAGE}:latest") and self._guest is not None
+        return name in (VM_IMAGE, f"{VM_IMAGE}:latest") and (
+            cached_guest(self.config.guest_cache) is not None
+        )
 
     def check(self, request: NodeCreate) -> None:
         """A VM has whole vCPUs and QEMU's memory range (`VmSpec`), unlike a container."""
@@ -124,6 +134,14 @@ class VmNodeDriver:
 
     async def state(self, node: NodeInfo) -> str:
         return await self._call(self.vms.state, node.id)
+
+    async def booted(self, node: NodeInfo) -> tuple[bool, str]:
+        """From the serial console's log, which libvirt starts afresh at each boot."""
+        try:
+            console = self.vms.console_log(node.id).read_bytes()[-16384:]
+        except FileNotFoundError:
+            return False, ""
+        return boot_progress(console.decode(errors="replace"))
 
     async def orphans(self, known: set[str]) -> list[str]:
         """Domains of this owner that no row accounts for. Taps are `nv…` links like the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,3 +37,35 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value) or "-"
     return str(value)
+
+
+class ProgressLine:
+    """What a long operation is doing, on stderr so stdout stays a clean answer: a spinner
+    with the elapsed time on a terminal; in a log, each new message once with its time, from
+    the first second on (a quick answer, or a quick error, stays alone on its line)."""
+
+    quiet_seconds = 1.0
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.console = Console(stderr=True, width=None if sys.stderr.isatty() else 132)
+        self.started = time.monotonic()
+        self._last = ""
+        self._status = self.console.status(label) if self.console.is_terminal else None
+
+    def __enter__(self) -> ProgressLine:
+        if self._status is not None:
+            self._status.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+    def update(self, text: str) -> None:
+        elapsed = time.monotonic() - self.started
+        if self._status is not None:
+            self._status.update(f"{self.label}: {text} [dim]({elapsed:.0f} s)[/]")
+        elif text != self._last and elapsed >= self.quiet_seconds:
+            self.console.print(f"{self.label}: {text} ({elapsed:.1f} s)", markup=False)
+            self._last = text

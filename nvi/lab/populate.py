@@ -43,7 +43,7 @@ async def _tenants(net: LabNet, client: DirectoryClient) -> tuple[list[str], dic
                 changes.append(f"created network {tenant.name}/{network.name} ({network.cidr})")
             except Conflict:
                 pass
-        path = _token_path(net, tenant.name)
+        path = token_path(net, tenant.name)
         if not path.exists():
             created = await client.create_token(tenant.name, f"lab {net.lab.name}")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,5 +76,6 @@ async def _nodes(net: LabNet, tokens: dict[str, str]) -> list[str]:
     return changes
 
 
-def _token_path(net: LabNet, tenant: str) -> Path:
+def token_path(net: LabNet, tenant: str) -> Path:
+    """Where the lab keeps a tenant's token (mode 0600), for the tenant's CLI calls."""
     return net.rundir / "tenants" / f"{tenant}.token"

@@ -20,7 +20,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from hostagent.containers import build_context
+from hostagent.containers import BUSYBOX_IMAGE, build_context
 from hostagent.errors import AgentError
 from nvi.lab import links
 from nvi.lab.process import running_pid
@@ -176,6 +176,31 @@ async def test_container_gets_its_tenant_address_port_and_record(clean: Site) ->
         node.locator,
         "s1",
     )
+
+
+async def test_a_removed_default_image_is_rebuilt_by_the_next_create_showing_it(
+    clean: Site,
+) -> None:
+    site = clean
+
+    async def remove_image(docker: aiodocker.Docker) -> None:
+        await docker.images.delete(BUSYBOX_IMAGE)
+
+    site.docker.call(remove_image)  # as an operator's `docker image prune -a` would
+    steps = []
+    async with site.client(site.acme) as agent:
+        creating = asyncio.ensure_future(agent.create(name="web1", tenant="acme", network="web"))
+        while not creating.done():
+            try:
+                steps.append((await agent.show("acme", "web1")).progress)
+            except AgentError:
+                pass  # not reserved yet
+            await asyncio.sleep(0.02)
+        node = await creating
+        shown = await agent.show("acme", "web1")
+    assert node.phase == "ready" and node.image == BUSYBOX_IMAGE
+    assert any(step.startswith(f"building image {BUSYBOX_IMAGE}") for step in steps), steps
+    assert (shown.ready, shown.progress) == (True, "")
 
 
 async def test_same_addresses_in_another_tenant_are_separate_nodes(clean: Site) -> None:

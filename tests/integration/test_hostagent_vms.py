@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import with_directory
 from nvi.lab.process import ensure_running, running_pid
+from tests.conftest import REPO
 from tests.integration.hostagent_fixtures import (
     DockerEngine,
     example_lab,
@@ -233,3 +235,36 @@ def test_vm_stop_start_delete(clouds: Clouds) -> None:
     assert clouds.domains() == []
     assert clouds.links_on("s1") == [] and clouds.ports_on("s1") == []
     assert clouds.directory_nodes("red") == ["red13"]
+
+
+def test_cli_create_shows_the_boot_and_returns_once_the_guest_has_its_address(
+    clouds: Clouds,
+) -> None:
+    env = {
+        **os.environ,
+        "NVI_AGENT": str(clouds.net.rundir / "s1" / "agent.sock"),
+        "NVI_TENANT_TOKEN": clouds.tokens["red"],
+    }
+
+    def nvi(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "nvi", "node", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=400)
+
+    created = nvi(
+        "create", "red/vm22", "-n", "net", "--kind", "vm", "--ip", "10.0.0.22", "-o", "json"
+    )
+    try:
+        assert created.returncode == 0, created.stderr
+        (node,) = json.loads(created.stdout)
+        assert node["ready"] is True and node["state"] == "running"
+        steps = created.stderr.splitlines()
+        assert any(line.startswith("red/vm22: booting") for line in steps), steps
+        assert steps[-1].startswith("red/vm22: booted"), steps
+        # Booted means addressed: the first ping already answers.
+        assert clouds.pings("red13", "10.0.0.22", within=3)
+        stopped = nvi("stop", "red/vm22", "-o", "json")
+        assert json.loads(stopped.stdout)[0]["ready"] is False
+        late = nvi("start", "red/vm22", "--boot-timeout", "1", "-o", "json")
+        assert late.returncode == 1 and "did not finish booting in 1 s" in late.stderr
+    finally:
+        assert nvi("delete", "red/vm22").returncode == 0

@@ -9,7 +9,16 @@ from xml.etree import ElementTree
 
 import pytest
 
-from hostagent.guest import Guest, GuestError, initramfs, load_order, module_depends
+from hostagent.guest import (
+    READY_MARK,
+    UDHCPC_SCRIPT,
+    Guest,
+    GuestError,
+    boot_progress,
+    initramfs,
+    load_order,
+    module_depends,
+)
 from hostagent.vmxml import NAMESPACE, VmSpec, domain_xml, metadata_fields
 
 GUEST = Guest(Path("/cache/vmlinuz-6.1"), Path("/cache/initrd-6.1.img"), "6.1")
@@ -140,3 +149,21 @@ def test_initramfs_is_a_newc_archive_with_init_busybox_and_modules() -> None:
     assert entries["lib/modules/virtio_net.ko"][1] == modules["virtio_net"]
     assert entries["dev/console"][0] == 0o20600
     assert b"ttyS0::respawn:" in entries["etc/inittab"][1]
+
+
+CONSOLE = (
+    "\x1b[?25l[    0.000000] Linux version 6.1.0-40-amd64\r\n"
+    "[    1.200000] virtio_net virtio0 eth0: renamed\r\n"
+    "udhcpc: sending discover\r\n"
+)
+
+
+def test_a_guest_without_its_address_is_still_booting() -> None:
+    assert boot_progress(CONSOLE) == (False, "udhcpc: sending discover")
+    assert boot_progress("") == (False, "")
+
+
+def test_the_dhcp_scripts_line_means_booted() -> None:
+    assert READY_MARK in UDHCPC_SCRIPT
+    console = CONSOLE + "nvi-guest: eth0 10.0.0.21/255.255.255.0 via 10.0.0.1\r\n\r\n~ # \x1b[6n"
+    assert boot_progress(console) == (True, "~ #")
