@@ -41,6 +41,9 @@ def _register() -> None:
     from nvi.lab.cli import lab
 
     main.add_command(lab)
+    from nvi.lab.trace import trace_command
+
+    main.add_command(trace_command)
     from federation.cli import directory
 
     main.add_command(directory)

@@ -1,7 +1,7 @@
 """The data plane as pure functions: facts in, flows out.
 
 Nothing here talks to a switch or the directory. `openflow.ofmsg` turns these plain flows
-into os-ken messages, `openflow.simulate` runs them in memory (tests, `nvi trace`).
+into os-ken messages, `openflow.simulate` runs them in memory (tests).
 
 Tables (OpenFlow 1.3, one bridge per server):
 

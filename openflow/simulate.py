@@ -2,7 +2,8 @@
 
 It runs the plain flows of `openflow.flows` the way OVS runs their OpenFlow form: highest
 priority match per table, actions in order, `Goto` continues, outputs collected. Tests use it
-to follow a packet across servers; `nvi trace` uses it to explain a drop.
+to follow a packet across servers, and to check that the OVS traces `nvi trace` is tested
+with still match what these flows do.
 """
 
 from __future__ import annotations
