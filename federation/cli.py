@@ -14,6 +14,10 @@ from federation.directory import new_token, token_hash
 from nvi.clitools import output_option, read_token, run_client, show_rows
 from nvi.config import write_secret
 from nvi.errors import NviError
+from nvi.model import LinkKind
+
+NETWORK_COLUMNS = ["tenant", "name", "cidr", "gateway"]
+LINK_COLUMNS = ["tenant", "id", "kind", "a", "b"]
 
 
 @click.group()
@@ -191,6 +195,121 @@ def token_create(
         url, token, token_file, lambda client: client.create_token(tenant_name, description)
     )
     show_rows(output, "token", [created], ["tenant", "id", "description", "token"])
+
+
+@directory.group()
+def network() -> None:
+    """A tenant's networks (tenant token; admin may act for any tenant)."""
+
+
+@network.command("create")
+@click.argument("tenant_name", metavar="TENANT")
+@click.argument("name")
+@click.argument("cidr")
+@click.option("--gateway", help="Default: the first host address")
+@_client_options
+def network_create(
+    tenant_name: str,
+    name: str,
+    cidr: str,
+    gateway: str | None,
+    url: str,
+    token: str | None,
+    token_file: str | None,
+    output: str,
+) -> None:
+    """Create network NAME with CIDR (another tenant may use the same CIDR)."""
+    created = _run(
+        url, token, token_file, lambda c: c.create_network(tenant_name, name, cidr, gateway)
+    )
+    show_rows(output, "network", [created], NETWORK_COLUMNS)
+
+
+@network.command("list")
+@click.argument("tenant_name", metavar="TENANT")
+@_client_options
+def network_list(
+    tenant_name: str, url: str, token: str | None, token_file: str | None, output: str
+) -> None:
+    """List TENANT's networks."""
+    found = _run(url, token, token_file, lambda c: c.list_networks(tenant_name))
+    show_rows(output, "networks", found, NETWORK_COLUMNS)
+
+
+@network.command("delete")
+@click.argument("tenant_name", metavar="TENANT")
+@click.argument("name")
+@_client_options
+def network_delete(
+    tenant_name: str, name: str, url: str, token: str | None, token_file: str | None, output: str
+) -> None:
+    """Delete network NAME (it must have no nodes)."""
+    _run(url, token, token_file, lambda c: c.delete_network(tenant_name, name))
+    show_rows(
+        output,
+        "network",
+        [{"tenant": tenant_name, "name": name, "result": "deleted"}],
+        ["tenant", "name", "result"],
+    )
+
+
+@directory.group()
+def link() -> None:
+    """A tenant's links: traffic allowed between two of its networks or two of its nodes."""
+
+
+@link.command("create")
+@click.argument("tenant_name", metavar="TENANT")
+@click.argument("kind", type=click.Choice([str(kind) for kind in LinkKind]))
+@click.argument("a")
+@click.argument("b")
+@_client_options
+def link_create(
+    tenant_name: str,
+    kind: str,
+    a: str,
+    b: str,
+    url: str,
+    token: str | None,
+    token_file: str | None,
+    output: str,
+) -> None:
+    """Allow traffic between networks (KIND network) or nodes (KIND node) A and B."""
+    created = _run(url, token, token_file, lambda c: c.create_link(tenant_name, kind, a, b))
+    show_rows(output, "link", [created], LINK_COLUMNS)
+
+
+@link.command("list")
+@click.argument("tenant_name", metavar="TENANT")
+@_client_options
+def link_list(
+    tenant_name: str, url: str, token: str | None, token_file: str | None, output: str
+) -> None:
+    """List TENANT's links."""
+    found = _run(url, token, token_file, lambda c: c.list_links(tenant_name))
+    show_rows(output, "links", found, LINK_COLUMNS)
+
+
+@link.command("delete")
+@click.argument("tenant_name", metavar="TENANT")
+@click.argument("link_id", metavar="ID")
+@_client_options
+def link_delete(
+    tenant_name: str,
+    link_id: str,
+    url: str,
+    token: str | None,
+    token_file: str | None,
+    output: str,
+) -> None:
+    """Remove link ID (`kind:a:b`, as listed); conversations it allowed stop within a second."""
+    _run(url, token, token_file, lambda c: c.delete_link(tenant_name, link_id))
+    show_rows(
+        output,
+        "link",
+        [{"tenant": tenant_name, "id": link_id, "result": "deleted"}],
+        ["tenant", "id", "result"],
+    )
 
 
 @directory.command("nodes")

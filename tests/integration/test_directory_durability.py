@@ -127,3 +127,60 @@ def test_operator_cli_initialises_serves_and_creates_a_tenant(tmp_path: Path) ->
         assert refused.returncode == 1 and "not overwriting" in refused.stderr
     finally:
         process.stop()
+
+
+def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
+    from federation.local import ServiceProcess, free_port
+
+    port = free_port()
+    init = nvi("directory", "init", str(tmp_path / "dir"), "--port", str(port), "-o", "json")
+    files = json.loads(init.stdout)[0]
+    process = ServiceProcess(Path(files["config"]), port)
+    process.start()
+    try:
+        admin = {
+            "NVI_DIRECTORY_URL": files["url"],
+            "NVI_DIRECTORY_TOKEN_FILE": files["admin token"],
+        }
+        tokens = {
+            name: json.loads(
+                nvi("directory", "tenant", "create", name, "-o", "json", env=admin).stdout
+            )[0]["token"]
+            for name in ("acme", "rival")
+        }
+
+        def as_tenant(tenant: str, *args: str) -> subprocess.CompletedProcess:
+            env = {"NVI_DIRECTORY_URL": files["url"], "NVI_DIRECTORY_TOKEN": tokens[tenant]}
+            return nvi("directory", *args, env=env)
+
+        for network, cidr in (("web", "10.0.0.0/24"), ("db", "10.0.1.0/24")):
+            made = as_tenant("acme", "network", "create", "acme", network, cidr, "-o", "json")
+            assert made.returncode == 0, made.stderr
+        assert json.loads(made.stdout)[0]["gateway"] == "10.0.1.1"
+        same = as_tenant("rival", "network", "create", "rival", "web", "10.0.0.0/24")
+        assert same.returncode == 0, "another tenant may use the same CIDR"
+        listed = as_tenant("acme", "network", "list", "acme", "-o", "json")
+        assert sorted(n["name"] for n in json.loads(listed.stdout)) == ["db", "web"]
+
+        linked = as_tenant("acme", "link", "create", "acme", "network", "web", "db", "-o", "json")
+        assert linked.returncode == 0, linked.stderr
+        link_id = json.loads(linked.stdout)[0]["id"]
+        links = as_tenant("acme", "link", "list", "acme", "-o", "json")
+        assert [link["id"] for link in json.loads(links.stdout)] == [link_id]
+
+        for refused in (
+            as_tenant("rival", "link", "list", "acme"),  # another tenant's token
+            as_tenant("acme", "network", "create", "acme", "bad", "10.0.0.0/33"),
+            as_tenant("acme", "link", "create", "acme", "network", "web", "nowhere"),
+        ):
+            assert refused.returncode == 1, refused.stdout
+            assert refused.stderr.startswith("nvi: ") and len(refused.stderr.splitlines()) == 1
+        assert len(json.loads(as_tenant("acme", "link", "list", "acme", "-o", "json").stdout)) == 1
+
+        assert as_tenant("acme", "link", "delete", "acme", link_id).returncode == 0
+        assert json.loads(as_tenant("acme", "link", "list", "acme", "-o", "json").stdout) == []
+        assert as_tenant("acme", "network", "delete", "acme", "db").returncode == 0
+        listed = as_tenant("acme", "network", "list", "acme", "-o", "json")
+        assert [n["name"] for n in json.loads(listed.stdout)] == ["web"]
+    finally:
+        process.stop()
