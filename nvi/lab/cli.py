@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -73,16 +74,26 @@ def status(lab_file: str, output: str) -> None:
             "processes": "\n".join(
                 f"{n} {pid or '[red]DOWN[/]'}" for n, pid in s["processes"].items()
             ),
+            "controller": _controller_summary(s["controller"]),
         }
         for s in state["servers"]
     ]
     print_table(
         f"lab {state['lab']}: servers",
         rows,
-        ["server", "cloud", "address", "namespace", "uplink", "bridge", "processes"],
+        ["server", "cloud", "address", "namespace", "uplink", "bridge", "processes", "controller"],
     )
     console.print(f"logs: {state['logs']}/<server>/<process>.log")
     print_table(f"lab {state['lab']}: underlay", state["network"], ["member", "kind", "namespace"])
+
+
+def _controller_summary(stats: dict[str, Any] | None) -> str | None:
+    if stats is None:
+        return None
+    return (
+        f"{stats.get('nodes', 0)} local nodes\n{stats.get('pairs', 0)} conversations\n"
+        f"{stats.get('packet_in', 0)} packet-ins\n{stats.get('denied', 0)} denied"
+    )
 
 
 @lab.command()

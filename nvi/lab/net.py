@@ -438,6 +438,9 @@ class LabNet:
                     "processes": processes,
                     "fail_mode": bridge["fail_mode"] if bridge else None,
                     "datapath": bridge["datapath_type"] if bridge else None,
+                    "controller": self.controller_stats(server)
+                    if processes.get("controller")
+                    else None,
                 }
             )
         others = [
@@ -461,12 +464,27 @@ class LabNet:
                     else None,
                 }
             )
+            engine = running_pid(self.docker_daemon())
+            others.append(
+                {
+                    "member": "docker",
+                    "kind": "the agents' Docker engine " + (f"pid {engine}" if engine else "DOWN"),
+                    "namespace": None,
+                }
+            )
         return {
             "lab": self.lab.name,
             "logs": str(self.rundir),
             "servers": servers,
             "network": others,
         }
+
+    def controller_stats(self, server: Server) -> dict[str, Any] | None:
+        """The counters a server's controller refreshes once a second (None before its first)."""
+        try:
+            return json.loads((self.rundir / server.name / "controller.stats.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     def check(self) -> list[dict[str, Any]]:
         """Ping every server's underlay address from every other server."""

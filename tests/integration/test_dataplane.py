@@ -99,6 +99,17 @@ def test_every_allowed_pair_pings_across_servers_and_clouds(lab: Lab) -> None:
     assert lab.pings("blue14", "10.0.0.13")
 
 
+def test_lab_status_shows_each_controllers_counters(lab: Lab) -> None:
+    assert lab.pings("red11", "10.0.0.13")
+    controller_stats(lab, "s1", lambda s: s.get("pairs", 0) >= 1)
+    servers = {s["server"]: s for s in lab.net.status()["servers"]}
+    s1 = servers["s1"]["controller"]
+    assert s1["pairs"] >= 1 and s1["packet_in"] >= 1 and s1["nodes"] >= 1, s1
+    assert all(s["controller"] is not None for s in servers.values())
+    members = {m["member"]: m["kind"] for m in lab.net.status()["network"]}
+    assert re.fullmatch(r"the agents' Docker engine pid \d+", members["docker"]), members
+
+
 SERVE = """
 import socket, sys
 name = sys.argv[1]
