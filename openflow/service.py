@@ -2,17 +2,21 @@
 
 It knows only its own server (underlay address, OVSDB socket, the bridge it serves) and the
 directory's URL with a resolver credential. It runs inside the server's network namespace, so
-route lookups for next hops use the server's own routing table.
+route lookups for next hops use the server's own routing table, unless the config lists the
+server's underlay routes itself (`routes`), for a controller that runs elsewhere (Mininet).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import json
 import logging
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,17 @@ from openflow.controller import Controller
 log = logging.getLogger(__name__)
 
 
+class Route(BaseModel):
+    """One underlay route of this server, as its routing table would hold it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: ipaddress.IPv4Network
+    via: ipaddress.IPv4Address | None = Field(
+        None, description="the router towards `prefix`; omitted: `prefix` is on-link"
+    )
+
+
 class ControllerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -38,6 +53,11 @@ class ControllerConfig(BaseModel):
     listen_port: int = Field(6653, ge=1, le=65535)
     uplink: str = "uplink"
     state_dir: Path = Field(Path("."), description="ready and stats files; relative to this file")
+    routes: list[Route] = Field(
+        default_factory=list,
+        description="this server's underlay routes, for a controller that does not run in the "
+        "server's namespace (Mininet); when given, the kernel's routing table is never asked",
+    )
 
 
 def load_config(path: str | Path) -> ControllerConfig:
@@ -75,17 +95,21 @@ async def read_node_ports(ovsdb: str) -> dict[str, NodePort]:
 
 class NextHops:
     """Next hops from the server's routing table, remembered for a while: a route lookup
-    costs a netlink round trip on a worker thread, far more than the rest of a decision."""
+    costs a netlink round trip on a worker thread, far more than the rest of a decision.
+    With static `routes` the table is never asked."""
 
-    def __init__(self, ttl: float = 30.0) -> None:
+    def __init__(self, ttl: float = 30.0, routes: list[Route] | None = None) -> None:
         self.ttl = ttl
+        self._lookup: Callable[[str], str] = (
+            functools.partial(static_gateway, routes) if routes else _route_gateway
+        )
         self._known: dict[str, tuple[str, float]] = {}
 
     async def __call__(self, destination: str) -> str:
         known = self._known.get(destination)
         if known and known[1] > time.monotonic():
             return known[0]
-        hop = await asyncio.to_thread(_route_gateway, destination)
+        hop = await asyncio.to_thread(self._lookup, destination)
         self._known[destination] = (hop, time.monotonic() + self.ttl)
         return hop
 
@@ -94,6 +118,17 @@ def _route_gateway(destination: str) -> str:
     with IPRoute() as ipr:
         route = ipr.route("get", dst=destination)[0]
     return route.get("gateway") or destination
+
+
+def static_gateway(routes: list[Route], destination: str) -> str:
+    """The next hop towards `destination` by longest prefix match, as the kernel would choose;
+    no matching route is an error (a first packet is dropped, never sent somewhere else)."""
+    address = ipaddress.IPv4Address(destination)
+    matching = [route for route in routes if address in route.prefix]
+    if not matching:
+        raise LookupError(f"no underlay route to {destination} in the controller config")
+    best = max(matching, key=lambda route: route.prefix.prefixlen)
+    return str(best.via) if best.via else destination
 
 
 class Runtime:
@@ -118,7 +153,7 @@ class Runtime:
         controller = Controller(
             resolver,
             lambda: read_node_ports(self.config.ovsdb),
-            NextHops(),
+            NextHops(routes=self.config.routes),
             self.config.address,
             self.config.uplink,
         )

@@ -268,3 +268,9 @@ def test_a_servers_configuration_never_names_another_server(lab_net: LabNet) -> 
             assert other.address not in text
             assert other.locators not in text
             assert re.search(rf"\b{other.name}\b", text) is None, f"{server.name} names {other.name}"
+
+
+def test_probing_a_missing_namespace_does_not_create_it() -> None:
+    name = "nvi-t" + uuid.uuid4().hex[:7] + "-gone"
+    assert links.accepts_tcp(name, "127.0.0.1", 1) is False
+    assert name not in links.list_netns()

@@ -31,7 +31,10 @@ def test_relative_paths_are_taken_from_the_file(tmp_path) -> None:
     [
         (GOOD + 'peers = ["198.51.100.12"]\n', "peers: Extra inputs are not permitted"),
         (GOOD.replace('address = "198.51.100.11"\n', ""), "address: Field required"),
-        (GOOD + "listen_port = 70000\n", "listen_port: Input should be less than or equal to 65535"),
+        (
+            GOOD + "listen_port = 70000\n",
+            "listen_port: Input should be less than or equal to 65535",
+        ),
         ("address = \n", "invalid controller config"),
     ],
 )
@@ -46,4 +49,7 @@ def test_bad_config_is_one_line(tmp_path, text: str, expected: str) -> None:
 def test_cli_reports_a_missing_config(tmp_path) -> None:
     result = CliRunner().invoke(main, ["controller", "serve", "--config", str(tmp_path / "x.toml")])
     assert result.exit_code == 1
-    assert result.output.strip() == f"nvi: cannot read controller config {tmp_path / 'x.toml'}: No such file or directory"
+    assert (
+        result.output.strip()
+        == f"nvi: cannot read controller config {tmp_path / 'x.toml'}: No such file or directory"
+    )

@@ -1,0 +1,793 @@
+"""Realise an NVI topology (`nvitopo.NviTopo`) with Mininet, run its checks, open the CLI.
+
+Each NVI server is one Mininet `OVSSwitch` (userspace datapath, OpenFlow 1.3, fail-secure)
+with its own `nvi controller serve`; no server knows another. Tenant nodes are Mininet hosts,
+published to a federation directory (`nvi directory serve` on loopback) before their ports,
+which carry the external_ids of `nvi/ports.py`, are added to their server's bridge.
+
+A run touches nothing it did not create, and names everything it creates after its tag
+(`nm` and 4 hex digits):
+
+- the network namespace `<tag>`: Mininet's "root namespace" for this run. Its switches, their
+  ports, its private `ovsdb-server` and `ovs-vswitchd` (one for all switches, as in any Mininet),
+  the directory and the controllers all live there, so nothing is added to the machine's own
+  namespace and no other Open vSwitch is used;
+- Mininet's nodes `<tag>_<name>`: bridges, shells (`mininet:<tag>_<name>`) and interfaces
+  (`<tag>_<name>-eth<port>`);
+- the run directory `$NVI_RUN_DIR/mininet/<tag>` (default `/run/nvi/mininet/<tag>`).
+
+Mininet's machine-wide habits are left out: its cleanup (`mn -c`) is never called, and
+`NviMininet` drops the raising of machine-wide limits, the `killall iperf` and the `pkill` of
+every terminal tunnel. Leaving a run (normally, by an error, Ctrl-C or SIGTERM) removes it with
+`down`, which also cleans up after a run that was killed outright (`--down TAG`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mininet.cli import CLI
+from mininet.log import error, info, setLogLevel
+from mininet.net import Mininet
+from mininet.node import Controller, Host, Node, OVSBridge, OVSSwitch
+from nvitopo import NODE, ROUTER, SEGMENT, SERVER, UPLINK_PORT, NviTopo
+from pyroute2 import netns
+
+from federation.client import DirectoryClient
+from nvi.config import write_secret
+from nvi.errors import NviError
+from nvi.lab import links, process
+from nvi.lab.nodes import node_mac
+from nvi.lab.ovs import OvsInstance
+from nvi.lab.spec import parse_pool
+from nvi.ports import NodePort
+
+TAG = re.compile(r"nm[0-9a-f]{4}")
+DIRECTORY_PORT = 7480
+FIRST_CONTROLLER_PORT = 6653
+BANNER_PORT = 7000
+MAX_IFNAME = 15  # Linux's limit (IFNAMSIZ - 1)
+QUIET = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+CONVERSATIONS = "cookie=0x0200000000000000/0xff00000000000000"  # openflow/flows.py class PAIR
+# Each node answers TCP connections on BANNER_PORT with its name: who answered, not just "someone".
+BANNER = (
+    "import socket, sys\n"
+    "server = socket.create_server(('', int(sys.argv[2])))\n"
+    "while True:\n"
+    "    connection, _ = server.accept()\n"
+    "    connection.sendall(sys.argv[1].encode())\n"
+    "    connection.close()\n"
+)
+
+
+def run_root() -> Path:
+    """Where runs keep their files; NVI_RUN_DIR moves it (as for labs)."""
+    return Path(os.environ.get("NVI_RUN_DIR", "/run/nvi")) / "mininet"
+
+
+# -- Mininet's nodes, as NVI needs them ---------------------------------------------------------
+
+
+class NviHost(Host):
+    """A tenant node or a router. The kernel fills in checksums (the userspace datapath forwards
+    TCP with partial checksums otherwise, and the receiver drops it silently), and IPv6 is off
+    so captures show only what NVI sends."""
+
+    def config(self, **params: Any) -> dict:
+        result = super().config(**params)
+        self.cmd("sysctl -qw", *(f"{key}={value}" for key, value in QUIET.items()))
+        for intf in self.intfList():
+            self.cmd("ethtool -K", intf, "tx off")
+        return result
+
+
+class Router(NviHost):
+    """A plain IPv4 router between underlay segments."""
+
+    def config(self, **params: Any) -> dict:
+        result = super().config(**params)
+        self.cmd("sysctl -qw net.ipv4.ip_forward=1")
+        return result
+
+
+class NviController(Controller):
+    """One server's `nvi controller serve`, started and stopped by its pidfile."""
+
+    def __init__(self, name: str, daemon: process.Daemon, port: int) -> None:
+        self.daemon = daemon
+        super().__init__(name, ip="127.0.0.1", port=port)
+
+    def checkListening(self) -> None:
+        """Nothing else can listen in the run's own namespace (Mininet's check needs telnet)."""
+
+    def start(self) -> None:
+        process.ensure_running(self.daemon, timeout=60)
+
+    def stop(self, *args: Any, **kwargs: Any) -> None:
+        process.stop(self.daemon)
+        Node.stop(self, *args, **kwargs)
+
+
+class NviSwitch(OVSSwitch):
+    """An NVI server's bridge: userspace datapath, fail-secure, OpenFlow 1.3, connected to its
+    own controller only. Its node ports carry `nvi/ports.py`'s external_ids from the very
+    transaction that adds them, so the controller never sees a node port without them."""
+
+    def __init__(
+        self,
+        name: str,
+        server_controller: NviController,
+        hwaddr: str,
+        node_ports: dict[str, NodePort],
+        **params: Any,
+    ) -> None:
+        super().__init__(name, failMode="secure", datapath="user", protocols="OpenFlow13", **params)
+        self.server_controller = server_controller
+        self.hwaddr = hwaddr
+        self.node_ports = node_ports
+
+    def start(self, controllers: list[Controller]) -> None:
+        super().start([self.server_controller])
+
+    def bridgeOpts(self) -> str:
+        return super().bridgeOpts() + " " + shlex.quote(f'other-config:hwaddr="{self.hwaddr}"')
+
+    def intfOpts(self, intf: Any) -> str:
+        port = self.node_ports.get(intf.name)
+        ids = port.external_ids().items() if port else ()
+        return super().intfOpts(intf) + "".join(
+            " " + shlex.quote(f'external_ids:"{key}"="{value}"') for key, value in ids
+        )
+
+
+class NviMininet(Mininet):
+    """Mininet without its machine-wide side effects."""
+
+    def __init__(self, **params: Any) -> None:
+        # Mininet.__init__ calls Mininet.init(), which raises limits for the whole machine
+        # (sysctls such as kernel.pty.max) once per process; mark it done. (`main` checks root.)
+        Mininet.inited = True
+        super().__init__(**params)
+
+    def stopXterms(self) -> None:
+        """Only this run's terminals (Mininet's also kills every socat tunnel on the machine)."""
+        for term in self.terms:
+            os.kill(term.pid, signal.SIGKILL)
+
+    def iperf(self, *args: Any, **kwargs: Any) -> list[str]:
+        """Mininet's runs `killall -9 iperf`, which ends every iperf on the machine."""
+        error(
+            "iperf: not in NVI examples (see README): e.g. `r2 iperf3 -s -1 &`, `r1 iperf3 -c r2`\n"
+        )
+        return []
+
+
+# -- one run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """A tenant node as published: what the directory and the node's port know about it."""
+
+    name: str
+    tenant: str
+    network: str
+    server: str
+    ip: str
+    cidr: str
+    gateway: str
+    mac: str
+    locator: str
+    node_id: str
+
+    def port(self) -> NodePort:
+        return NodePort(
+            node_id=self.node_id,
+            tenant=self.tenant,
+            network=self.network,
+            ip=self.ip,
+            cidr=self.cidr,
+            gateway=self.gateway,
+            locator=self.locator,
+            mac=self.mac,
+        )
+
+
+class NviNet:
+    """One run of a topology: `with NviNet(topo) as run: ...` builds it, and leaving the block
+    removes it (`down`), whatever happened inside."""
+
+    def __init__(self, topo: NviTopo, tag: str | None = None) -> None:
+        self.topo = topo
+        self.tag = tag or f"nm{secrets.token_hex(2)}"
+        self.rundir = run_root() / self.tag
+        self.ovs = OvsInstance(netns=self.tag, rundir=self.rundir / "ovs")
+        self.net: NviMininet | None = None
+        self.members: dict[str, Member] = {}
+        self._saved_environ: dict[str, str] | None = None
+        self._entered = False
+        self._owner = os.getpid()
+
+    def name(self, short: str) -> str:
+        """The Mininet (and so bridge, shell) name of a topology member."""
+        return f"{self.tag}_{short}"
+
+    def intf(self, short: str, port: int) -> str:
+        return f"{self.name(short)}-eth{port}"
+
+    @property
+    def directory_url(self) -> str:
+        return f"http://127.0.0.1:{DIRECTORY_PORT}"
+
+    def __enter__(self) -> NviNet:
+        try:
+            self.start()
+        except Exception:
+            _show_logs(self.rundir)  # the run directory goes with the run
+            self.stop(graceful=False)
+            raise
+        except BaseException:
+            self.stop(graceful=False)
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.stop(graceful=kind is None)
+
+    # -- up ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._check_names()
+        if self.tag in links.list_netns() or self.rundir.exists():
+            raise NviError(f"run {self.tag} exists; remove it with --down {self.tag}")
+        links.ensure_netns(self.tag, QUIET)
+        self.rundir.mkdir(parents=True)
+        netns.pushns()
+        self._entered = True
+        netns.setns(self.tag, flags=0)  # from here on, Mininet's "root namespace" is the run's own
+        self._saved_environ = dict(os.environ)
+        os.environ.update(self.ovs.env)  # every ovs-vsctl/ofctl, Mininet's included, uses ours
+        info(f"*** Run {self.tag}: namespace {self.tag}, files in {self.rundir}\n")
+        self.ovs.ensure_database()
+        for daemon in self.ovs.daemons():
+            process.ensure_running(daemon)
+        self._start_directory()
+        self.members = asyncio.run(self._publish())
+        self._build()
+        assert self.net is not None
+        self.net.start()
+        self._wait_ready()
+
+    def _check_names(self) -> None:
+        if not TAG.fullmatch(self.tag):
+            raise NviError(f"tag {self.tag!r}: must be nm and 4 hex digits, e.g. nm3f2a")
+        for node1, node2, link in self.topo.links(withInfo=True):
+            for name in (self.intf(node1, link["port1"]), self.intf(node2, link["port2"])):
+                if len(name) > MAX_IFNAME:
+                    raise NviError(f"interface name {name} is longer than {MAX_IFNAME} characters")
+
+    def _start_directory(self) -> None:
+        folder = self.rundir / "directory"
+        init = subprocess.run(
+            [sys.executable, "-m", "nvi", "directory", "init", str(folder)]
+            + ["--host", "127.0.0.1", "--port", str(DIRECTORY_PORT), "-o", "json"],
+            capture_output=True,
+            text=True,
+        )
+        if init.returncode != 0:
+            raise NviError(f"directory init failed: {init.stderr.strip()}")
+        config = str(folder / "directory.toml")
+        process.ensure_running(
+            process.Daemon(
+                name="directory",
+                netns=self.tag,
+                argv=(sys.executable, "-m", "nvi", "directory", "serve", "--config", config),
+                rundir=folder,
+                ready=lambda: _accepts(DIRECTORY_PORT),
+            ),
+            timeout=30,
+        )
+
+    async def _publish(self) -> dict[str, Member]:
+        """Tenants, networks and nodes into the directory, as an operator would (admin token);
+        each node gets the next locator of its server's pool."""
+        token = (self.rundir / "directory" / "admin.token").read_text().strip()
+        pools = {s: iter(parse_pool(self.topo.nodeInfo(s)["locators"])) for s in self._servers}
+        members = {}
+        async with DirectoryClient(self.directory_url, token) as client:
+            networks = {}
+            for tenant, tenant_networks in self.topo.tenants.items():
+                await client.create_tenant(tenant)
+                for network, cidr in tenant_networks.items():
+                    networks[tenant, network] = await client.create_network(tenant, network, cidr)
+            for name in self.topo.members(NODE):
+                node = self.topo.nodeInfo(name)
+                network = networks[node["tenant"], node["network"]]
+                locator = next(pools[node["server"]], None)
+                if locator is None:
+                    raise NviError(f"server {node['server']}: locator pool is exhausted")
+                record = await client.create_node(
+                    node["tenant"],
+                    name,
+                    kind="container",
+                    network=node["network"],
+                    ip=node["ip"],
+                    mac=node_mac(node["tenant"], name),
+                    locator=str(locator),
+                    server=node["server"],
+                )
+                members[name] = Member(
+                    name=name,
+                    tenant=record.tenant,
+                    network=record.network,
+                    server=record.server,
+                    ip=record.ip,
+                    cidr=network.cidr,
+                    gateway=network.gateway,
+                    mac=record.mac,
+                    locator=record.locator,
+                    node_id=record.id,
+                )
+        return members
+
+    @property
+    def _servers(self) -> list[str]:
+        return self.topo.members(SERVER)
+
+    def _controller_daemon(self, server: str, index: int) -> tuple[process.Daemon, int]:
+        """The server's controller config names only its own facts, and the directory."""
+        folder = self.rundir / server
+        folder.mkdir()
+        port = FIRST_CONTROLLER_PORT + index
+        facts = self.topo.nodeInfo(server)
+        routes = "".join(
+            f'\n[[routes]]\nprefix = "{prefix}"\n' + (f'via = "{via}"\n' if via else "")
+            for prefix, via in self.topo.routes(server)
+        )
+        (folder / "controller.toml").write_text(
+            f'address = "{facts["address"]}"\n'
+            f'directory = "{self.directory_url}"\n'
+            'token_file = "resolver.token"\n'
+            f'ovsdb = "unix:{self.ovs.db_socket}"\n'
+            f"listen_port = {port}\n"
+            f'uplink = "{self.intf(server, UPLINK_PORT)}"\n' + routes
+        )
+        resolver = (self.rundir / "directory" / "resolver.token").read_text().strip()
+        write_secret(folder / "resolver.token", resolver)
+        argv = (sys.executable, "-m", "nvi", "controller", "serve", "--config")
+        daemon = process.Daemon(
+            name="controller",
+            netns=self.tag,
+            argv=(*argv, str(folder / "controller.toml")),
+            rundir=folder,
+            ready=folder / "controller.ready",
+        )
+        return daemon, port
+
+    def _build(self) -> None:
+        topo, links_ = self.topo, self.topo.links(sort=True, withInfo=True)
+        self.net = net = NviMininet(topo=None, build=False, controller=None, host=NviHost)
+        dpids = iter(range(1, 1 << 16))
+        for segment in topo.members(SEGMENT):
+            net.addSwitch(
+                self.name(segment), cls=OVSBridge, datapath="user", dpid=f"{next(dpids):x}"
+            )
+        for index, server in enumerate(self._servers):
+            daemon, port = self._controller_daemon(server, index)
+            controller = net.addController(NviController(self.name(f"c{server}"), daemon, port))
+            node_ports = {
+                self.intf(server, link["port2"]): self.members[node1].port()
+                for node1, node2, link in links_
+                if node2 == server and node1 in self.members
+            }
+            net.addSwitch(
+                self.name(server),
+                cls=NviSwitch,
+                server_controller=controller,
+                hwaddr=_local_mac(server),
+                node_ports=node_ports,
+                dpid=f"{next(dpids):x}",
+            )
+        for router in topo.members(ROUTER):
+            net.addHost(self.name(router), cls=Router, ip=None)
+        for member in self.members.values():
+            prefixlen = ipaddress.IPv4Network(member.cidr).prefixlen
+            net.addHost(
+                self.name(member.name),
+                ip=f"{member.ip}/{prefixlen}",
+                defaultRoute=f"via {member.gateway}",
+            )
+        for node1, node2, link in links_:
+            params = {k: v for k, v in link.items() if k not in ("node1", "node2")}
+            if node1 in self.members:
+                params["addr1"] = self.members[node1].mac
+            net.addLink(
+                self.name(node1),
+                self.name(node2),
+                intfName1=self.intf(node1, link["port1"]),
+                intfName2=self.intf(node2, link["port2"]),
+                **params,
+            )
+        net.build()
+        _record_shells(self.rundir, net)
+        # The CLI also knows every node by its topology name: `r1 ping r2`.
+        net.nameToNode.update({short: net[self.name(short)] for short in topo.nodes()})
+        net.nameToNode.update({f"c{s}": net[self.name(f"c{s}")] for s in self._servers})
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        """Every switch connected, every controller aware of its nodes (it read their ports)."""
+        assert self.net is not None
+        if not self.net.waitConnected(timeout=timeout):
+            raise NviError("a switch did not connect to its controller")
+        for server in self._servers:
+            expected = sum(1 for m in self.members.values() if m.server == server)
+            stats = self.rundir / server / "controller.stats.json"
+            deadline = time.monotonic() + timeout
+            while _read_json(stats).get("nodes") != expected:
+                if time.monotonic() > deadline:
+                    raise NviError(f"the controller of {server} did not find its {expected} nodes")
+                time.sleep(0.1)
+
+    # -- down -------------------------------------------------------------------------------
+
+    def stop(self, graceful: bool) -> None:
+        """Mininet's own stop when all went well, then `down` in any case (idempotent)."""
+        if os.getpid() != self._owner:
+            # A forked copy of this process (pyroute2 forks helpers) that was interrupted
+            # unwinds to here: it must end at once, not remove the run from under its parent.
+            os._exit(1)
+        with _signals_held():
+            if self.net is not None:
+                _record_shells(self.rundir, self.net)  # also those of a build cut short
+                if graceful:
+                    try:
+                        self.net.stop()
+                    except Exception as failure:  # noqa: BLE001 - `down` below removes the rest
+                        error(f"*** net.stop failed ({failure}); removing the run anyway\n")
+            if self._entered:
+                netns.popns()
+                self._entered = False
+            if self._saved_environ is not None:
+                os.environ.clear()
+                os.environ.update(self._saved_environ)
+                self._saved_environ = None
+            for line in down(self.tag):
+                info(f"*** {line}\n")
+
+
+def down(tag: str) -> list[str]:
+    """Remove everything run `tag` created, and nothing else: its nodes' shells (and what runs
+    in their process groups), its daemons (by pidfile), any other process in its namespace, the
+    namespace itself (with every link inside) and its run directory. Safe to repeat, and safe
+    after the example was killed outright."""
+    if not TAG.fullmatch(tag):
+        raise NviError(f"tag {tag!r}: must be nm and 4 hex digits, e.g. nm3f2a")
+    rundir = run_root() / tag
+    removed = []
+    for name, (pid, started) in _read_json(rundir / "shells.json").items():
+        if _end_group(pid, started):
+            removed.append(f"ended {name}")
+    for pidfile in sorted(rundir.glob("*/*.pid")):
+        if process.stop(process.Daemon(pidfile.stem, tag, (), pidfile.parent, pidfile.parent)):
+            removed.append(f"stopped {pidfile.parent.name}/{pidfile.stem}")
+    if tag in links.list_netns():
+        for pid in links.netns_pids(tag):
+            if pid != os.getpid():
+                process.terminate(pid)
+        links.remove_netns(tag)
+        removed.append(f"removed namespace {tag}")
+    if rundir.exists():
+        shutil.rmtree(rundir)
+        removed.append(f"removed {rundir}")
+    return removed
+
+
+def _record_shells(rundir: Path, net: Mininet) -> None:
+    """Pid and start time of every node's shell, for `down` (which may run in another process)."""
+    shells = {
+        node.name: (node.shell.pid, _started(node.shell.pid))
+        for node in (*net.hosts, *net.switches, *net.controllers)
+        if node.shell is not None
+    }
+    (rundir / "shells.json").write_text(json.dumps(shells))
+
+
+def _end_group(pid: int, started: int | None) -> bool:
+    """End a node shell's process group the way Mininet ends a node (SIGHUP), then SIGKILL;
+    only while the group is ours: its leader is the same process, or gone (a pid that still
+    names a process group is never handed to a new process)."""
+    if _started(pid) not in (None, started):
+        return False
+    ended = False
+    for sig in (signal.SIGHUP, signal.SIGKILL):
+        deadline = time.monotonic() + 2
+        try:
+            os.killpg(pid, sig)
+            ended = True
+            while time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                os.killpg(pid, 0)
+                time.sleep(0.02)
+        except ProcessLookupError:
+            break
+    return ended
+
+
+def _started(pid: int) -> int | None:
+    """Kernel start time of a live process, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """A second Ctrl-C or SIGTERM must not cut the removal short."""
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _accepts(port: int) -> bool:
+    """Whether something in the run's namespace (this thread's) accepts TCP on loopback:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _show_logs(rundir: Path, lines: int = 5) -> None:
+    for log in sorted(rundir.glob("*/*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        error(f"*** {log.relative_to(rundir)}:\n" + "".join(f"    {line}\n" for line in tail))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _local_mac(name: str) -> str:
+    """A fixed, locally administered MAC for a server's bridge: the same in every flow dump."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+# -- checks ---------------------------------------------------------------------------------------
+
+
+Step = tuple[str, str, str | None]  # node, address, the node expected to answer (None: nobody)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One step's outcome. Kinds: `reach` (ping, and TCP answered by `expected`), `mtu`
+    (1500-byte packets, DF set), `isolated` (an address only other tenants hold: no answer)."""
+
+    kind: str
+    source: str
+    address: str
+    expected: str | None
+    ok: bool
+    detail: str
+
+
+def plan(topo: NviTopo) -> list[Step]:
+    """Each node reaches a node of its own tenant on the next server, at an address other
+    tenants use too; nodes on the first and last server try every address that only other
+    tenants hold."""
+    servers = topo.members(SERVER)
+    nodes = {name: topo.nodeInfo(name) for name in topo.members(NODE)}
+    steps: list[Step] = []
+    for name, node in nodes.items():
+        following = servers[(servers.index(node["server"]) + 1) % len(servers)]
+        peers = [
+            p
+            for p, i in nodes.items()
+            if i["tenant"] == node["tenant"] and i["server"] == following and p != name
+        ]
+        if peers:
+            steps.append((name, nodes[peers[0]]["ip"], peers[0]))
+    for name, node in nodes.items():
+        if node["server"] not in (servers[0], servers[-1]):
+            continue
+        own = {i["ip"] for i in nodes.values() if i["tenant"] == node["tenant"]}
+        foreign = sorted({i["ip"] for i in nodes.values()} - own)
+        steps += [(name, address, None) for address in foreign]
+    return steps
+
+
+def run_checks(run: NviNet) -> list[Check]:
+    """Carry out `plan`. Every node runs a tiny TCP server that answers with its own name, so
+    a check sees who answered, not only that someone did."""
+    assert run.net is not None
+    hosts = {name: run.net[name] for name in run.members}
+    banners = {}
+    for name, host in hosts.items():
+        host.cmd(f"{sys.executable} -c {shlex.quote(BANNER)} {run.name(name)} {BANNER_PORT} &")
+        banners[name] = host.lastPid
+    checks = []
+    for source, address, expected in plan(run.topo):
+        if expected is None:
+            checks.append(_isolated(hosts[source], source, address))
+        else:
+            checks += _reach(hosts[source], source, address, expected, run.name(expected))
+    # Interrupted before here, the shells are ended with their process groups by `down`.
+    for name, pid in banners.items():
+        hosts[name].cmd(f"kill {pid}")
+    return checks
+
+
+def _reach(host: Host, source: str, address: str, expected: str, banner: str) -> list[Check]:
+    """A busy machine may be slow with a first packet: each part gets three tries."""
+    pinged = _succeeds(host, f"ping -c 5 -i 0.2 -W 2 {address}", tries=3)
+    answer = _banner(host, address, tries=3)
+    detail = f"ping {'ok' if pinged else 'FAILED'}, TCP answered by {answer}"
+    full = _succeeds(host, f"ping -c 3 -i 0.2 -W 2 -M do -s 1472 {address}", tries=3)
+    return [
+        Check("reach", source, address, expected, pinged and answer == banner, detail),
+        Check("mtu", source, address, expected, full, "1500-byte packets, DF set: no overhead"),
+    ]
+
+
+def _isolated(host: Host, source: str, address: str) -> Check:
+    """One try each: silence is the expected answer."""
+    pinged = _succeeds(host, f"ping -c 3 -i 0.2 -W 1 {address}", tries=1)
+    answer = _banner(host, address, tries=1)
+    detail = f"ping {'ANSWERED' if pinged else 'no answer'}, TCP {answer or 'no answer'}"
+    return Check("isolated", source, address, None, not (pinged or answer), detail)
+
+
+def _succeeds(host: Host, command: str, tries: int) -> bool:
+    for _ in range(tries):
+        if host.cmd(f"{command} >/dev/null 2>&1; echo $?").strip().splitlines()[-1:] == ["0"]:
+            return True
+    return False
+
+
+def _banner(host: Host, address: str, tries: int) -> str | None:
+    """Who answers TCP on `address`, or None: `bash` connects through /dev/tcp."""
+    for attempt in range(tries):
+        answer = host.cmd(
+            f"timeout 2 bash -c 'cat < /dev/tcp/{address}/{BANNER_PORT}' 2>/dev/null"
+        ).strip()
+        if answer:
+            return answer
+        if attempt + 1 < tries:
+            time.sleep(1)
+    return None
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options every example shares; an example adds its topology's own."""
+    arguments = argparse.ArgumentParser(description=description)
+    arguments.add_argument(
+        "--check", action="store_true", help="run the checks and exit (no CLI); exit 1 if one fails"
+    )
+    arguments.add_argument("--tag", type=_tag, help="name of this run: nm + 4 hex digits (random)")
+    arguments.add_argument("--report", type=Path, help="write the checks' results here (JSON)")
+    arguments.add_argument(
+        "--down", metavar="TAG", type=_tag, help="remove what a killed run TAG left, and exit"
+    )
+    return arguments
+
+
+def main(
+    make_topo: Callable[[argparse.Namespace], NviTopo], arguments: argparse.ArgumentParser
+) -> None:
+    """Build the topology, check it, show how to read its flows, open Mininet's CLI (unless
+    --check), and remove everything on the way out, however it is left."""
+    args = arguments.parse_args()
+    if os.geteuid() != 0:
+        sys.exit(f"{arguments.prog}: needs root (network namespaces, Open vSwitch)")
+    if args.down:
+        print("\n".join(down(args.down) or [f"nothing left of run {args.down}"]))
+        return
+    setLogLevel("info")
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # leave through `with`, which removes the run
+        signal.signal(sig, functools.partial(_leave, os.getpid()))
+    run = NviNet(make_topo(args), args.tag)
+    try:
+        with run:
+            checks = run_checks(run)
+            show(run, checks)
+            if args.report:  # written whole, then renamed: a reader never sees half of it
+                partial = args.report.with_name(args.report.name + ".partial")
+                partial.write_text(json.dumps(report(run, checks), indent=2))
+                partial.replace(args.report)
+            if not args.check:
+                CLI(run.net)
+    except NviError as failure:
+        sys.exit(f"{arguments.prog}: {failure}")
+    except KeyboardInterrupt:
+        sys.exit(f"{arguments.prog}: interrupted; run {run.tag} removed")
+    sys.exit(0 if all(check.ok for check in checks) else 1)
+
+
+def _leave(owner: int, number: int, _: object) -> None:
+    """On SIGTERM or SIGHUP, unwind (and so remove the run) in this process only; a forked copy
+    (pyroute2 forks helpers, and signals them) just ends."""
+    if os.getpid() != owner:
+        os._exit(128 + number)
+    sys.exit(128 + number)
+
+
+def _tag(text: str) -> str:
+    if not TAG.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not nm and 4 hex digits, e.g. nm3f2a")
+    return text
+
+
+def report(run: NviNet, checks: list[Check]) -> dict[str, Any]:
+    return {
+        "tag": run.tag,
+        "rundir": str(run.rundir),
+        "ok": all(check.ok for check in checks),
+        "nodes": {name: asdict(member) for name, member in run.members.items()},
+        "checks": [asdict(check) for check in checks],
+    }
+
+
+def show(run: NviNet, checks: list[Check]) -> None:
+    """What was built, what the checks found, the conversations they left on each server, and
+    where to look next."""
+    assert run.net is not None
+    print(
+        f"\nrun {run.tag}: tenant nodes (topology name, tenant/network, address, server, locator)"
+    )
+    for m in run.members.values():
+        print(f"  {m.name:4} {m.tenant + '/' + m.network:12} {m.ip:15} {m.server:4} {m.locator}")
+    print("\nchecks:")
+    for c in checks:
+        target = f"{c.address} ({c.expected or 'nobody'})"
+        print(f"  {'ok  ' if c.ok else 'FAIL'} {c.kind:8} {c.source:4} -> {target:26} {c.detail}")
+    for server in run.topo.members(SERVER):
+        flows = run.net[server].dpctl("dump-flows", "--no-stats", "-O", "OpenFlow13", CONVERSATIONS)
+        print(f"\nconversation flows on {server} (cookie class 0x02):")
+        print(
+            "".join(f"  {line.strip()}\n" for line in flows.splitlines() if "cookie=" in line),
+            end="",
+        )
+    first, tenant = run.topo.members(SERVER)[0], next(iter(run.topo.tenants))
+    print(
+        f"\nEvery flow of {first}, from any shell (the run's own Open vSwitch):\n"
+        f"  OVS_RUNDIR={run.ovs.rundir} ovs-ofctl -O OpenFlow13 dump-flows {run.name(first)}\n"
+        "or in the CLI: `dpctl dump-flows -O OpenFlow13` (every switch). The directory:\n"
+        f"  ip netns exec {run.tag} {Path(sys.executable).parent / 'nvi'} directory nodes {tenant}"
+        f" --url {run.directory_url} --token-file {run.rundir / 'directory' / 'admin.token'}\n"
+        f"Controller logs: {run.rundir}/<server>/controller.log. Files: {run.rundir}\n"
+    )

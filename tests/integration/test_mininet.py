@@ -1,0 +1,175 @@
+"""The researchers' Mininet examples (examples/mininet/), really run: tenants reach their own
+nodes across servers (and through a router), a second tenant on the same addresses is isolated,
+and nothing named after the run is left on the machine afterwards, however the run ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nvi.lab import links
+from tests.conftest import REPO
+
+EXAMPLES = REPO / "examples" / "mininet"
+
+pytestmark = pytest.mark.root  # Mininet itself: Debian's, linked into .venv by scripts/setup
+
+
+@pytest.fixture
+def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short NVI_RUN_DIR: OVS's unix socket paths must stay under 108 bytes."""
+    return tmp_path_factory.mktemp("nm")
+
+
+@pytest.fixture
+def tag() -> str:
+    while (tag := f"nm{secrets.token_hex(2)}") in links.list_netns():
+        pass
+    return tag
+
+
+def example(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(EXAMPLES / script), *args]
+
+
+def environment(run_root: Path) -> dict[str, str]:
+    return {**os.environ, "NVI_RUN_DIR": str(run_root), "PYTHONUNBUFFERED": "1"}
+
+
+def leftovers(tag: str, run_root: Path) -> list[str]:
+    """Everything on the machine that carries the run's tag."""
+    found = [f"namespace {tag}"] if tag in links.list_netns() else []
+    ip_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found += [f"link {line.split(':')[1].strip()}" for line in ip_links.splitlines() if tag in line]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if tag in argv:
+            found.append(f"process {cmdline.parent.name}: {argv[:120]}")
+    if (run_root / "mininet" / tag).exists():
+        found.append(f"run directory {run_root / 'mininet' / tag}")
+    return found
+
+
+def assert_nothing_left(tag: str, run_root: Path, within: float = 10) -> None:
+    """Node shells whose terminal went away exit on their own, a moment later."""
+    deadline = time.monotonic() + within
+    while (found := leftovers(tag, run_root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found == []
+
+
+def wait_for_report(run: subprocess.Popen, report: Path, log: Path) -> dict:
+    """The example writes its report once the checks are done, before it opens the CLI."""
+    deadline = time.monotonic() + 600
+    while not report.exists():
+        assert run.poll() is None, (
+            f"the example exited ({run.returncode}): {log.read_text()[-3000:]}"
+        )
+        assert time.monotonic() < deadline, "no report after 600 s"
+        time.sleep(0.5)
+    return json.loads(report.read_text())
+
+
+def failed(report: dict) -> list[dict]:
+    return [check for check in report["checks"] if not check["ok"]]
+
+
+def test_two_servers_reach_isolation_and_nothing_left(tag: str, run_root: Path, tmp_path) -> None:
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        example("two_servers.py", "--check", "--tag", tag, "--report", str(report_path)),
+        env=environment(run_root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["ok"] and failed(report) == []
+    checks = {(c["kind"], c["source"], c["address"]): c for c in report["checks"]}
+    # Both tenants use 10.0.0.12: each reaches its own node there, across the underlay.
+    assert checks["reach", "r1", "10.0.0.12"]["detail"].endswith(f"answered by {tag}_r2")
+    assert checks["reach", "b1", "10.0.0.12"]["detail"].endswith(f"answered by {tag}_b2")
+    assert checks["mtu", "r1", "10.0.0.12"]["ok"]
+    # 10.0.0.99 exists only for blue: red gets no answer at all, neither ping nor TCP.
+    assert checks["isolated", "r1", "10.0.0.99"]["detail"] == "ping no answer, TCP no answer"
+    assert checks["isolated", "r2", "10.0.0.99"]["ok"]
+    nodes = report["nodes"]
+    assert (
+        nodes["r1"]["ip"] == nodes["b1"]["ip"] and nodes["r1"]["locator"] != nodes["b1"]["locator"]
+    )
+    assert_nothing_left(tag, run_root)
+
+
+def test_n_servers_through_a_router_then_sigterm(tag: str, run_root: Path, tmp_path) -> None:
+    report_path, log = tmp_path / "report.json", tmp_path / "example.log"
+    args = ("--servers", "3", "--tag", tag, "--report", str(report_path))
+    with log.open("w") as output:
+        run = subprocess.Popen(
+            example("n_servers.py", *args),  # no --check: it opens the CLI and waits there
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=environment(run_root),
+        )
+    try:
+        report = wait_for_report(run, report_path, log)
+        assert failed(report) == []
+        nodes = report["nodes"]
+        assert {nodes[n]["server"] for n in ("r1", "r2", "r3")} == {"s1", "s2", "s3"}
+        # s1 is on 198.51.100.0/24, s3 on 203.0.113.0/24: r3 -> r1 crossed the router.
+        reach = {(c["source"], c["expected"]) for c in report["checks"] if c["kind"] == "reach"}
+        assert ("r3", "r1") in reach and ("b3", "b1") in reach
+        assert tag in links.list_netns()
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(120) == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert "removed namespace" in log.read_text()
+    assert_nothing_left(tag, run_root)
+
+
+def test_a_killed_run_is_removed_by_down(tag: str, run_root: Path, tmp_path) -> None:
+    report_path, log = tmp_path / "report.json", tmp_path / "example.log"
+    with log.open("w") as output:
+        run = subprocess.Popen(
+            example("two_servers.py", "--tag", tag, "--report", str(report_path)),
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=environment(run_root),
+        )
+    try:
+        wait_for_report(run, report_path, log)
+    finally:
+        run.kill()  # no teardown at all: what `--down` is for
+        run.wait()
+    assert leftovers(tag, run_root) != []
+    result = subprocess.run(
+        example("two_servers.py", "--down", tag),
+        env=environment(run_root),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"removed namespace {tag}" in result.stdout
+    assert_nothing_left(tag, run_root)
+    again = subprocess.run(
+        example("two_servers.py", "--down", tag), env=environment(run_root), capture_output=True
+    )
+    assert again.returncode == 0 and b"nothing left" in again.stdout
