@@ -135,8 +135,10 @@ class Demo:
             timeout=timeout,
         )
 
-    def reaches(self, key: str, ip: str, count: int = 1) -> bool:
-        ping = self.in_container(key, "ping", "-c", str(count), "-W", "2", ip)
+    def reaches(self, key: str, ip: str, within: int = 5) -> bool:
+        """Whether a reply comes back within `within` seconds (one ping a second until one
+        does: a slow first packet on a busy machine is not a failure)."""
+        ping = self.in_container(key, "ping", "-c", "1", "-w", str(within), ip)
         return ping.returncode == 0
 
     def conversation_flows(self, server: str) -> set[str]:
@@ -241,16 +243,16 @@ def http_across_clouds(demo: Demo, result: list[str], capture: Path) -> None:
 def isolation(demo: Demo, result: list[str]) -> None:
     servers = [server.name for server in demo.net.lab.servers]
     red = f"red/red-{servers[0]}"
-    if demo.reaches(red, BLUE_ONLY):
+    if demo.reaches(red, BLUE_ONLY, within=3):
         raise StepFailed(f"{red} reached blue's {BLUE_ONLY}")
     fetch = demo.in_container(red, "wget", "-q", "-T", "3", "-O", "-", f"http://{BLUE_ONLY}/")
     if fetch.returncode == 0:
         raise StepFailed(f"{red} fetched a page from blue's {BLUE_ONLY}")
     vm_ip = VM[2]
     blue = f"blue/blue-{servers[0]}"
-    if demo.reaches(blue, vm_ip):
+    if demo.reaches(blue, vm_ip, within=3):
         raise StepFailed(f"{blue} reached red's VM at {vm_ip}")
-    if not demo.reaches(red, vm_ip, count=2):
+    if not demo.reaches(red, vm_ip):
         raise StepFailed(f"{red} did not reach its tenant's VM at {vm_ip}")
     console.print(f"{red} -> {BLUE_ONLY} (blue's only): [green]unreachable[/] (ping and HTTP)")
     console.print(f"{blue} -> {vm_ip} (red's VM): [green]unreachable[/]")
