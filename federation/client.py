@@ -23,6 +23,7 @@ from federation.models import (
     ChangePage,
     ChangeType,
     Health,
+    Identity,
     Location,
     Resolution,
     TokenCreated,
@@ -93,6 +94,9 @@ class DirectoryClient:
         return await self._call("GET", "/v1/health", Health)
 
     # tenants and tokens
+
+    async def whoami(self) -> Identity:
+        return await self._call("GET", "/v1/whoami", Identity)
 
     async def create_tenant(self, name: str) -> Tenant:
         return await self._call("POST", "/v1/tenants", Tenant, json={"name": name})

@@ -157,6 +157,13 @@ class Health(BaseModel):
     revision: int
 
 
+class Identity(BaseModel):
+    """Who a credential is: so a service acting with one can check it first."""
+
+    role: str = Field(description="admin, tenant or resolver")
+    tenant: str | None = Field(None, description="the tenant a tenant token belongs to")
+
+
 class Error(BaseModel):
     error: str
     details: list[dict] | None = None

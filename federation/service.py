@@ -18,6 +18,7 @@ from federation.models import (
     ChangePage,
     ChangesQuery,
     Health,
+    Identity,
     LinkCreate,
     Location,
     NetworkCreate,
@@ -94,6 +95,12 @@ async def health(call: Call) -> Health:
     directory = _directory(call)
     revision = (await directory.store.get()).revision
     return Health(status="ok", backend=directory.store.backend, revision=revision)
+
+
+@api.route("GET", "/v1/whoami", "Who the caller's credential is", roles=LOOKUP, response=Identity)
+async def whoami(call: Call) -> Identity:
+    assert call.principal is not None
+    return Identity(role=str(call.principal.role), tenant=call.principal.tenant)
 
 
 @api.route(

@@ -189,6 +189,21 @@ class Agent:
             self.state.update(node.id, phase=Phase.DELETING, token=token)
             await self._finish_delete(node.id)
 
+    async def drain(self, directory_token: str | None) -> list[NodeInfo]:
+        """Delete every node of this server with its directory record: how an operator takes
+        a server out of service without the tenants' tokens. The directory's admin
+        credential comes with the request, is checked before anything changes, and is kept
+        only in the rows being deleted (as a tenant's token is), so a crash half-way is
+        finished by reconciliation."""
+        if not directory_token or not await self.publisher.is_admin(directory_token):
+            raise Unauthorized("draining needs the directory's admin token (X-Directory-Token)")
+        async with self.lock:
+            drained = self.state.nodes()
+            for node in drained:
+                self.state.update(node.id, phase=Phase.DELETING, token=directory_token)
+                await self._finish_delete(node.id)
+        return drained
+
     async def _authorise(self, token: str, node: NodeInfo) -> None:
         """The token must be the node's tenant's: the directory must show it the record."""
         try:

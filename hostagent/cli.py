@@ -150,6 +150,33 @@ def status(address: str, agent_token: str | None, output: str) -> None:
     show_rows(output, "agent", [answer], columns)
 
 
+@agent.command()
+@click.option("--directory-token", envvar="NVI_DIRECTORY_TOKEN", help="[env NVI_DIRECTORY_TOKEN]")
+@click.option(
+    "--directory-token-file",
+    envvar="NVI_DIRECTORY_TOKEN_FILE",
+    type=click.Path(dir_okay=False),
+    help="The directory's admin token [env NVI_DIRECTORY_TOKEN_FILE]",
+)
+@agent_option
+@operator_token_option
+@output_option
+def drain(
+    directory_token: str | None,
+    directory_token_file: str | None,
+    address: str,
+    agent_token: str | None,
+    output: str,
+) -> None:
+    """Delete every node of this server and its directory record, to take the server out of
+    service (needs the directory's admin token, not the tenants')."""
+    token = read_token(directory_token, directory_token_file)
+    if not token:
+        raise NviError("drain needs the directory's admin token: --directory-token(-file)")
+    drained = _run(address, lambda client: client.drain(token), operator_token=agent_token)
+    show_rows(output, "drained", drained, ["tenant", "name", "kind", "ip", "locator"])
+
+
 @click.group()
 def node() -> None:
     """Nodes (containers) on this server."""

@@ -12,7 +12,7 @@ import aiohttp
 from pydantic import TypeAdapter
 
 from hostagent.errors import AgentError
-from hostagent.models import TENANT_TOKEN, AgentStatus, ImageInfo, NodeInfo
+from hostagent.models import DIRECTORY_TOKEN, TENANT_TOKEN, AgentStatus, ImageInfo, NodeInfo
 
 DEFAULT_SOCKET = "/run/nvi/agent.sock"
 # A create may build the default image first (the VM guest downloads a kernel package).
@@ -92,6 +92,10 @@ class AgentClient:
 
     async def delete(self, tenant: str, name: str) -> None:
         await self._call("DELETE", f"/v1/nodes/{tenant}/{name}")
+
+    async def drain(self, directory_token: str) -> list[NodeInfo]:
+        headers = {DIRECTORY_TOKEN: directory_token}
+        return await self._call("POST", "/v1/drain", list[NodeInfo], headers=headers)
 
     async def console(self, tenant: str, name: str) -> list[str]:
         return await self._call("GET", f"/v1/nodes/{tenant}/{name}/console", list[str])

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nvi.model import IPAddress, Name, NodeKind
 
 TENANT_TOKEN = "X-Tenant-Token"
+DIRECTORY_TOKEN = "X-Directory-Token"  # the directory's admin credential, for a drain only
 """The header that carries the tenant's directory token on create and delete."""
 IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from federation.client import DirectoryClient
-from federation.errors import NotFound
+from federation.errors import Forbidden, NotFound, Unauthorized
 from hostagent.models import NodeInfo
 from nvi.model import Network, Node
 
@@ -26,6 +26,9 @@ class Publisher(Protocol):
 
     async def unpublish(self, token: str, tenant: str, name: str, locator: str) -> None:
         """Remove the node's record if it is the one holding `locator`; absent is fine."""
+
+    async def is_admin(self, token: str) -> bool:
+        """Whether the token is the directory's admin credential."""
 
     async def health(self) -> str:
         """A one-word state for `nvi agent status`."""
@@ -75,6 +78,13 @@ class DirectoryPublisher:
                     await client.delete_node(tenant, name)
             except NotFound:
                 return
+
+    async def is_admin(self, token: str) -> bool:
+        async with self._client(token) as client:
+            try:
+                return (await client.whoami()).role == "admin"
+            except (Unauthorized, Forbidden):
+                return False
 
     async def health(self) -> str:
         try:

@@ -23,7 +23,15 @@ from hostagent.config import AgentConfig
 from hostagent.containers import ContainerDriver
 from hostagent.drivers import NodeDriver
 from hostagent.errors import Unauthorized
-from hostagent.models import TENANT_TOKEN, AgentStatus, ImageInfo, NodeCreate, NodeInfo, NodeQuery
+from hostagent.models import (
+    DIRECTORY_TOKEN,
+    TENANT_TOKEN,
+    AgentStatus,
+    ImageInfo,
+    NodeCreate,
+    NodeInfo,
+    NodeQuery,
+)
 from hostagent.ovs import Switch
 from hostagent.publisher import DirectoryPublisher
 from hostagent.state import State
@@ -147,6 +155,18 @@ async def start_node(call: Call) -> NodeInfo:
 )
 async def delete_node(call: Call) -> None:
     await _agent(call).delete(call.path["tenant"], call.path["name"], _token(call))
+
+
+@api.route(
+    "POST",
+    "/v1/drain",
+    "Delete every node of this server and its record (needs X-Directory-Token: the "
+    "directory's admin token)",
+    roles=OPERATOR,
+    response=list[NodeInfo],
+)
+async def drain(call: Call) -> list[NodeInfo]:
+    return await _agent(call).drain(call.request.headers.get(DIRECTORY_TOKEN))
 
 
 @api.route(

@@ -9,6 +9,7 @@ can find everything (even after a crash, even if the lab file changed) by prefix
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostagent.client import AgentClient
 from hostagent.lab import lab_agent, lab_docker_root, lab_dockerd, remove_lab_vms, write_config
 from nvi.errors import NviError
 from nvi.lab import links
@@ -127,6 +129,7 @@ class LabNet:
         wanted = {self.netns(name) for name in self.lab.member_names()}
         # A server's node namespaces (`<server ns>.<node>`) live and die with the server.
         for stale in sorted(ns for ns in self._our_netns() if ns.split(".")[0] not in wanted):
+            changes += self._drain(stale)
             self._remove_member(stale)
             changes.append(f"removed {stale} (no longer in the lab file)")
         for cloud in self.lab.clouds:
@@ -399,6 +402,23 @@ class LabNet:
 
     def _our_netns(self) -> list[str]:
         return [ns for ns in links.list_netns() if ns.startswith(self.prefix)]
+
+    def _drain(self, ns: str) -> list[str]:
+        """A server leaving the lab first has its agent delete its nodes and their records,
+        with the lab operator's admin credential (as an operator runs `nvi agent drain`)."""
+        socket = self.rundir / ns.removeprefix(self.prefix) / "agent.sock"
+        if "." in ns or not self.lab.directory or not socket.exists():
+            return []
+
+        async def drain() -> list[str]:
+            async with AgentClient(str(socket)) as agent:
+                drained = await agent.drain(self.admin_token())
+            return [f"drained {node.kind} {node.tenant}/{node.name} from {ns}" for node in drained]
+
+        try:
+            return asyncio.run(drain())
+        except (NviError, OSError) as error:
+            return [f"could not drain {ns} ({error}); its nodes' records stay in the directory"]
 
     def _remove_member(self, ns: str) -> str:
         """Stop the member's processes (pidfiles first, then whatever else runs in its

@@ -218,7 +218,7 @@ async def test_malformed_and_oversized_bodies_are_refused(service, admin) -> Non
 async def test_the_openapi_document_describes_every_route(service) -> None:  # noqa: ANN001
     status, document = await raw(service, "GET", "/v1/openapi.json", None)
     assert status == 200 and document["openapi"].startswith("3.1")
-    assert len([op for path in document["paths"].values() for op in path]) == 23
+    assert len([op for path in document["paths"].values() for op in path]) == 24
     assert document["paths"]["/v1/resolve"]["get"]["security"] == [{"bearer": []}]
 
 
@@ -287,3 +287,17 @@ async def test_cached_lookups_follow_changes_within_a_second(service, admin) -> 
 async def test_bad_query_through_the_client_raises(service, admin) -> None:  # noqa: ANN001
     with pytest.raises(InvalidRequest, match="source"):
         await admin.resolve("10.0.0.1")
+
+
+async def test_whoami_names_each_credentials_role(service, admin) -> None:  # noqa: ANN001
+    acme = await make_tenant(admin, service, "acme")
+    try:
+        assert (await admin.whoami()).model_dump() == {"role": "admin", "tenant": None}
+        assert (await acme.whoami()).model_dump() == {"role": "tenant", "tenant": "acme"}
+        async with service.client(service.credentials.resolver) as resolver:
+            assert (await resolver.whoami()).role == "resolver"
+        async with service.client("nvi_not-a-token") as stranger:
+            with pytest.raises(Unauthorized):
+                await stranger.whoami()
+    finally:
+        await acme.close()

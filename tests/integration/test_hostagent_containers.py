@@ -203,6 +203,26 @@ async def test_a_removed_default_image_is_rebuilt_by_the_next_create_showing_it(
     assert (shown.ready, shown.progress) == (True, "")
 
 
+async def test_drain_needs_the_directory_admin_token_and_removes_every_node(
+    clean: Site,
+) -> None:
+    site = clean
+    async with site.client(site.acme) as agent:
+        await agent.create(name="web1", tenant="acme", network="web")
+    async with site.client(site.rival) as agent:
+        await agent.create(name="web1", tenant="rival", network="web")
+    before = snapshot(site)
+    async with site.client() as agent:
+        status, answer = await agent.raw(
+            "POST", "/v1/drain", headers={"X-Directory-Token": site.acme.token}
+        )
+        assert status == 401 and "admin token" in answer["error"]
+        assert snapshot(site) == before, "a refused drain changes nothing"
+        drained = await agent.drain(site.admin_token)
+    assert sorted((n.tenant, n.name) for n in drained) == [("acme", "web1"), ("rival", "web1")]
+    assert snapshot(site) == EMPTY  # containers, ports, veths, rows and directory records
+
+
 async def test_same_addresses_in_another_tenant_are_separate_nodes(clean: Site) -> None:
     site = clean
     async with site.client(site.acme) as acme, site.client(site.rival) as rival:

@@ -76,6 +76,37 @@ def test_declared_nodes_are_created_once_and_reach_each_other(tmp_path: Path) ->
         assert pings(red_web, "10.0.0.20"), "red web (s1) -> red db (s3), across the router"
         assert pings(blue_web, "10.0.0.20"), "blue web (s2) -> blue db (s3)"
         assert not pings(red_web, "10.0.0.30"), "nothing else answers in red's network"
+
+        # s3 leaves the lab (with the nodes the file placed on it): its agent drains it first.
+        smaller = tmp_path / "smaller.toml"
+        smaller.write_text(_without_server(lab_file.read_text(), "s3"))
+        shrink = nvi("lab", "up", str(smaller), env=env)
+        assert shrink.returncode == 0, shrink.stderr
+        for change in ("drained container red/db", "drained container blue/db"):
+            assert change in shrink.stdout, shrink.stdout
+        admin = {**env, "NVI_DIRECTORY_TOKEN": net.admin_token()}
+        for tenant in ("red", "blue"):
+            listed = nvi(
+                "lab",
+                "exec",
+                str(smaller),
+                "s1",
+                "--",
+                sys.executable,
+                "-m",
+                "nvi",
+                "directory",
+                "nodes",
+                tenant,
+                "--url",
+                "http://198.51.100.2:7480",
+                "-o",
+                "json",
+                env=admin,
+            )
+            assert listed.returncode == 0, listed.stderr
+            assert '"db"' not in listed.stdout and '"web"' in listed.stdout, listed.stdout
+        assert len(engine.containers(f"nvi.lab={name}")) == 2, "only s1's and s2's containers"
     finally:
         down = nvi("lab", "down", str(lab_file), env=env)
     assert down.returncode == 0, down.stderr
@@ -85,3 +116,13 @@ def test_declared_nodes_are_created_once_and_reach_each_other(tmp_path: Path) ->
 
 async def _pid(docker, node_id: str) -> int:  # noqa: ANN001 - aiodocker.Docker
     return (await docker.containers.container(f"nvi-{node_id}").show())["State"]["Pid"]
+
+
+def _without_server(lab_text: str, server: str) -> str:
+    """The lab file's text without one [[servers]] entry and the [[nodes]] placed on it."""
+    blocks = lab_text.split("\n\n")
+    return "\n\n".join(
+        block
+        for block in blocks
+        if f'name = "{server}"' not in block and f'server = "{server}"' not in block
+    )
