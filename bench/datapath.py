@@ -269,7 +269,7 @@ def main() -> None:
                 sock.close()
             time.sleep(1.2)  # controllers refresh their counters once a second
             decisions = {
-                server: json.loads((net.rundir / server / "controller.stats.json").read_text())
+                server: net.controller_stats(net.lab.server(server)) or {}
                 for server in ("s1", "s3")
             }
     finally:

@@ -11,7 +11,7 @@ import click
 from federation.client import DirectoryClient
 from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
 from federation.directory import new_token, token_hash
-from nvi.clitools import output_option, read_token, run_client, show_rows
+from nvi.clitools import option_group, output_option, read_token, run_client, show_rows
 from nvi.config import write_secret
 from nvi.errors import NviError
 from nvi.model import LinkKind
@@ -89,27 +89,23 @@ def credential(output: str) -> None:
     show_rows(output, "credential", [row], list(row))
 
 
-def _client_options(command: Callable) -> Callable:
-    options = [
-        click.option(
-            "--url",
-            envvar="NVI_DIRECTORY_URL",
-            default="http://127.0.0.1:7480",
-            show_default=True,
-            help="[env NVI_DIRECTORY_URL]",
-        ),
-        click.option("--token", envvar="NVI_DIRECTORY_TOKEN", help="[env NVI_DIRECTORY_TOKEN]"),
-        click.option(
-            "--token-file",
-            envvar="NVI_DIRECTORY_TOKEN_FILE",
-            type=click.Path(dir_okay=False),
-            help="[env NVI_DIRECTORY_TOKEN_FILE]",
-        ),
-        output_option,
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+_client_options = option_group(
+    click.option(
+        "--url",
+        envvar="NVI_DIRECTORY_URL",
+        default="http://127.0.0.1:7480",
+        show_default=True,
+        help="[env NVI_DIRECTORY_URL]",
+    ),
+    click.option("--token", envvar="NVI_DIRECTORY_TOKEN", help="[env NVI_DIRECTORY_TOKEN]"),
+    click.option(
+        "--token-file",
+        envvar="NVI_DIRECTORY_TOKEN_FILE",
+        type=click.Path(dir_okay=False),
+        help="[env NVI_DIRECTORY_TOKEN_FILE]",
+    ),
+    output_option,
+)
 
 
 def _run(

@@ -16,7 +16,7 @@ import click
 
 from hostagent.client import DEFAULT_SOCKET, AgentClient
 from hostagent.models import NodeInfo
-from nvi.clitools import output_option, read_token, run_client, show_rows
+from nvi.clitools import option_group, output_option, read_token, run_client, show_rows
 from nvi.errors import NviError
 from nvi.output import ProgressLine
 
@@ -60,7 +60,7 @@ def _run(
     )
 
 
-_WAIT_OPTIONS = [
+_wait_options = option_group(
     click.option(
         "--wait/--no-wait",
         default=True,
@@ -74,7 +74,7 @@ _WAIT_OPTIONS = [
         show_default=True,
         help="Seconds to wait for the boot",
     ),
-]
+)
 
 
 async def _create_watching(
@@ -182,35 +182,23 @@ def node() -> None:
     """Nodes (containers) on this server."""
 
 
-def _node_options(command: Callable) -> Callable:
-    for option in reversed(
-        [
-            agent_option,
-            operator_token_option,
-            click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]"),
-            output_option,
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def _wait_options(command: Callable) -> Callable:
-    for option in reversed(_WAIT_OPTIONS):
-        command = option(command)
-    return command
-
-
-def _tenant_token_options(command: Callable) -> Callable:
-    command = click.option(
+_node_options = option_group(
+    agent_option,
+    operator_token_option,
+    click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]"),
+    output_option,
+)
+_tenant_token_options = option_group(
+    click.option(
+        "--token", envvar="NVI_TENANT_TOKEN", help="Tenant's directory token [env NVI_TENANT_TOKEN]"
+    ),
+    click.option(
         "--token-file",
         envvar="NVI_TENANT_TOKEN_FILE",
         type=click.Path(dir_okay=False),
         help="[env NVI_TENANT_TOKEN_FILE]",
-    )(command)
-    return click.option(
-        "--token", envvar="NVI_TENANT_TOKEN", help="Tenant's directory token [env NVI_TENANT_TOKEN]"
-    )(command)
+    ),
+)
 
 
 @node.command("create")

@@ -23,6 +23,17 @@ output_option = click.option(
 )
 
 
+def option_group(*options: Callable[[C], C]) -> Callable[[C], C]:
+    """Several click options as one decorator; they show in `--help` in the order given."""
+
+    def apply(command: C) -> C:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def show_rows(output: str, title: str, rows: list[Any], columns: list[str]) -> None:
     """Rows (models or dicts) as a table for people, or as JSON for scripts."""
     data = [row.model_dump(mode="json") if isinstance(row, BaseModel) else row for row in rows]

@@ -398,9 +398,9 @@ def test_controller_killed_during_transfer_loses_nothing(lab: Lab) -> None:
 def controller_stats(lab: Lab, server: str, ready: Callable[[dict], bool] = lambda _: True) -> dict:
     """The controller's counters once `ready` holds of them (they are refreshed once a
     second, so a fresh event can take that long to show)."""
-    path = lab.net.rundir / server / "controller.stats.json"
+    of = lab.net.lab.server(server)
     deadline = time.monotonic() + 5
-    while not ready(stats := json.loads(path.read_text())) and time.monotonic() < deadline:
+    while not ready(stats := lab.net.controller_stats(of) or {}) and time.monotonic() < deadline:
         time.sleep(0.2)
     return stats
 
