@@ -17,18 +17,33 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from federation.errors import Forbidden, InvalidRequest, NotFound
 from federation.models import Error
+from nvi.errors import NviError
+from nvi.model import Server
 
 
 class Role(StrEnum):
     ADMIN = "admin"
     TENANT = "tenant"
-    RESOLVER = "resolver"
+    SERVER = "server"
 
 
 @dataclass(frozen=True)
 class Principal:
+    """Who calls: `tenant` is a tenant token's tenant, or the tenant a server acts for (its
+    token came along); `server` is the enrolled server of a server credential."""
+
     role: Role
     tenant: str | None = None
+    server: Server | None = None
+
+    def actor(self) -> dict[str, str]:
+        """Who made a change, for the audit log."""
+        who = {"role": str(self.role)}
+        if self.tenant:
+            who["tenant"] = self.tenant
+        if self.server:
+            who["server"] = self.server.name
+        return who
 
 
 @dataclass
@@ -48,6 +63,7 @@ class Call:
 
 Handler = Callable[[Call], Awaitable[Any]]
 Authenticate = Callable[[web.Request], Awaitable[Principal]]
+Audit = Callable[[web.Request, "Operation", Principal | None, int, str | None], None]
 
 
 @dataclass
@@ -61,6 +77,7 @@ class Operation:
     body: type[BaseModel] | None
     response: Any
     status: int
+    on_behalf: bool = False
 
 
 def _validation_error(error: ValidationError, where: str) -> InvalidRequest:
@@ -75,11 +92,14 @@ def _validation_error(error: ValidationError, where: str) -> InvalidRequest:
 class Api:
     """Operations of one service; `path_params` maps each path placeholder to its type."""
 
-    def __init__(self, path_params: dict[str, Any], authenticate: Authenticate) -> None:
+    def __init__(
+        self, path_params: dict[str, Any], authenticate: Authenticate, audit: Audit | None = None
+    ) -> None:
         self.operations: list[Operation] = []
         self.path_types = path_params
         self.path_params = {name: TypeAdapter(kind) for name, kind in path_params.items()}
         self.authenticate = authenticate
+        self.audit = audit
 
     def route(
         self,
@@ -92,8 +112,10 @@ class Api:
         body: type[BaseModel] | None = None,
         response: Any = None,
         status: int = 200,
+        on_behalf: bool = False,
     ) -> Callable[[Handler], Handler]:
-        """Declare an operation; `roles=None` means no credential is needed."""
+        """Declare an operation; `roles=None` means no credential is needed. `on_behalf`: a
+        server credential must come with the tenant's token (X-Tenant-Token)."""
 
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -107,6 +129,7 @@ class Api:
                     body,
                     response,
                     status,
+                    on_behalf,
                 )
             )
             return handler
@@ -121,11 +144,32 @@ class Api:
         answer = TypeAdapter(operation.response) if operation.response is not None else None
 
         async def handle(request: web.Request) -> web.Response:
+            if self.audit is None or request.method == "GET":
+                return await respond(request)
+            principal: list[Principal] = []
+            try:
+                response = await respond(request, principal)
+            except NviError as error:
+                status = getattr(error, "status", 500)
+                self.audit(request, operation, next(iter(principal), None), status, str(error))
+                raise
+            self.audit(request, operation, next(iter(principal), None), response.status, None)
+            return response
+
+        async def respond(
+            request: web.Request, seen: list[Principal] | None = None
+        ) -> web.Response:
             principal = None
             if operation.roles:
                 principal = await self.authenticate(request)
+                if seen is not None:
+                    seen.append(principal)
                 if principal.role not in operation.roles:
                     raise Forbidden(f"a {principal.role} credential may not: {operation.summary}")
+                if operation.on_behalf and principal.tenant is None:
+                    raise Forbidden(
+                        f"{operation.summary}: needs the tenant's token too (X-Tenant-Token)"
+                    )
             path = self._path(request)
             scope = principal.tenant if principal else None
             if scope and path.get("tenant", scope) != scope:

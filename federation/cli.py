@@ -53,28 +53,24 @@ def serve(config_path: str) -> None:
 )
 @output_option
 def init(folder: str, host: str, port: int, etcd_endpoints: tuple[str, ...], output: str) -> None:
-    """Write FOLDER/directory.toml and fresh admin and resolver tokens (mode 0600)."""
+    """Write FOLDER/directory.toml and a fresh admin token (mode 0600)."""
     root = Path(folder)
     config = root / "directory.toml"
     if config.exists():
         raise NviError(f"{config} exists; not overwriting it")
     root.mkdir(parents=True, exist_ok=True)
-    admin, resolver = new_token(), new_token()
+    admin = new_token()
     write_secret(root / "admin.token", admin)
-    write_secret(root / "resolver.token", resolver)
     storage = (
         StorageConfig(backend="etcd", endpoints=list(etcd_endpoints))
         if etcd_endpoints
         else StorageConfig(backend="sqlite", path=Path("directory.db"))
     )
-    auth = AuthConfig(
-        admin_token_sha256=[token_hash(admin)], resolver_token_sha256=[token_hash(resolver)]
-    )
+    auth = AuthConfig(admin_token_sha256=[token_hash(admin)])
     config.write_text(render_config(Config(host=host, port=port, storage=storage, auth=auth)))
     row = {
         "config": str(config),
         "admin token": str(root / "admin.token"),
-        "resolver token": str(root / "resolver.token"),
         "url": f"http://{host}:{port}",
     }
     show_rows(output, "directory", [row], list(row))
@@ -83,7 +79,7 @@ def init(folder: str, host: str, port: int, etcd_endpoints: tuple[str, ...], out
 @directory.command("credential")
 @output_option
 def credential(output: str) -> None:
-    """Make a new admin or resolver token and the hash to put in the config file."""
+    """Make a new admin token and the hash to put in the config file."""
     secret = new_token()
     row = {"token": secret, "sha256": token_hash(secret)}
     show_rows(output, "credential", [row], list(row))
@@ -330,3 +326,116 @@ def locate(locator: str, url: str, token: str | None, token_file: str | None, ou
     """Show the node that holds underlay address LOCATOR."""
     found = _run(url, token, token_file, lambda client: client.locate(locator))
     show_rows(output, "node", [found.node], ["tenant", "name", "network", "ip", "mac", "server"])
+
+
+SERVER_COLUMNS = ["name", "pools", "created"]
+
+
+@directory.group()
+def server() -> None:
+    """Enrolled servers (admin token): each publishes nodes only on its own locator pools."""
+
+
+@server.command("enroll")
+@click.argument("name")
+@click.option(
+    "--pool",
+    "pools",
+    multiple=True,
+    required=True,
+    metavar="CIDR|FIRST-LAST",
+    help="a locator pool of the server (repeat for several); pools never overlap another's",
+)
+@click.option(
+    "--credential-file",
+    type=click.Path(dir_okay=False),
+    help="write the server's credential here (mode 0600) instead of showing it",
+)
+@_client_options
+def server_enroll(
+    name: str,
+    pools: tuple[str, ...],
+    credential_file: str | None,
+    url: str,
+    token: str | None,
+    token_file: str | None,
+    output: str,
+) -> None:
+    """Enroll server NAME; its credential is shown (or written) once."""
+    enrolled = _run(url, token, token_file, lambda c: c.enroll_server(name, list(pools)))
+    row = enrolled.model_dump(mode="json")
+    if credential_file:
+        write_secret(Path(credential_file), enrolled.token)
+        row["token"] = f"written to {credential_file}"
+    show_rows(output, "server", [row], [*SERVER_COLUMNS, "token"])
+
+
+@server.command("list")
+@_client_options
+def server_list(url: str, token: str | None, token_file: str | None, output: str) -> None:
+    """List enrolled servers and their pools."""
+    found = _run(url, token, token_file, DirectoryClient.list_servers)
+    show_rows(output, "servers", found, SERVER_COLUMNS)
+
+
+@server.command("show")
+@click.argument("name")
+@_client_options
+def server_show(
+    name: str, url: str, token: str | None, token_file: str | None, output: str
+) -> None:
+    """Show server NAME."""
+    found = _run(url, token, token_file, lambda c: c.get_server(name))
+    show_rows(output, "server", [found], SERVER_COLUMNS)
+
+
+@server.command("revoke")
+@click.argument("name")
+@_client_options
+def server_revoke(
+    name: str, url: str, token: str | None, token_file: str | None, output: str
+) -> None:
+    """Revoke server NAME's credential and withdraw the nodes it published."""
+    withdrawn = _run(url, token, token_file, lambda c: c.revoke_server(name))
+    show_rows(output, "withdrawn", withdrawn, ["tenant", "name", "ip", "locator"])
+
+
+@directory.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="the directory's TOML file (names its audit log)",
+)
+@click.option("--tenant", "tenant_name", help="only changes by or for this tenant")
+@click.option("--server", "server_name", help="only changes by this server")
+@click.option("--refused", is_flag=True, help="only refused changes")
+@click.option("--last", type=click.IntRange(1), help="only the last N entries")
+@output_option
+def audit(
+    config_path: str,
+    tenant_name: str | None,
+    server_name: str | None,
+    refused: bool,
+    last: int | None,
+    output: str,
+) -> None:
+    """Read the audit log: every change, who made it, and how it ended."""
+    from federation.audit import read_audit
+
+    entries = read_audit(load_config(config_path).audit_log, tenant_name, server_name, refused)
+    rows = [
+        {
+            "time": entry["time"],
+            "actor": " ".join(f"{k}={v}" for k, v in entry["actor"].items()),
+            "change": f"{entry['method']} {entry['path']}",
+            "status": entry["status"],
+            "error": entry.get("error", ""),
+        }
+        for entry in entries[-last if last else 0 :]
+    ]
+    if output == "json":
+        show_rows(output, "audit", entries[-last if last else 0 :], [])
+    else:
+        show_rows(output, "audit", rows, ["time", "actor", "change", "status", "error"])

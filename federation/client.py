@@ -26,10 +26,11 @@ from federation.models import (
     Identity,
     Location,
     Resolution,
+    ServerEnrolled,
     TokenCreated,
     TokenInfo,
 )
-from nvi.model import Link, LinkKind, Network, Node, NodeKind, Tenant
+from nvi.model import Link, LinkKind, Network, Node, NodeKind, Server, Tenant
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,12 +43,25 @@ def _adapter(answer: Any) -> TypeAdapter:
 
 
 class DirectoryClient:
-    """`async with DirectoryClient(url, token) as directory: ...`"""
+    """`async with DirectoryClient(url, token) as directory: ...`
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = 10) -> None:
+    A server acting for a tenant passes its own credential as `token` and the tenant's token
+    as `tenant_token`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        tenant_token: str | None = None,
+        timeout: float = 10,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if tenant_token:
+            headers["X-Tenant-Token"] = tenant_token
         self._session = aiohttp.ClientSession(headers=headers)
 
     async def __aenter__(self) -> DirectoryClient:
@@ -120,6 +134,21 @@ class DirectoryClient:
     async def delete_token(self, tenant: str, token_id: str) -> None:
         await self._call("DELETE", f"/v1/tenants/{tenant}/tokens/{token_id}")
 
+    # servers
+
+    async def enroll_server(self, name: str, pools: list[str]) -> ServerEnrolled:
+        body = {"name": name, "pools": pools}
+        return await self._call("POST", "/v1/servers", ServerEnrolled, json=body)
+
+    async def list_servers(self) -> list[Server]:
+        return await self._call("GET", "/v1/servers", list[Server])
+
+    async def get_server(self, name: str) -> Server:
+        return await self._call("GET", f"/v1/servers/{name}", Server)
+
+    async def revoke_server(self, name: str) -> list[Node]:
+        return await self._call("DELETE", f"/v1/servers/{name}", list[Node])
+
     # networks, nodes, links
 
     async def create_network(
@@ -145,17 +174,11 @@ class DirectoryClient:
         kind: NodeKind | str,
         network: str,
         locator: str,
-        server: str,
         ip: str | None = None,
         mac: str | None = None,
     ) -> Node:
-        body = {
-            "name": name,
-            "kind": str(kind),
-            "network": network,
-            "locator": locator,
-            "server": server,
-        }
+        """Publish a node on the calling server (its credential, with the tenant's token)."""
+        body = {"name": name, "kind": str(kind), "network": network, "locator": locator}
         body |= {key: value for key, value in (("ip", ip), ("mac", mac)) if value}
         return await self._call("POST", f"/v1/tenants/{tenant}/nodes", Node, json=body)
 
@@ -166,14 +189,15 @@ class DirectoryClient:
     async def get_node(self, tenant: str, name: str) -> Node:
         return await self._call("GET", f"/v1/tenants/{tenant}/nodes/{name}", Node)
 
-    async def move_node(
-        self, tenant: str, name: str, *, locator: str | None = None, server: str | None = None
-    ) -> Node:
-        body = {key: value for key, value in (("locator", locator), ("server", server)) if value}
+    async def move_node(self, tenant: str, name: str, *, locator: str) -> Node:
+        """Move a node to the calling server (its credential, with the tenant's token)."""
+        body = {"locator": locator}
         return await self._call("PATCH", f"/v1/tenants/{tenant}/nodes/{name}", Node, json=body)
 
-    async def delete_node(self, tenant: str, name: str) -> None:
-        await self._call("DELETE", f"/v1/tenants/{tenant}/nodes/{name}")
+    async def delete_node(self, tenant: str, name: str, *, locator: str | None = None) -> None:
+        """`locator`: only while the node holds it (a server withdrawing its own record)."""
+        params = {"locator": locator} if locator else None
+        await self._call("DELETE", f"/v1/tenants/{tenant}/nodes/{name}", params=params)
 
     async def create_link(self, tenant: str, kind: LinkKind | str, a: str, b: str) -> Link:
         body = {"kind": str(kind), "a": a, "b": b}

@@ -26,8 +26,9 @@ class StorageConfig(_Section):
 
 
 class AuthConfig(_Section):
+    """Only the admin credential is in the config; servers and tenants are in storage."""
+
     admin_token_sha256: list[Sha256] = Field(min_length=1)
-    resolver_token_sha256: list[Sha256] = []
 
 
 class Config(_Section):
@@ -37,6 +38,9 @@ class Config(_Section):
     change_retention: int = Field(100_000, ge=1, description="change records kept for resume")
     prune_interval: float = Field(60, gt=0)
     max_wait: float = Field(30, ge=0, description="longest wait of one change request, seconds")
+    audit_log: Path = Field(
+        Path("audit.log"), description="one JSON line per change; relative to the config file"
+    )
     storage: StorageConfig = StorageConfig()
     auth: AuthConfig
 
@@ -45,8 +49,11 @@ def load_config(path: str | Path) -> Config:
     """Read FILE; relative storage paths are taken from the file's own directory."""
     path = Path(path)
     config = load_toml_model(path, Config)
+    base = path.parent.resolve()
     if not config.storage.path.is_absolute():
-        config.storage.path = path.parent.resolve() / config.storage.path
+        config.storage.path = base / config.storage.path
+    if not config.audit_log.is_absolute():
+        config.audit_log = base / config.audit_log
     if config.storage.backend == "etcd" and not config.storage.endpoints:
         raise NviError(f"invalid config {path}: the etcd backend needs storage.endpoints")
     return config

@@ -10,6 +10,10 @@ Keys (every value is JSON):
     id/{node id}, ip/{tenant}/{ip}, loc/{locator}
     mac/{tenant}/{network}/{mac}     node id
     l/{tenant}/{link id}             Link
+    srv                              the pool registry; re-written by every enrolment
+    s/{server}                       Server (name, pools)
+    stok/{sha256 of secret}          Server (the credential's server)
+    sn/{server}/{node id}            {tenant, name}: the nodes a server hosts
 
 Every write of a tenant's records expects `t/{tenant}` unchanged since it was read and
 re-writes it, so the writes of one tenant are serialised (optimistic concurrency: a loser
@@ -32,9 +36,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import netaddr
 from pydantic import BaseModel
 
-from federation.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from federation.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from federation.models import (
     Change,
     ChangePage,
@@ -46,11 +51,12 @@ from federation.models import (
     NodeUpdate,
     Resolution,
     ResolveQuery,
+    ServerEnrolled,
     TokenCreated,
     TokenInfo,
 )
 from federation.storage import Delete, Expect, Put, Snapshot, Store
-from nvi.model import Link, LinkKind, Network, Node, Tenant
+from nvi.model import Link, LinkKind, Network, Node, Server, Tenant, parse_pool
 
 _ATTEMPTS = 50
 
@@ -74,6 +80,20 @@ M = TypeVar("M", bound=BaseModel)
 
 def _load(model: type[M], raw: bytes) -> M:
     return model.model_validate_json(raw)
+
+
+def _hosts(server: Server, node: Node) -> bool:
+    return node.server == server.name and server.holds(node.locator)
+
+
+def _server(raw: bytes) -> Server:
+    data = json.loads(raw)
+    data.pop("hash", None)
+    return Server.model_validate(data)
+
+
+def _overlap(first: netaddr.IPRange, second: netaddr.IPRange) -> bool:
+    return first.first <= second.last and second.first <= first.last
 
 
 def _random_mac() -> str:
@@ -110,6 +130,20 @@ def _node_keys(node: Node) -> list[str]:
         f"ip/{node.tenant}/{node.ip}",
         f"loc/{node.locator}",
     ]
+
+
+def _hosting_key(node: Node) -> str:
+    return f"sn/{node.server}/{node.id}"
+
+
+def _check_locators(server: Server, locators: Iterable[str]) -> None:
+    """A server places nodes only on its own locators."""
+    for locator in locators:
+        if not server.holds(locator):
+            raise Forbidden(
+                f"locator {locator} is not in the pools of server {server.name!r} "
+                f"({', '.join(server.pools)})"
+            )
 
 
 class Directory:
@@ -227,11 +261,95 @@ class Directory:
 
         await self._write(attempt)
 
-    async def tenant_of(self, secret: str) -> str | None:
-        """The tenant a token belongs to, if it is a valid tenant token."""
-        key = f"tok/{token_hash(secret)}"
-        raw = (await self.store.get(key)).value(key)
-        return json.loads(raw)["tenant"] if raw else None
+    async def credentials(
+        self, secret: str, tenant_secret: str | None = None
+    ) -> tuple[str | None, Server | None, str | None]:
+        """(tenant of `secret`, server of `secret`, tenant of `tenant_secret`), in one read."""
+        tenant_key, server_key = f"tok/{token_hash(secret)}", f"stok/{token_hash(secret)}"
+        keys = [tenant_key, server_key]
+        if tenant_secret is not None:
+            keys.append(f"tok/{token_hash(tenant_secret)}")
+        snapshot = await self.store.get(*keys)
+        tenant = snapshot.value(tenant_key)
+        server = snapshot.value(server_key)
+        on_behalf = snapshot.value(keys[-1]) if tenant_secret is not None else None
+        return (
+            json.loads(tenant)["tenant"] if tenant else None,
+            _load(Server, server) if server else None,
+            json.loads(on_behalf)["tenant"] if on_behalf else None,
+        )
+
+    # servers
+
+    async def enroll_server(self, name: str, pools: list[str]) -> ServerEnrolled:
+        """Register a server and its pools; pools of two servers never overlap."""
+        secret = new_token()
+        digest = token_hash(secret)
+        server = Server(name=name, pools=pools, created=datetime.now(UTC))
+        ranges = [parse_pool(pool) for pool in server.pools]
+        for i, first in enumerate(ranges):
+            for second in ranges[i + 1 :]:
+                if _overlap(first, second):
+                    raise InvalidRequest(f"pools {first} and {second} overlap")
+
+        async def attempt() -> _Write:
+            registry = await self.store.get("srv", f"s/{name}")
+            if f"s/{name}" in registry.entries:
+                raise Conflict(f"server {name!r} is enrolled already")
+            for other in await self.list_servers():
+                for theirs in other.pools:
+                    for mine in ranges:
+                        if _overlap(mine, parse_pool(theirs)):
+                            raise Conflict(
+                                f"pool {mine} overlaps pool {theirs} of server {other.name!r}"
+                            )
+            write = _Write(
+                expects=[
+                    Expect("srv", registry.mod_rev("srv")),
+                    Expect(f"s/{name}", 0),
+                    Expect(f"stok/{digest}", 0),
+                ],
+                result=ServerEnrolled(**server.model_dump(), token=secret),
+            )
+            write.put("srv", {"servers": "registry"})
+            write.put(f"s/{name}", server.model_dump(mode="json") | {"hash": digest})
+            write.put(f"stok/{digest}", server)
+            return write
+
+        return await self._write(attempt)
+
+    async def list_servers(self) -> list[Server]:
+        entries = (await self.store.scan("s/")).entries.values()
+        return [_server(entry.value) for entry in entries]
+
+    async def get_server(self, name: str) -> Server:
+        raw = (await self.store.get(f"s/{name}")).value(f"s/{name}")
+        if raw is None:
+            raise NotFound(f"no server {name!r}")
+        return _server(raw)
+
+    async def revoke_server(self, name: str) -> list[Node]:
+        """Withdraw the server's credential, then every node it published; returns those.
+        Each step is whole on its own, so an interrupted revocation can be run again."""
+        raw = (await self.store.get(f"s/{name}")).value(f"s/{name}")
+        if raw is None:
+            raise NotFound(f"no server {name!r}")
+        digest = json.loads(raw)["hash"]
+        await self.store.commit([], [Delete(f"stok/{digest}")], None)
+        withdrawn = []
+        for entry in (await self.store.scan(f"sn/{name}/")).entries.values():
+            hosted = json.loads(entry.value)
+            try:
+                withdrawn.append(await self.delete_node(hosted["tenant"], hosted["name"]))
+            except NotFound:
+                await self.store.commit([], [Delete(entry.key)], None)
+        await self.store.commit([], [Delete(f"s/{name}")], None)
+        return withdrawn
+
+    async def hosted_tenants(self, server: str) -> set[str]:
+        """The tenants a server hosts nodes of: all that its credential may learn about."""
+        entries = (await self.store.scan(f"sn/{server}/")).entries.values()
+        return {json.loads(entry.value)["tenant"] for entry in entries}
 
     # networks
 
@@ -291,12 +409,15 @@ class Directory:
         entries = (await self.store.scan(f"n/{tenant}/")).entries.values()
         return [_load(Node, entry.value) for entry in entries]
 
-    async def create_node(self, tenant: str, spec: NodeCreate) -> Node:
-        return (await self.create_nodes(tenant, [spec]))[0]
+    async def create_node(self, tenant: str, spec: NodeCreate, server: Server) -> Node:
+        return (await self.create_nodes(tenant, [spec], server))[0]
 
-    async def create_nodes(self, tenant: str, specs: list[NodeCreate]) -> list[Node]:
-        """Publish nodes atomically: all of them, complete, or none."""
+    async def create_nodes(
+        self, tenant: str, specs: list[NodeCreate], server: Server
+    ) -> list[Node]:
+        """Publish nodes of `server` atomically: all of them, complete, or none."""
         ids = [uuid.uuid4().hex for _ in specs]
+        _check_locators(server, (spec.locator for spec in specs))
 
         async def attempt() -> _Write:
             write, _ = await self._lock_tenant(tenant)
@@ -332,17 +453,19 @@ class Directory:
                     ip=ip,
                     mac=mac,
                     locator=spec.locator,
-                    server=spec.server,
+                    server=server.name,
                 )
                 names.add(node.name)
                 used_ips.add(ip)
                 macs.add((node.network, mac))
                 nodes.append(node)
             await self._claim_locators(write, [node.locator for node in nodes])
+            await self._expect_enrolled(write, server)
             for node in nodes:
                 for key in _node_keys(node):
                     write.put(key, node)
                 write.put(f"mac/{tenant}/{node.network}/{node.mac}", {"id": node.id})
+                write.put(_hosting_key(node), {"tenant": tenant, "name": node.name})
                 write.change(ChangeType.NODE_CREATED, tenant, node=node)
             write.result = nodes
             return write
@@ -357,6 +480,13 @@ class Directory:
         for entry in taken.entries.values():
             raise Conflict(f"locator {entry.key[4:]} is already in use")
         write.expects.extend(Expect(f"loc/{locator}", 0) for locator in locators)
+
+    async def _expect_enrolled(self, write: _Write, server: Server) -> None:
+        """Commit only while the server is still enrolled (a revocation wins the race)."""
+        snapshot = await self.store.get(f"s/{server.name}")
+        if f"s/{server.name}" not in snapshot.entries:
+            raise Forbidden(f"server {server.name!r} is not enrolled")
+        write.expects.append(Expect(f"s/{server.name}", snapshot.mod_rev(f"s/{server.name}")))
 
     @staticmethod
     def _free_ip(network: Network, used: set[str]) -> str:
@@ -373,8 +503,10 @@ class Directory:
         await self.get_tenant(tenant)
         return [n for n in await self._nodes(tenant) if network in (None, n.network)]
 
-    async def move_node(self, tenant: str, name: str, update: NodeUpdate) -> Node:
-        """Change where a node runs; controllers holding flows for it are told."""
+    async def move_node(self, tenant: str, name: str, update: NodeUpdate, server: Server) -> Node:
+        """Move a node to `server` (the one publishing the move); controllers holding flows
+        for it are told."""
+        _check_locators(server, [update.locator])
 
         async def attempt() -> _Write:
             key = f"n/{tenant}/{name}"
@@ -382,18 +514,17 @@ class Directory:
                 tenant, key, f"tenant {tenant!r} has no node {name!r}"
             )
             old = _load(Node, raw)
-            new = old.model_copy(
-                update={
-                    "locator": update.locator or old.locator,
-                    "server": update.server or old.server,
-                }
-            )
+            new = old.model_copy(update={"locator": update.locator, "server": server.name})
             write.result = new
             if new == old:
                 return _Write(result=old)
             if new.locator != old.locator:
                 await self._claim_locators(write, [new.locator])
                 write.delete(f"loc/{old.locator}")
+            await self._expect_enrolled(write, server)
+            if old.server != new.server:
+                write.delete(_hosting_key(old))
+            write.put(_hosting_key(new), {"tenant": tenant, "name": name})
             for node_key in _node_keys(new):
                 write.put(node_key, new)
             write.change(ChangeType.NODE_MOVED, tenant, node=new, previous=old)
@@ -401,19 +532,38 @@ class Directory:
 
         return await self._write(attempt)
 
-    async def delete_node(self, tenant: str, name: str) -> None:
+    async def delete_node(
+        self, tenant: str, name: str, *, server: Server | None = None, locator: str | None = None
+    ) -> Node:
+        """Delete a node's record; `server`: only one it published (a withdrawal, which needs
+        no tenant token), `locator`: only while it holds that locator (it has not moved)."""
+
         async def attempt() -> _Write:
             key = f"n/{tenant}/{name}"
-            write, raw = await self._lock_record(
-                tenant, key, f"tenant {tenant!r} has no node {name!r}"
-            )
+            missing = f"tenant {tenant!r} has no node {name!r}"
+            if server is not None:
+                # To a server, what it does not host does not exist: nor does the tenant.
+                missing = f"server {server.name!r} hosts no node {tenant}/{name}"
+                try:
+                    write, raw = await self._lock_record(tenant, key, missing)
+                except NotFound:
+                    raise NotFound(missing) from None
+            else:
+                write, raw = await self._lock_record(tenant, key, missing)
             node = _load(Node, raw)
-            write.delete(*_node_keys(node), f"mac/{tenant}/{node.network}/{node.mac}")
+            if server is not None and not _hosts(server, node):
+                raise NotFound(missing)
+            if locator is not None and node.locator != locator:
+                raise NotFound(f"node {tenant}/{name} no longer holds locator {locator}")
+            write.delete(
+                *_node_keys(node), f"mac/{tenant}/{node.network}/{node.mac}", _hosting_key(node)
+            )
             write.change(ChangeType.NODE_DELETED, tenant, node=node)
             self._remove_links(write, await self._links(tenant), LinkKind.NODE, name)
+            write.result = node
             return write
 
-        await self._write(attempt)
+        return await self._write(attempt)
 
     # links
 
@@ -467,10 +617,13 @@ class Directory:
 
     # lookups
 
-    async def resolve(self, query: ResolveQuery, tenant: str | None = None) -> Resolution:
+    async def resolve(
+        self, query: ResolveQuery, tenant: str | None = None, server: Server | None = None
+    ) -> Resolution:
         """Destination node of `query.ip` in the source's tenant, and whether policy allows it.
 
-        `tenant`, when given, is the caller's tenant: a source outside it is not found.
+        `tenant`, when given, is the caller's tenant, and `server` the calling server: a
+        source outside the tenant, or not hosted by the server, is not found.
         """
         by_locator = f"loc/{query.locator}" if query.locator else None
         if query.source is not None:
@@ -487,6 +640,7 @@ class Directory:
             source is None
             or tenant not in (None, source.tenant)
             or query.network not in (None, source.network)
+            or (server is not None and not _hosts(server, source))
         ):
             raise NotFound("no such source node")
         destination_key = by_locator or f"ip/{source.tenant}/{query.ip}"
@@ -515,32 +669,50 @@ class Directory:
         ]
         return bool((await self.store.get(*keys)).entries)
 
-    async def locate(self, locator: str, tenant: str | None = None) -> Location:
+    async def locate(
+        self, locator: str, tenant: str | None = None, server: Server | None = None
+    ) -> Location:
+        """The node holding a locator; a tenant sees only its own, a server only its own."""
         snapshot = await self.store.get(f"loc/{locator}")
         raw = snapshot.value(f"loc/{locator}")
         node = _load(Node, raw) if raw else None
-        if node is None or tenant not in (None, node.tenant):
+        if (
+            node is None
+            or tenant not in (None, node.tenant)
+            or (server is not None and not _hosts(server, node))
+        ):
             raise NotFound(f"no node has locator {locator}")
         return Location(node=node, revision=snapshot.revision)
 
     # the change log
 
     async def changes(
-        self, since: int | None, limit: int = 500, wait: float = 0, tenants: Iterable[str] = ()
+        self,
+        since: int | None,
+        limit: int = 500,
+        wait: float = 0,
+        tenants: Iterable[str] = (),
+        hosted_by: str | None = None,
     ) -> ChangePage:
-        """Changes after revision `since` (of `tenants`, if given), waiting up to `wait` s."""
-        wanted = set(tenants)
+        """Changes after revision `since` (of `tenants`, if given), waiting up to `wait` s.
+        `hosted_by`: only of the tenants that server hosts nodes of, as they are when each
+        change is read."""
+        asked = set(tenants)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         if since is None:
             return ChangePage(changes=[], revision=(await self.store.get()).revision)
         while True:
             page = await self.store.log(since, limit)
+            wanted: set[str] | None = asked or None
+            if hosted_by is not None:
+                hosted = await self.hosted_tenants(hosted_by)
+                wanted = hosted & asked if asked else hosted
             changes = [
                 Change(revision=revision, **change)
                 for revision, record in page.records
                 for change in json.loads(record)
-                if not wanted or change["tenant"] in wanted
+                if wanted is None or change["tenant"] in wanted
             ]
             full = len(page.records) == limit
             cursor = page.records[-1][0] if full else max(page.head, since)

@@ -158,14 +158,12 @@ def start_etcd_cluster(root: Path, size: int = 3) -> EtcdCluster:
 
 @dataclass
 class Credentials:
+    """The directory operator's; servers and tenants get theirs from the directory."""
+
     admin: str = field(default_factory=new_token)
-    resolver: str = field(default_factory=new_token)
 
     def auth(self) -> AuthConfig:
-        return AuthConfig(
-            admin_token_sha256=[token_hash(self.admin)],
-            resolver_token_sha256=[token_hash(self.resolver)],
-        )
+        return AuthConfig(admin_token_sha256=[token_hash(self.admin)])
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from nvi.model import CIDR, MAC, IPAddress, Label, Link, LinkKind, Name, Node, NodeKind
+from nvi.model import CIDR, MAC, IPAddress, Link, LinkKind, Name, Node, NodeKind, Pool, Server
 
 NodeId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
@@ -51,21 +51,29 @@ class NodeCreate(Body):
     network: Name
     ip: IPAddress | None = Field(None, description="Defaults to the lowest free address")
     mac: MAC | None = Field(None, description="Defaults to a random locally administered MAC")
-    locator: IPAddress
-    server: Label
+    locator: IPAddress = Field(description="In the publishing server's pools")
 
 
 class NodeUpdate(Body):
-    """A move: the node keeps its identity and addresses, and changes where it runs."""
+    """A move: the node keeps its identity and addresses, and runs on the server publishing
+    the move, at a locator of that server's pools."""
 
-    locator: IPAddress | None = None
-    server: Label | None = None
+    locator: IPAddress
 
-    @model_validator(mode="after")
-    def _something(self) -> Self:
-        if self.locator is None and self.server is None:
-            raise ValueError("give a new locator, a new server, or both")
-        return self
+
+class NodeDeleteQuery(Body):
+    locator: IPAddress | None = Field(
+        None, description="Delete only if the node still holds this locator (a withdrawal)"
+    )
+
+
+class ServerEnroll(Body):
+    name: Name
+    pools: list[Pool] = Field(min_length=1, max_length=64)
+
+
+class ServerEnrolled(Server):
+    token: str = Field(description="The server's credential; shown only in this answer")
 
 
 class LinkCreate(Body):
@@ -160,8 +168,11 @@ class Health(BaseModel):
 class Identity(BaseModel):
     """Who a credential is: so a service acting with one can check it first."""
 
-    role: str = Field(description="admin, tenant or resolver")
-    tenant: str | None = Field(None, description="the tenant a tenant token belongs to")
+    role: str = Field(description="admin, tenant or server")
+    tenant: str | None = Field(
+        None, description="the tenant of a tenant token, or the tenant a server acts for"
+    )
+    server: str | None = Field(None, description="the server a server credential belongs to")
 
 
 class Error(BaseModel):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, TextIO
 
 from aiohttp import web
 from pydantic import StringConstraints
 
-from federation.api import Api, Call, Principal, Role
+from federation.api import Api, Call, Operation, Principal, Role
 from federation.config import Config, StorageConfig
 from federation.directory import Directory, token_hash
-from federation.errors import DirectoryError, Unauthorized
+from federation.errors import DirectoryError, Forbidden, Unauthorized
 from federation.models import (
     ChangePage,
     ChangesQuery,
@@ -23,10 +26,13 @@ from federation.models import (
     Location,
     NetworkCreate,
     NodeCreate,
+    NodeDeleteQuery,
     NodeQuery,
     NodeUpdate,
     Resolution,
     ResolveQuery,
+    ServerEnroll,
+    ServerEnrolled,
     TenantCreate,
     TokenCreate,
     TokenCreated,
@@ -36,7 +42,7 @@ from federation.models import (
 from federation.storage import Store
 from federation.storage.etcd import EtcdStore
 from federation.storage.sqlite import SqliteStore
-from nvi.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Tenant
+from nvi.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Server, Tenant
 from nvi.web import json_errors
 
 log = logging.getLogger(__name__)
@@ -44,33 +50,66 @@ log = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", Config)
 DIRECTORY = web.AppKey("directory", Directory)
 OPENAPI = web.AppKey("openapi", dict)
+AUDIT_LOG = web.AppKey("audit_log", TextIO)
+TENANT_TOKEN = "X-Tenant-Token"
 
 VERSION = "1.0.0"
 LinkId = Annotated[
     str, StringConstraints(pattern=f"^(network|node):{NAME_PATTERN[1:-1]}:{NAME_PATTERN[1:-1]}$")
 ]
 
-ADMIN, TENANT, RESOLVER = Role.ADMIN, Role.TENANT, Role.RESOLVER
+ADMIN, TENANT, SERVER = Role.ADMIN, Role.TENANT, Role.SERVER
 MANAGE = {ADMIN, TENANT}
-LOOKUP = {ADMIN, TENANT, RESOLVER}
+LOOKUP = {ADMIN, TENANT, SERVER}
 
 
 async def authenticate(request: web.Request) -> Principal:
-    """Bearer tokens: admin and resolver hashes come from the config, tenant tokens from storage."""
+    """Bearer tokens: admin hashes come from the config, server credentials and tenant tokens
+    from storage. A server acting for a tenant also sends the tenant's token."""
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
     secret = secret.strip()
-    auth = request.app[CONFIG].auth
-    digest = token_hash(secret)
-    if digest in auth.admin_token_sha256:
-        return Principal(Role.ADMIN)
-    if digest in auth.resolver_token_sha256:
-        return Principal(Role.RESOLVER)
-    tenant = await request.app[DIRECTORY].tenant_of(secret)
-    if tenant is None:
-        raise Unauthorized("invalid credentials")
-    return Principal(Role.TENANT, tenant)
+    on_behalf = request.headers.get(TENANT_TOKEN, "").strip() or None
+    if token_hash(secret) in request.app[CONFIG].auth.admin_token_sha256:
+        principal = Principal(Role.ADMIN)
+    else:
+        tenant, server, for_tenant = await request.app[DIRECTORY].credentials(secret, on_behalf)
+        if server is not None:
+            if on_behalf is not None and for_tenant is None:
+                raise Unauthorized(f"invalid tenant token in {TENANT_TOKEN}")
+            return Principal(Role.SERVER, for_tenant, server)
+        if tenant is None:
+            raise Unauthorized("invalid credentials")
+        principal = Principal(Role.TENANT, tenant)
+    if on_behalf is not None:
+        raise Forbidden(f"only a server credential acts for a tenant ({TENANT_TOKEN})")
+    return principal
+
+
+def audit(
+    request: web.Request,
+    operation: Operation,
+    principal: Principal | None,
+    status: int,
+    error: str | None,
+) -> None:
+    """One JSON line per change or refused change: who, what, and how it ended."""
+    entry = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "actor": principal.actor() if principal else {"role": "unauthenticated"},
+        "operation": operation.handler.__name__,
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+    }
+    if request.query_string:
+        entry["query"] = request.query_string
+    if error is not None:
+        entry["error"] = error
+    sink = request.app[AUDIT_LOG]
+    sink.write(json.dumps(entry, separators=(",", ":")) + "\n")
+    sink.flush()
 
 
 api = Api(
@@ -81,8 +120,10 @@ api = Api(
         "token_id": TokenId,
         "link_id": LinkId,
         "locator": IPAddress,
+        "server": Name,
     },
     authenticate,
+    audit,
 )
 
 
@@ -99,8 +140,49 @@ async def health(call: Call) -> Health:
 
 @api.route("GET", "/v1/whoami", "Who the caller's credential is", roles=LOOKUP, response=Identity)
 async def whoami(call: Call) -> Identity:
-    assert call.principal is not None
-    return Identity(role=str(call.principal.role), tenant=call.principal.tenant)
+    principal = call.principal
+    assert principal is not None
+    server = principal.server.name if principal.server else None
+    return Identity(role=str(principal.role), tenant=principal.tenant, server=server)
+
+
+def _server(call: Call) -> Server | None:
+    """The calling server, if a server calls."""
+    return call.principal.server if call.principal else None
+
+
+@api.route(
+    "POST",
+    "/v1/servers",
+    "Enroll a server with its locator pools",
+    roles={ADMIN},
+    body=ServerEnroll,
+    response=ServerEnrolled,
+    status=201,
+)
+async def enroll_server(call: Call) -> ServerEnrolled:
+    return await _directory(call).enroll_server(call.body.name, call.body.pools)
+
+
+@api.route("GET", "/v1/servers", "List enrolled servers", roles={ADMIN}, response=list[Server])
+async def list_servers(call: Call) -> list[Server]:
+    return await _directory(call).list_servers()
+
+
+@api.route("GET", "/v1/servers/{server}", "Read a server", roles={ADMIN}, response=Server)
+async def get_server(call: Call) -> Server:
+    return await _directory(call).get_server(call.path["server"])
+
+
+@api.route(
+    "DELETE",
+    "/v1/servers/{server}",
+    "Revoke a server's credential and withdraw the nodes it published",
+    roles={ADMIN},
+    response=list[Node],
+)
+async def revoke_server(call: Call) -> list[Node]:
+    return await _directory(call).revoke_server(call.path["server"])
 
 
 @api.route(
@@ -226,14 +308,17 @@ async def delete_network(call: Call) -> None:
 @api.route(
     "POST",
     "/v1/tenants/{tenant}/nodes",
-    "Publish a node",
-    roles=MANAGE,
+    "Publish a node (the hosting server's credential, with the tenant's token)",
+    roles={SERVER},
     body=NodeCreate,
     response=Node,
     status=201,
+    on_behalf=True,
 )
 async def create_node(call: Call) -> Node:
-    return await _directory(call).create_node(call.path["tenant"], call.body)
+    server = _server(call)
+    assert server is not None
+    return await _directory(call).create_node(call.path["tenant"], call.body, server)
 
 
 @api.route(
@@ -256,24 +341,32 @@ async def get_node(call: Call) -> Node:
 @api.route(
     "PATCH",
     "/v1/tenants/{tenant}/nodes/{node}",
-    "Move a node (new locator or server)",
-    roles=MANAGE,
+    "Move a node to the calling server (its credential, with the tenant's token)",
+    roles={SERVER},
     body=NodeUpdate,
     response=Node,
+    on_behalf=True,
 )
 async def move_node(call: Call) -> Node:
-    return await _directory(call).move_node(call.path["tenant"], call.path["node"], call.body)
+    server = _server(call)
+    assert server is not None
+    return await _directory(call).move_node(
+        call.path["tenant"], call.path["node"], call.body, server
+    )
 
 
 @api.route(
     "DELETE",
     "/v1/tenants/{tenant}/nodes/{node}",
-    "Delete a node and its node links",
-    roles=MANAGE,
+    "Delete a node and its node links (a server: withdraw a node it published)",
+    roles=LOOKUP,
+    query=NodeDeleteQuery,
     status=204,
 )
 async def delete_node(call: Call) -> None:
-    await _directory(call).delete_node(call.path["tenant"], call.path["node"])
+    await _directory(call).delete_node(
+        call.path["tenant"], call.path["node"], server=_server(call), locator=call.query.locator
+    )
 
 
 @api.route(
@@ -310,7 +403,7 @@ async def delete_link(call: Call) -> None:
     response=Resolution,
 )
 async def resolve(call: Call) -> Resolution:
-    return await _directory(call).resolve(call.query, call.scope())
+    return await _directory(call).resolve(call.query, call.scope(), _server(call))
 
 
 @api.route(
@@ -321,7 +414,7 @@ async def resolve(call: Call) -> Resolution:
     response=Location,
 )
 async def locate(call: Call) -> Location:
-    return await _directory(call).locate(call.path["locator"], call.scope())
+    return await _directory(call).locate(call.path["locator"], call.scope(), _server(call))
 
 
 @api.route(
@@ -337,7 +430,10 @@ async def changes(call: Call) -> ChangePage:
     scope = call.scope()
     tenants = [scope] if scope else query.tenant
     wait = min(query.wait, call.request.app[CONFIG].max_wait)
-    return await _directory(call).changes(query.since, query.limit, wait, tenants)
+    server = _server(call)
+    return await _directory(call).changes(
+        query.since, query.limit, wait, tenants, server.name if server else None
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -358,6 +454,15 @@ async def storage_context(app: web.Application) -> AsyncIterator[None]:
     app[DIRECTORY] = Directory(store)
     yield
     await store.close()
+
+
+async def audit_context(app: web.Application) -> AsyncIterator[None]:
+    """Subsystem: the audit log, one JSON line per change (appended, never rewritten)."""
+    path: Path = app[CONFIG].audit_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as sink:
+        app[AUDIT_LOG] = sink
+        yield
 
 
 async def pruning_context(app: web.Application) -> AsyncIterator[None]:
@@ -390,6 +495,7 @@ def make_app(config: Config) -> web.Application:
         "Records that tenants publish and controllers look up. See docs/directory.md.",
     )
     app.cleanup_ctx.append(storage_context)
+    app.cleanup_ctx.append(audit_context)
     app.cleanup_ctx.append(pruning_context)
     api.add_routes(app)
     app.router.add_get("/v1/openapi.json", openapi)

@@ -68,7 +68,7 @@ class Agent:
                         f"{request.ip} is not a usable address of network {network.name} "
                         f"({network.cidr}, gateway {network.gateway})"
                     )
-                record = await self.publisher.publish(token, node, self.config.name, request.ip)
+                record = await self.publisher.publish(token, node, request.ip)
                 node = self.state.update(
                     node.id,
                     directory_id=record.id,
@@ -131,11 +131,9 @@ class Agent:
         """Remove everything of a node whose create failed; the row goes last, and stays (for
         the next reconciliation) if the directory record could not be removed."""
         node = self.state.get(node_id)
-        token = self.state.token(node_id)
         try:
             await self._remove_local(node)
-            if token is not None:
-                await self.publisher.unpublish(token, node.tenant, node.name, node.locator)
+            await self.publisher.unpublish(node.tenant, node.name, node.locator)
         except (NviError, OSError) as error:
             log.warning("rolling back %s/%s is incomplete: %s", node.tenant, node.name, error)
             return False
@@ -215,10 +213,8 @@ class Agent:
 
     async def _finish_delete(self, node_id: str) -> None:
         node = self.state.get(node_id)
-        token = self.state.token(node_id)
         await self._remove_local(node)
-        if token is not None:
-            await self.publisher.unpublish(token, node.tenant, node.name, node.locator)
+        await self.publisher.unpublish(node.tenant, node.name, node.locator)
         self.state.delete(node_id)
 
     def node(self, tenant: str, name: str) -> NodeInfo:

@@ -22,8 +22,7 @@ from pydantic import (
 )
 
 from nvi.errors import NviError
-from nvi.lab.spec import parse_pool
-from nvi.model import IPAddress, Label
+from nvi.model import IPAddress, Label, parse_pool
 
 LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")  # its namespace is QEMU's, where taps are opened
@@ -63,7 +62,22 @@ class VmConfig(_Section):
 
 class DirectoryConfig(_Section):
     url: str = Field(description="Base URL of the federation directory")
+    credential_file: Path = Field(
+        description="This server's credential from `nvi directory server enroll`; relative "
+        "to the config file"
+    )
     timeout: float = Field(10, gt=0)
+
+    def credential(self) -> str:
+        try:
+            secret = self.credential_file.read_text().strip()
+        except OSError as error:
+            raise NviError(
+                f"cannot read the server credential {self.credential_file}: {error.strerror}"
+            ) from None
+        if not secret:
+            raise NviError(f"the server credential file {self.credential_file} is empty")
+        return secret
 
 
 class TcpConfig(_Section):
@@ -122,6 +136,7 @@ def load_config(path: str | Path) -> AgentConfig:
     base = path.parent.resolve()
     config.state_dir = base / config.state_dir
     config.socket = base / config.socket
+    config.directory.credential_file = base / config.directory.credential_file
     return config
 
 

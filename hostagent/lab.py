@@ -31,6 +31,8 @@ from nvi.lab.process import Daemon
 from nvi.lab.spec import Server
 
 LAB_LABEL = "nvi.lab"
+SERVER_TOKEN = "server.token"
+"""A lab server's credential from its enrolment, beside its configs in its run directory."""
 
 
 def vm_stack_available() -> bool:
@@ -88,7 +90,7 @@ def agent_config(
         ovs=OvsConfig(db=f"unix:{ovs.db_socket}"),
         docker=DockerConfig(url=docker_url, labels=labels or {}),
         vm=vm or VmConfig(),
-        directory=DirectoryConfig(url=directory_url),
+        directory=DirectoryConfig(url=directory_url, credential_file=ovs.rundir / SERVER_TOKEN),
     )
 
 

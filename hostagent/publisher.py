@@ -1,6 +1,7 @@
-"""How the agent tells the world where its nodes are: the federation directory, on the tenant's
-behalf and with the tenant's own token. Behind a small protocol so the agent's logic does not
-depend on the directory's HTTP details.
+"""How the agent tells the world where its nodes are: the federation directory. It publishes
+with the server's own credential together with the tenant's token (neither alone may), and
+withdraws its own records with its credential alone (a node went away; a crash to repair).
+Behind a small protocol so the agent's logic does not depend on the directory's HTTP details.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ class Publisher(Protocol):
     async def network(self, token: str, tenant: str, network: str) -> Network:
         """The tenant's network (raises a 4xx NviError if it does not exist)."""
 
-    async def publish(self, token: str, node: NodeInfo, server: str, ip: str | None) -> Node:
-        """Publish the node with its locator; the directory assigns its id, ip (unless given)
-        and mac."""
+    async def publish(self, token: str, node: NodeInfo, ip: str | None) -> Node:
+        """Publish the node with its locator for the tenant whose token this is; the
+        directory assigns its id, ip (unless given) and mac."""
 
-    async def node(self, token: str, tenant: str, name: str) -> Node | None:
-        """The published record of a node, or None."""
-
-    async def unpublish(self, token: str, tenant: str, name: str, locator: str) -> None:
-        """Remove the node's record if it is the one holding `locator`; absent is fine."""
+    async def unpublish(self, tenant: str, name: str, locator: str) -> None:
+        """Withdraw the node's record if it still holds `locator`; absent is fine."""
 
     async def is_admin(self, token: str) -> bool:
         """Whether the token is the directory's admin credential."""
@@ -37,47 +35,41 @@ class Publisher(Protocol):
 
 
 class DirectoryPublisher:
-    """The real directory, through its asyncio client (one session, a token per request)."""
+    """The real directory, through its asyncio client, as this enrolled server."""
 
-    def __init__(self, url: str, timeout: float = 10) -> None:
+    def __init__(self, url: str, credential: str, timeout: float = 10) -> None:
         self.url = url
         self.timeout = timeout
-        self._anonymous = DirectoryClient(url, timeout=timeout)
+        self._server = DirectoryClient(url, credential, timeout=timeout)
+        self._credential = credential
 
-    def _client(self, token: str) -> DirectoryClient:
+    def _client(self, token: str, on_behalf: bool = False) -> DirectoryClient:
+        if on_behalf:
+            return DirectoryClient(
+                self.url, self._credential, tenant_token=token, timeout=self.timeout
+            )
         return DirectoryClient(self.url, token, timeout=self.timeout)
 
     async def network(self, token: str, tenant: str, network: str) -> Network:
         async with self._client(token) as client:
             return await client.get_network(tenant, network)
 
-    async def publish(self, token: str, node: NodeInfo, server: str, ip: str | None) -> Node:
-        async with self._client(token) as client:
+    async def publish(self, token: str, node: NodeInfo, ip: str | None) -> Node:
+        async with self._client(token, on_behalf=True) as client:
             return await client.create_node(
                 node.tenant,
                 node.name,
                 kind=node.kind,
                 network=node.network,
                 locator=node.locator,
-                server=server,
                 ip=ip,
             )
 
-    async def node(self, token: str, tenant: str, name: str) -> Node | None:
-        async with self._client(token) as client:
-            try:
-                return await client.get_node(tenant, name)
-            except NotFound:
-                return None
-
-    async def unpublish(self, token: str, tenant: str, name: str, locator: str) -> None:
-        async with self._client(token) as client:
-            try:
-                record = await client.get_node(tenant, name)
-                if record.locator == locator:
-                    await client.delete_node(tenant, name)
-            except NotFound:
-                return
+    async def unpublish(self, tenant: str, name: str, locator: str) -> None:
+        try:
+            await self._server.delete_node(tenant, name, locator=locator)
+        except NotFound:
+            return
 
     async def is_admin(self, token: str) -> bool:
         async with self._client(token) as client:
@@ -87,10 +79,14 @@ class DirectoryPublisher:
                 return False
 
     async def health(self) -> str:
+        """Whether the directory answers, and still knows this server's credential."""
         try:
-            return (await self._anonymous.health()).status
+            identity = await self._server.whoami()
+        except Unauthorized:
+            return "credential refused (revoked, or never enrolled)"
         except Exception as error:  # noqa: BLE001 - a status line, not a failure
             return f"unreachable ({error})"
+        return f"ok (server {identity.server})"
 
     async def close(self) -> None:
-        await self._anonymous.close()
+        await self._server.close()

@@ -199,7 +199,9 @@ async def agent_context(app: web.Application) -> AsyncIterator[None]:
         from hostagent.vmnode import VmNodeDriver  # needs libvirt-python: only when enabled
 
         drivers.append(VmNodeDriver(config.vm, state.agent_id, config.state_dir / "vms"))
-    publisher = DirectoryPublisher(config.directory.url, config.directory.timeout)
+    publisher = DirectoryPublisher(
+        config.directory.url, config.directory.credential(), config.directory.timeout
+    )
     agent = Agent(
         config, state, drivers, Switch(config.ovs.db, config.bridge, state.agent_id), publisher
     )

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
+import netaddr
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -70,6 +72,41 @@ MAC = Annotated[
     AfterValidator(_canonical_mac),
     WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$"}),
 ]
+
+
+def parse_pool(text: str) -> netaddr.IPRange:
+    """A pool of underlay addresses written as `a.b.c.d/n` or `first-last`."""
+    try:
+        if "-" in text:
+            first, last = (part.strip() for part in text.split("-", 1))
+            return netaddr.IPRange(first, last)
+        network = netaddr.IPNetwork(text)
+    except (netaddr.AddrFormatError, ValueError) as error:
+        raise ValueError(f"{text!r} is not a CIDR or a first-last range") from error
+    return netaddr.IPRange(network.first, network.last)
+
+
+def _canonical_pool(value: str) -> str:
+    pool = parse_pool(value)
+    if pool.version != 4:
+        raise ValueError(f"{value!r} is not an IPv4 pool")
+    return f"{pool[0]}-{pool[-1]}"
+
+
+Pool = Annotated[
+    str,
+    StringConstraints(max_length=64),
+    AfterValidator(_canonical_pool),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 64,
+            "examples": ["198.51.100.64/27", "192.0.2.10-192.0.2.19"],
+        }
+    ),
+]
+"""An IPv4 pool given as CIDR or first-last, kept as `first-last`."""
+
 Label = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[\x21-\x7e]+$")]
 
 
@@ -135,3 +172,16 @@ class Link(Record):
     def make_id(kind: LinkKind, a: str, b: str) -> str:
         first, second = sorted((a, b))
         return f"{kind.value}:{first}:{second}"
+
+
+class Server(Record):
+    """A server enrolled with the directory: it may publish nodes only on locators in its pools."""
+
+    name: Name
+    pools: list[Pool] = Field(min_length=1)
+    created: datetime
+
+    def holds(self, address: str) -> bool:
+        """Whether `address` lies in one of the server's pools."""
+        ip = netaddr.IPAddress(address)
+        return any(ip in parse_pool(pool) for pool in self.pools)

@@ -1,7 +1,7 @@
 """`nvi controller serve`: one controller per server, next to that server's switch.
 
 It knows only its own server (underlay address, OVSDB socket, the bridge it serves) and the
-directory's URL with a resolver credential. It runs inside the server's network namespace, so
+directory's URL with its server's own credential. It runs inside the server's network namespace, so
 route lookups for next hops use the server's own routing table, unless the config lists the
 server's underlay routes itself (`routes`), for a controller that runs elsewhere (Mininet).
 """
@@ -47,7 +47,7 @@ class ControllerConfig(BaseModel):
 
     address: str = Field(description="this server's own underlay address")
     directory: str = Field(description="URL of the federation directory")
-    token_file: Path = Field(description="resolver credential; relative to this file")
+    token_file: Path = Field(description="the server's credential; relative to this file")
     ovsdb: str = Field(description="this server's OVSDB, e.g. unix:/run/.../db.sock")
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(6653, ge=1, le=65535)

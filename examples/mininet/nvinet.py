@@ -59,7 +59,7 @@ from nvi.errors import NviError
 from nvi.lab import links, process
 from nvi.lab.nodes import node_mac
 from nvi.lab.ovs import OvsInstance
-from nvi.lab.spec import parse_pool
+from nvi.model import parse_pool
 from nvi.ports import NodePort
 
 TAG = re.compile(r"nm[0-9a-f]{4}")

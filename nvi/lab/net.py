@@ -15,12 +15,26 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pyroute2 import netns
+
+from federation.client import DirectoryClient
+from federation.errors import NotFound
 from hostagent.client import AgentClient
-from hostagent.lab import lab_agent, lab_docker_root, lab_dockerd, remove_lab_vms, write_config
+from hostagent.lab import (
+    SERVER_TOKEN,
+    lab_agent,
+    lab_docker_root,
+    lab_dockerd,
+    remove_lab_vms,
+    write_config,
+)
+from nvi.config import write_secret
 from nvi.errors import NviError
 from nvi.lab import links
 from nvi.lab.ovs import BRIDGE, HOST_COOKIE, UPLINK, OvsInstance, host_flows
@@ -32,6 +46,7 @@ UNDERLAY_BRIDGE = "br0"
 CONTROLLER_PORT = 6653
 CONTROLLER_TARGET = f"tcp:127.0.0.1:{CONTROLLER_PORT}"
 _QUIET = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+T = TypeVar("T")
 
 
 def run_root() -> Path:
@@ -117,6 +132,38 @@ class LabNet:
         """The directory's admin credential (the lab operator's)."""
         assert self.lab.directory is not None
         return (self.rundir / self.lab.directory.name / "admin.token").read_text().strip()
+
+    def server_token(self, server: Server) -> str:
+        """A server's own credential, from its enrolment."""
+        return (self.rundir / server.name / SERVER_TOKEN).read_text().strip()
+
+    def call_directory(
+        self,
+        work: Callable[[DirectoryClient], Awaitable[T]],
+        token: str | None = None,
+        tenant_token: str | None = None,
+    ) -> T:
+        """Run `work` with a client of the lab's directory (the admin's unless `token` says
+        otherwise), from the directory's own namespace: the lab's machine is not on the
+        underlay. Namespaces are per thread, so on a thread of its own."""
+        directory = self.lab.directory
+        assert directory is not None
+
+        async def session() -> T:
+            async with DirectoryClient(
+                directory.url, token or self.admin_token(), tenant_token=tenant_token
+            ) as client:
+                return await work(client)
+
+        def run() -> T:
+            netns.pushns(self.netns(directory.name))
+            try:
+                return asyncio.run(session())
+            finally:
+                netns.popns()
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(run).result()
 
     # -- up -------------------------------------------------------------------------------
 
@@ -235,16 +282,32 @@ class LabNet:
         directory = self.lab.directory
         assert directory is not None
         folder = self.rundir / server.name
-        token = (self.rundir / directory.name / "resolver.token").read_text()
         config = (
             f'address = "{server.address}"\n'
             f'directory = "{directory.url}"\n'
-            'token_file = "resolver.token"\n'
+            f'token_file = "{SERVER_TOKEN}"\n'
             f'ovsdb = "unix:{self.ovs(server).db_socket}"\n'
             f"listen_port = {CONTROLLER_PORT}\n"
         )
-        changed = _write_if_changed(folder / "resolver.token", token, private=True)
-        return _write_if_changed(folder / "controller.toml", config) or changed
+        return _write_if_changed(folder / "controller.toml", config)
+
+    def _ensure_enrolled(self, server: Server) -> list[str]:
+        """Enroll the server with its locator pool, as an operator does once per server with
+        the directory's admin credential; a credential lost with the run directory is
+        revoked and replaced."""
+        path = self.rundir / server.name / SERVER_TOKEN
+        if path.exists():
+            return []
+
+        async def enroll(client: DirectoryClient) -> str:
+            try:
+                await client.revoke_server(server.name)
+            except NotFound:
+                pass
+            return (await client.enroll_server(server.name, [server.locators])).token
+
+        write_secret(path, self.call_directory(enroll))
+        return [f"server {server.name}: enrolled with the directory (pool {server.locators})"]
 
     def _up_server(self, server: Server) -> list[str]:
         ns = self.netns(server.name)
@@ -256,6 +319,8 @@ class LabNet:
         changes += attached
         if ovs.ensure_database():
             changes.append(f"server {server.name}: created OVS database")
+        if self.lab.directory:
+            changes += self._ensure_enrolled(server)
         if self.lab.directory and self._ensure_controller_config(server):
             changes.append(f"server {server.name}: wrote controller configuration")
         for daemon in ovs.daemons():
@@ -405,9 +470,11 @@ class LabNet:
 
     def _drain(self, ns: str) -> list[str]:
         """A server leaving the lab first has its agent delete its nodes and their records,
-        with the lab operator's admin credential (as an operator runs `nvi agent drain`)."""
-        socket = self.rundir / ns.removeprefix(self.prefix) / "agent.sock"
-        if "." in ns or not self.lab.directory or not socket.exists():
+        with the lab operator's admin credential (as an operator runs `nvi agent drain`);
+        then its enrolment is revoked, which withdraws whatever records are left."""
+        name = ns.removeprefix(self.prefix)
+        socket = self.rundir / name / "agent.sock"
+        if "." in ns or not self.lab.directory:
             return []
 
         async def drain() -> list[str]:
@@ -415,10 +482,21 @@ class LabNet:
                 drained = await agent.drain(self.admin_token())
             return [f"drained {node.kind} {node.tenant}/{node.name} from {ns}" for node in drained]
 
+        async def revoke(client: DirectoryClient) -> list[str]:
+            try:
+                withdrawn = await client.revoke_server(name)
+            except NotFound:
+                return []
+            return [f"revoked the enrolment of {name} ({len(withdrawn)} records withdrawn)"]
+
+        changes = []
         try:
-            return asyncio.run(drain())
+            if socket.exists():
+                changes += asyncio.run(drain())
+            changes += self.call_directory(revoke)
         except (NviError, OSError) as error:
-            return [f"could not drain {ns} ({error}); its nodes' records stay in the directory"]
+            changes.append(f"could not drain {ns} ({error}); its nodes' records stay")
+        return changes
 
     def _remove_member(self, ns: str) -> str:
         """Stop the member's processes (pidfiles first, then whatever else runs in its

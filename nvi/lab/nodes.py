@@ -13,14 +13,12 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pyroute2 import netns
-
 from federation.client import DirectoryClient
-from federation.errors import NotFound
+from federation.errors import NotFound, Unauthorized
+from nvi.config import write_secret
 from nvi.errors import NviError
 from nvi.lab import links
 from nvi.lab.net import LabNet
@@ -79,16 +77,12 @@ async def add_node(
     record = await client.get_network(tenant, network)
     locator = free_locator(net, server)
     mac = node_mac(tenant, name)
-    published = await client.create_node(
-        tenant,
-        name=name,
-        kind="container",
-        network=network,
-        ip=ip,
-        mac=mac,
-        locator=locator,
-        server=server.name,
-    )
+    async with DirectoryClient(
+        client.url, net.server_token(server), tenant_token=await tenant_token(net, client, tenant)
+    ) as publisher:
+        published = await publisher.create_node(
+            tenant, name=name, kind="container", network=network, ip=ip, mac=mac, locator=locator
+        )
     node = NetnsNode(
         name=name,
         tenant=tenant,
@@ -108,6 +102,22 @@ async def add_node(
         await client.delete_node(tenant, name)
         raise
     return node
+
+
+async def tenant_token(net: LabNet, admin: DirectoryClient, tenant: str) -> str:
+    """A token of the tenant, made once by the lab's admin: a server publishes a node only
+    with the tenant's token, as an agent does with the token its tenant gave it."""
+    path = net.rundir / "tenants" / f"{tenant}.token"
+    if path.exists():
+        async with DirectoryClient(admin.url, path.read_text().strip()) as client:
+            try:
+                if (await client.whoami()).tenant == tenant:
+                    return path.read_text().strip()
+            except Unauthorized:
+                pass  # the tenant was re-created since: make a new token
+    secret = (await admin.create_token(tenant, "lab nodes")).token
+    write_secret(path, secret)
+    return secret
 
 
 async def remove_node(net: LabNet, client: DirectoryClient, node: NetnsNode) -> None:
@@ -164,27 +174,5 @@ def _plug(
 
 
 def with_directory(net: LabNet, work: Callable[[DirectoryClient], Awaitable[T]]) -> T:
-    """Run `work` with an admin client of the lab's directory, from inside the lab.
-
-    The directory is reached by IP over the underlay, as servers reach it, so the client runs
-    on a thread that has entered the first server's namespace (namespaces are per thread).
-    """
-    assert net.lab.directory is not None
-    result: list[T] = []
-
-    def run() -> None:
-        netns.pushns(net.netns(net.lab.servers[0].name))
-        try:
-            result.append(asyncio.run(_session(net, work)))
-        finally:
-            netns.popns()
-
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(run).result()
-    return result[0]
-
-
-async def _session(net: LabNet, work: Callable[[DirectoryClient], Awaitable[T]]) -> T:
-    assert net.lab.directory is not None
-    async with DirectoryClient(net.lab.directory.url, net.admin_token()) as client:
-        return await work(client)
+    """Run `work` with an admin client of the lab's directory, from inside the lab."""
+    return net.call_directory(work)

@@ -16,7 +16,7 @@ import netaddr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nvi.errors import NviError
-from nvi.model import CIDR, IPAddress, Name, NodeKind
+from nvi.model import CIDR, IPAddress, Name, NodeKind, parse_pool
 
 # Lab names carry no dash, so the prefix `nvi-<lab>-` of one lab never matches another lab's.
 LabName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,7}$")]
@@ -197,18 +197,6 @@ class Lab(_Strict):
                                 following.append(neighbour)
             frontier = following
         return distance
-
-
-def parse_pool(text: str) -> netaddr.IPRange:
-    """A locator pool written as `a.b.c.d/n` or `first-last`."""
-    try:
-        if "-" in text:
-            first, last = (part.strip() for part in text.split("-", 1))
-            return netaddr.IPRange(first, last)
-        network = netaddr.IPNetwork(text)
-    except (netaddr.AddrFormatError, ValueError) as error:
-        raise ValueError(f"{text!r} is not a CIDR or a first-last range") from error
-    return netaddr.IPRange(network.first, network.last)
 
 
 def _parse_network(text: str) -> netaddr.IPNetwork:

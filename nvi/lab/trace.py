@@ -3,7 +3,7 @@
 The side-effecting half of the trace: it reads each server's node ports from its OVSDB, runs
 Open vSwitch's own `ofproto/trace` against that server's private vswitchd (inside its
 namespace), and asks the directory what the server's controller would ask, with the
-resolver credential the lab wrote for it. Everything it concludes is `openflow.trace`'s.
+own credential (its enrolment). Everything it concludes is `openflow.trace`'s.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import json
 import os
 import subprocess
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import click
-from pyroute2 import netns
 
 from federation.client import DirectoryClient
 from federation.errors import NotFound
@@ -232,25 +230,9 @@ def _last_hop_mac(net: LabNet, sender: ServerView, receiver: ServerView) -> str:
 
 
 def _ask(net: LabNet, server: Server, work: Callable[[DirectoryClient], Awaitable[T]]) -> T:
-    """Run `work` from the server's namespace with the resolver credential of its controller
-    (namespaces are per thread, so on a thread of its own)."""
-    assert net.lab.directory is not None
-    url = net.lab.directory.url
-    token = (net.rundir / server.name / "resolver.token").read_text().strip()
-
-    async def session() -> T:
-        async with DirectoryClient(url, token) as client:
-            return await work(client)
-
-    def run() -> T:
-        netns.pushns(net.netns(server.name))
-        try:
-            return asyncio.run(session())
-        finally:
-            netns.popns()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
+    """Run `work` with the credential of the server's controller: the directory answers
+    exactly what that controller would be told."""
+    return net.call_directory(work, token=net.server_token(server))
 
 
 def _resolve(net: LabNet, server: Server, ip: str | None = None, **names: str) -> Resolution | None:
@@ -279,7 +261,8 @@ def _names(net: LabNet, server: Server, locators: list[str]) -> dict[str, str]:
 
         return dict(await asyncio.gather(*(one(locator) for locator in locators)))
 
-    return _ask(net, server, locate)
+    # Remote locators are other servers' nodes: only the lab's operator may name them.
+    return net.call_directory(locate)
 
 
 # -- arguments ------------------------------------------------------------------------------

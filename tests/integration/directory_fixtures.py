@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -63,19 +63,30 @@ async def directory(store: Store) -> Directory:
 class Service:
     url: str
     credentials: Credentials
+    audit_log: Path
+    servers: dict[str, str] = field(default_factory=dict)
 
-    def client(self, token: str | None) -> DirectoryClient:
-        return DirectoryClient(self.url, token)
+    def client(self, token: str | None, tenant_token: str | None = None) -> DirectoryClient:
+        return DirectoryClient(self.url, token, tenant_token=tenant_token)
+
+    async def enroll(self, name: str, *pools: str) -> str:
+        """Enroll a server as the directory's operator does; returns its credential."""
+        async with self.client(self.credentials.admin) as admin:
+            self.servers[name] = (await admin.enroll_server(name, list(pools))).token
+        return self.servers[name]
 
 
 @pytest.fixture
-async def service(storage_config: StorageConfig) -> AsyncIterator[Service]:
+async def service(storage_config: StorageConfig, tmp_path: Path) -> AsyncIterator[Service]:
     """The real aiohttp application, in this process, on a loopback port."""
     credentials = Credentials()
-    config = Config(auth=credentials.auth(), storage=storage_config, max_wait=5)
+    audit_log = tmp_path / "audit.log"
+    config = Config(
+        auth=credentials.auth(), storage=storage_config, max_wait=5, audit_log=audit_log
+    )
     server = TestServer(make_app(config), host="127.0.0.1", port=free_port())
     await server.start_server()
-    yield Service(str(server.make_url("")).rstrip("/"), credentials)
+    yield Service(str(server.make_url("")).rstrip("/"), credentials, audit_log)
     await server.close()
 
 

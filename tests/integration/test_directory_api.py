@@ -16,31 +16,55 @@ from federation.models import Change, ChangeType
 pytest_plugins = ["integration.directory_fixtures"]
 
 
+SERVERS = {"s1": "192.0.1.0/24", "s2": "192.0.2.0/24"}
+TOKENS: dict[str, str] = {}  # tenant -> its token, kept by make_tenant
+
+
 @pytest.fixture
 async def admin(service) -> DirectoryClient:  # noqa: ANN001
     async with service.client(service.credentials.admin) as client:
         yield client
 
 
+@pytest.fixture(autouse=True)
+async def servers(service) -> dict[str, str]:  # noqa: ANN001
+    """Servers s1 and s2, enrolled with their pools: name -> credential."""
+    return {name: await service.enroll(name, pool) for name, pool in SERVERS.items()}
+
+
 async def make_tenant(admin: DirectoryClient, service, name: str) -> DirectoryClient:  # noqa: ANN001
-    """A tenant with two networks and a node in each, and a client holding its token."""
+    """A tenant with two networks and a node in each (web on s1, db on s2), and a client
+    holding its token. Each server publishes its node with the tenant's token."""
     await admin.create_tenant(name)
     token = await admin.create_token(name)
     client = service.client(token.token)
+    TOKENS[name] = token.token
     await client.create_network(name, "front", "10.0.0.0/24")
     await client.create_network(name, "back", "10.0.1.0/24")
     base = {"acme": 1, "umbrella": 2}[name]
-    await client.create_node(
-        name, "web", kind="vm", network="front", locator=f"192.0.{base}.1", server="s1"
-    )
-    await client.create_node(
-        name, "db", kind="container", network="back", locator=f"192.0.{base}.2", server="s2"
-    )
+    for server, node, kind, network in (
+        ("s1", "web", "vm", "front"),
+        ("s2", "db", "container", "back"),
+    ):
+        async with publisher(service, server, token.token) as host:
+            await host.create_node(
+                name, node, kind=kind, network=network, locator=f"{SERVERS[server][:-4]}{base}"
+            )
     return client
 
 
-async def raw(service, method: str, path: str, token: str | None, **kwargs) -> tuple[int, dict]:  # noqa: ANN001, ANN003
+def publisher(service, server: str, tenant_token: str | None = None) -> DirectoryClient:  # noqa: ANN001
+    """A client with a server's credential (enrolled by the `servers` fixture), acting for
+    the tenant whose token is given."""
+    return service.client(service.servers[server], tenant_token)
+
+
+async def raw(
+    service, method: str, path: str, token: str | None, tenant_token: str | None = None, **kwargs
+) -> tuple[int, dict]:  # noqa: ANN001, ANN003
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if tenant_token:
+        headers["X-Tenant-Token"] = tenant_token
     async with aiohttp.ClientSession() as session:
         async with session.request(method, service.url + path, headers=headers, **kwargs) as reply:
             assert reply.content_type == "application/json" or reply.status == 204
@@ -73,7 +97,6 @@ async def test_a_tenant_sees_and_changes_only_its_own_records(service, admin) ->
             umbrella.list_tokens("acme"),
             umbrella.create_token("acme"),
             umbrella.locate("192.0.1.1"),
-            umbrella.move_node("acme", "web", locator="192.0.9.9"),
         ):
             with pytest.raises(NotFound):
                 await call
@@ -81,7 +104,11 @@ async def test_a_tenant_sees_and_changes_only_its_own_records(service, admin) ->
         with pytest.raises(NotFound):  # umbrella may not use acme's node as a source
             await umbrella.resolve("10.0.0.2", source=web.id)
         assert (await acme.resolve("10.0.0.2", source=web.id)).destination == web
-        for call in (umbrella.create_tenant("x"), umbrella.delete_tenant("umbrella")):
+        for call in (
+            umbrella.create_tenant("x"),
+            umbrella.delete_tenant("umbrella"),
+            umbrella.move_node("acme", "web", locator="192.0.1.9"),
+        ):
             with pytest.raises(Forbidden):
                 await call
         assert await admin.get_node("acme", "web") == web  # nothing changed
@@ -90,28 +117,34 @@ async def test_a_tenant_sees_and_changes_only_its_own_records(service, admin) ->
         await umbrella.close()
 
 
-async def test_the_resolver_looks_up_but_cannot_change_anything(service, admin) -> None:  # noqa: ANN001
+async def test_a_server_looks_up_for_its_nodes_but_changes_nothing_else(service, admin) -> None:  # noqa: ANN001
     acme = await make_tenant(admin, service, "acme")
     await acme.close()
     web = await admin.get_node("acme", "web")
-    async with service.client(service.credentials.resolver) as resolver:
-        answer = await resolver.resolve(
-            "10.0.1.2", tenant="acme", network="front", source_ip=web.ip
-        )
+    async with publisher(service, "s1") as s1:
+        answer = await s1.resolve("10.0.1.2", tenant="acme", network="front", source_ip=web.ip)
         assert (answer.source, answer.destination.name, answer.allowed) == (web, "db", False)
-        assert (await resolver.locate(web.locator)).node == web
-        assert (await resolver.changes(None)).revision > 0
+        assert (await s1.locate(web.locator)).node == web
+        assert (await s1.changes(None)).revision > 0
         for call in (
-            resolver.create_tenant("x"),
-            resolver.list_tenants(),
-            resolver.list_nodes("acme"),
-            resolver.create_link("acme", "network", "front", "back"),
-            resolver.delete_node("acme", "web"),
-            resolver.create_token("acme"),
+            s1.create_tenant("x"),
+            s1.list_tenants(),
+            s1.list_nodes("acme"),
+            s1.create_link("acme", "network", "front", "back"),
+            s1.create_token("acme"),
+            s1.create_network("acme", "x", "10.9.0.0/24"),
+            s1.enroll_server("s9", ["203.0.113.0/28"]),
+            s1.create_node("acme", "n", kind="vm", network="front", locator="192.0.1.50"),
         ):
             with pytest.raises(Forbidden):
                 await call
+        with pytest.raises(NotFound):  # a node it does not host: for s1, it does not exist
+            await s1.delete_node("acme", "db")
     assert await admin.list_links("acme") == []
+    assert [n.name for n in await admin.list_nodes("acme")] == ["db", "web"]
+
+
+L = "192.0.1.50"  # a free locator of s1's pool
 
 
 @pytest.mark.parametrize(
@@ -125,39 +158,38 @@ async def test_the_resolver_looks_up_but_cannot_change_anything(service, admin) 
         (
             "POST",
             "/v1/tenants/acme/nodes",
-            {
-                "name": "n",
-                "kind": "vm",
-                "network": "front",
-                "ip": "10.0.1.9",
-                "locator": "192.0.9.1",
-                "server": "s",
-            },
+            {"name": "n", "kind": "vm", "network": "front", "ip": "10.0.1.9", "locator": L},
             422,
         ),
         (
             "POST",
             "/v1/tenants/acme/nodes",
-            {
-                "name": "web",
-                "kind": "vm",
-                "network": "front",
-                "locator": "192.0.9.1",
-                "server": "s",
-            },
+            {"name": "web", "kind": "vm", "network": "front", "locator": L},
             409,
         ),
         (
             "POST",
             "/v1/tenants/acme/nodes",
-            {"name": "n", "kind": "pod", "network": "front", "locator": "192.0.9.1", "server": "s"},
+            {"name": "n", "kind": "pod", "network": "front", "locator": L},
             422,
         ),
         (
             "POST",
             "/v1/tenants/acme/nodes",
-            {"name": "n", "kind": "vm", "network": "front", "locator": "192.0.1.2", "server": "s"},
+            {"name": "n", "kind": "vm", "network": "front", "locator": "192.0.1.1"},
             409,
+        ),
+        (  # the server name comes from the credential, never from the body
+            "POST",
+            "/v1/tenants/acme/nodes",
+            {"name": "n", "kind": "vm", "network": "front", "locator": L, "server": "s2"},
+            422,
+        ),
+        (  # another server's pool
+            "POST",
+            "/v1/tenants/acme/nodes",
+            {"name": "n", "kind": "vm", "network": "front", "locator": "192.0.2.50"},
+            403,
         ),
         (
             "POST",
@@ -167,12 +199,18 @@ async def test_the_resolver_looks_up_but_cannot_change_anything(service, admin) 
                 "kind": "vm",
                 "network": "front",
                 "mac": "01:00:5e:00:00:01",
-                "locator": "192.0.9.1",
-                "server": "s",
+                "locator": L,
             },
             422,
         ),
         ("PATCH", "/v1/tenants/acme/nodes/web", {}, 422),
+        ("PATCH", "/v1/tenants/acme/nodes/web", {"locator": "192.0.2.50"}, 403),
+        ("PATCH", "/v1/tenants/acme/nodes/web", {"locator": "192.0.1.2", "server": "s2"}, 422),
+        ("POST", "/v1/servers", {"name": "s3", "pools": ["192.0.1.128/25"]}, 409),
+        ("POST", "/v1/servers", {"name": "s1", "pools": ["203.0.113.0/28"]}, 409),
+        ("POST", "/v1/servers", {"name": "s3", "pools": ["203.0.113.0/33"]}, 422),
+        ("POST", "/v1/servers", {"name": "s3", "pools": []}, 422),
+        ("DELETE", "/v1/servers/s9", None, 404),
         ("POST", "/v1/tenants/acme/links", {"kind": "network", "a": "front", "b": "front"}, 422),
         ("POST", "/v1/tenants/acme/links", {"kind": "network", "a": "front", "b": "ghost"}, 422),
         ("DELETE", "/v1/tenants/acme/links/network:back:front", None, 404),
@@ -198,9 +236,14 @@ async def test_bad_input_is_refused_and_changes_nothing(
     await acme.close()
     before = (await admin.list_nodes("acme"), await admin.list_networks("acme"))
     revision = (await admin.health()).revision
-    answer_status, answer = await raw(service, method, path, service.credentials.admin, json=body)
+    if "/nodes" in path:  # nodes are published by their server, with the tenant's token
+        token, tenant_token = service.servers["s1"], TOKENS["acme"]
+    else:
+        token, tenant_token = service.credentials.admin, None
+    answer_status, answer = await raw(service, method, path, token, tenant_token, json=body)
     assert (answer_status, type(answer.get("error"))) == (status, str)
     assert (await admin.list_nodes("acme"), await admin.list_networks("acme")) == before
+    assert sorted(s.name for s in await admin.list_servers()) == ["s1", "s2"]
     assert (await admin.health()).revision == revision
 
 
@@ -218,15 +261,15 @@ async def test_malformed_and_oversized_bodies_are_refused(service, admin) -> Non
 async def test_the_openapi_document_describes_every_route(service) -> None:  # noqa: ANN001
     status, document = await raw(service, "GET", "/v1/openapi.json", None)
     assert status == 200 and document["openapi"].startswith("3.1")
-    assert len([op for path in document["paths"].values() for op in path]) == 24
+    assert len([op for path in document["paths"].values() for op in path]) == 28
     assert document["paths"]["/v1/resolve"]["get"]["security"] == [{"bearer": []}]
 
 
 async def test_a_reader_that_reconnects_misses_no_change(service, admin) -> None:  # noqa: ANN001
     acme = await make_tenant(admin, service, "acme")
-    async with service.client(service.credentials.resolver) as resolver:
+    async with publisher(service, "s1") as resolver, publisher(service, "s1", TOKENS["acme"]) as s1:
         page = await resolver.changes(None)
-        await acme.move_node("acme", "web", locator="192.0.1.9")
+        await s1.move_node("acme", "web", locator="192.0.1.9")
         first = await resolver.changes(page.revision)
         # the reader is away while these happen
         await acme.create_link("acme", "network", "front", "back")
@@ -248,11 +291,11 @@ async def test_cached_lookups_follow_changes_within_a_second(service, admin) -> 
     web = await acme.get_node("acme", "web")
     seen: list[Change] = []
     async with (
-        service.client(service.credentials.resolver) as client,
+        service.client(service.credentials.admin) as client,
         CachedResolver(client, on_change=seen.append, wait=5) as resolver,
     ):
         assert (await resolver.resolve("10.0.1.2", source=web.id)).allowed
-        assert (await resolver.locate("192.0.1.2")).node.name == "db"
+        assert (await resolver.locate("192.0.2.1")).node.name == "db"
         assert len(resolver.cache) == 2
 
         async def settles(check) -> float:  # noqa: ANN001
@@ -268,15 +311,16 @@ async def test_cached_lookups_follow_changes_within_a_second(service, admin) -> 
             return not (await resolver.resolve("10.0.1.2", source=web.id)).allowed
 
         await settles(denied)
-        await acme.move_node("acme", "db", locator="192.0.1.7")
+        async with publisher(service, "s2", TOKENS["acme"]) as s2:
+            await s2.move_node("acme", "db", locator="192.0.2.7")
 
         async def moved() -> bool:
             try:
-                await resolver.locate("192.0.1.2")
+                await resolver.locate("192.0.2.1")
             except NotFound:
                 return (
                     await resolver.resolve("10.0.1.2", source=web.id)
-                ).destination.locator == "192.0.1.7"
+                ).destination.locator == "192.0.2.7"
             return False
 
         await settles(moved)
@@ -292,12 +336,140 @@ async def test_bad_query_through_the_client_raises(service, admin) -> None:  # n
 async def test_whoami_names_each_credentials_role(service, admin) -> None:  # noqa: ANN001
     acme = await make_tenant(admin, service, "acme")
     try:
-        assert (await admin.whoami()).model_dump() == {"role": "admin", "tenant": None}
-        assert (await acme.whoami()).model_dump() == {"role": "tenant", "tenant": "acme"}
-        async with service.client(service.credentials.resolver) as resolver:
-            assert (await resolver.whoami()).role == "resolver"
+        assert (await admin.whoami()).model_dump() == {
+            "role": "admin",
+            "tenant": None,
+            "server": None,
+        }
+        assert (await acme.whoami()).model_dump() == {
+            "role": "tenant",
+            "tenant": "acme",
+            "server": None,
+        }
+        async with publisher(service, "s1", TOKENS["acme"]) as s1:
+            assert (await s1.whoami()).model_dump() == {
+                "role": "server",
+                "tenant": "acme",
+                "server": "s1",
+            }
         async with service.client("nvi_not-a-token") as stranger:
             with pytest.raises(Unauthorized):
                 await stranger.whoami()
     finally:
         await acme.close()
+
+
+ATTEMPTED_LOCATORS = [
+    "192.0.2.50",  # a free address of another server's (s2's) pool
+    "192.0.2.1",  # a locator s2 already gave a node
+    "127.0.0.1",  # the directory's own address
+    "198.51.100.11",  # a server's underlay address
+    "198.51.100.1",  # a router
+]
+
+
+async def test_every_way_a_tenant_could_place_a_record_is_refused(service, admin) -> None:  # noqa: ANN001
+    acme = await make_tenant(admin, service, "acme")
+    umbrella = await make_tenant(admin, service, "umbrella")
+    before = await admin.list_nodes("acme"), await admin.list_nodes("umbrella")
+    revision = (await admin.health()).revision
+    node = {"name": "n", "kind": "vm", "network": "front"}
+    attempts = []
+    for locator in ATTEMPTED_LOCATORS:
+        body = node | {"locator": locator}
+        attempts += [
+            (TOKENS["acme"], None, "POST", "/v1/tenants/acme/nodes", body, 403),  # tenant alone
+            (
+                TOKENS["acme"],
+                None,
+                "PATCH",
+                "/v1/tenants/acme/nodes/web",
+                {"locator": locator},
+                403,
+            ),
+            (TOKENS["acme"], TOKENS["acme"], "POST", "/v1/tenants/acme/nodes", body, 403),
+            (service.credentials.admin, None, "POST", "/v1/tenants/acme/nodes", body, 403),
+            (service.servers["s1"], TOKENS["acme"], "POST", "/v1/tenants/acme/nodes", body, 403),
+            (
+                service.servers["s1"],
+                TOKENS["acme"],
+                "PATCH",
+                "/v1/tenants/acme/nodes/web",
+                {"locator": locator},
+                403,
+            ),
+        ]
+    free = node | {"locator": "192.0.1.50"}  # in s1's pool: only the tenant's token is missing
+    attempts += [
+        (service.servers["s1"], None, "POST", "/v1/tenants/acme/nodes", free, 403),
+        (
+            service.servers["s1"],
+            None,
+            "PATCH",
+            "/v1/tenants/acme/nodes/web",
+            {"locator": "192.0.1.50"},
+            403,
+        ),
+        (service.servers["s1"], TOKENS["umbrella"], "POST", "/v1/tenants/acme/nodes", free, 404),
+        (service.servers["s1"], "nvi_forged", "POST", "/v1/tenants/acme/nodes", free, 401),
+        (service.servers["s1"], service.servers["s2"], "POST", "/v1/tenants/acme/nodes", free, 401),
+        (service.servers["s1"], None, "DELETE", "/v1/tenants/acme/nodes/db", None, 404),
+        (TOKENS["umbrella"], None, "DELETE", "/v1/tenants/acme/nodes/web", None, 404),
+        (
+            TOKENS["acme"],
+            None,
+            "POST",
+            "/v1/servers",
+            {"name": "s3", "pools": ["203.0.113.0/28"]},
+            403,
+        ),
+        (service.servers["s1"], None, "DELETE", "/v1/servers/s2", None, 403),
+    ]
+    for token, tenant_token, method, path, body, status in attempts:
+        answer, error = await raw(service, method, path, token, tenant_token, json=body)
+        assert (answer, method, path, body) == (status, method, path, body), error
+    assert (await admin.list_nodes("acme"), await admin.list_nodes("umbrella")) == before
+    assert sorted(s.name for s in await admin.list_servers()) == ["s1", "s2"]
+    assert (await admin.health()).revision == revision
+    await acme.close()
+    await umbrella.close()
+
+
+async def test_revoking_a_server_ends_its_credential_and_withdraws_its_nodes(
+    service,  # noqa: ANN001
+    admin,  # noqa: ANN001
+) -> None:
+    acme = await make_tenant(admin, service, "acme")
+    withdrawn = await admin.revoke_server("s2")
+    assert [(n.name, n.server) for n in withdrawn] == [("db", "s2")]
+    assert [n.name for n in await acme.list_nodes("acme")] == ["web"]
+    async with publisher(service, "s2", TOKENS["acme"]) as s2:
+        with pytest.raises(Unauthorized):
+            await s2.create_node("acme", "db", kind="vm", network="back", locator="192.0.2.9")
+    assert [s.name for s in await admin.list_servers()] == ["s1"]
+    await acme.close()
+
+
+async def test_the_audit_log_names_who_made_each_change(service, admin) -> None:  # noqa: ANN001
+    from federation.audit import read_audit
+
+    acme = await make_tenant(admin, service, "acme")
+    with pytest.raises(Forbidden):
+        await acme.create_node("acme", "n", kind="vm", network="front", locator="192.0.1.9")
+    await acme.delete_node("acme", "web")
+    await acme.close()
+    entries = read_audit(service.audit_log)
+    who = [(e["actor"], e["operation"], e["status"]) for e in entries]
+    assert who[:2] == [
+        ({"role": "admin"}, "enroll_server", 201),
+        ({"role": "admin"}, "enroll_server", 201),
+    ]
+    assert ({"role": "server", "tenant": "acme", "server": "s1"}, "create_node", 201) in who
+    assert ({"role": "server", "tenant": "acme", "server": "s2"}, "create_node", 201) in who
+    assert who[-2:] == [
+        ({"role": "tenant", "tenant": "acme"}, "create_node", 403),
+        ({"role": "tenant", "tenant": "acme"}, "delete_node", 204),
+    ]
+    assert "needs" not in entries[-1] and "may not" in entries[-2]["error"]
+    assert [e["operation"] for e in read_audit(service.audit_log, server="s2")] == ["create_node"]
+    assert all(e["method"] != "GET" for e in entries)

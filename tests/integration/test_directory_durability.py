@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from federation.client import DirectoryClient
@@ -31,18 +32,21 @@ async def test_sigkill_mid_writes_loses_no_acknowledged_node(service_process) ->
                     kind="container",
                     network="net",
                     locator=f"198.{18 + worker}.{i // 250}.{i % 250 + 1}",
-                    server="s1",
                 )
             )
 
     async with DirectoryClient(process.url, credentials.admin) as admin:
         await admin.create_tenant("acme")
         await admin.create_network("acme", "net", "10.0.0.0/16")
-        writers = [asyncio.create_task(writer(admin, worker)) for worker in range(4)]
+        server = await admin.enroll_server("s1", ["198.16.0.0/12"])
+        tenant = await admin.create_token("acme")
+        publisher = DirectoryClient(process.url, server.token, tenant_token=tenant.token)
+        writers = [asyncio.create_task(writer(publisher, worker)) for worker in range(4)]
         while len(acknowledged) < 100:
             await asyncio.sleep(0.02)
         process.stop(signal.SIGKILL)
         results = await asyncio.gather(*writers, return_exceptions=True)
+        await publisher.close()
         assert all(isinstance(result, DirectoryError) for result in results)
 
         process.start()
@@ -74,14 +78,18 @@ async def test_etcd_directory_keeps_answering_with_one_member_killed(tmp_path: P
         async with DirectoryClient(process.url, credentials.admin) as admin:
             await admin.create_tenant("acme")
             await admin.create_network("acme", "net", "10.0.0.0/24")
-            first = await admin.create_node(
-                "acme", "a", kind="vm", network="net", locator="192.0.2.1", server="s1"
+            server = await admin.enroll_server("s1", ["192.0.2.0/24"])
+            tenant = await admin.create_token("acme")
+            publisher = DirectoryClient(process.url, server.token, tenant_token=tenant.token)
+            first = await publisher.create_node(
+                "acme", "a", kind="vm", network="net", locator="192.0.2.1"
             )
             stop(cluster.members[0].process, signal.SIGKILL)  # the member the service uses
             assert (await admin.locate("192.0.2.1")).node == first
-            second = await admin.create_node(
-                "acme", "b", kind="vm", network="net", locator="192.0.2.2", server="s1"
+            second = await publisher.create_node(
+                "acme", "b", kind="vm", network="net", locator="192.0.2.2"
             )
+            await publisher.close()
             resolved = await admin.resolve(second.ip, source=first.id)
             assert resolved.destination == second and resolved.allowed
     finally:
@@ -182,5 +190,62 @@ def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
         assert as_tenant("acme", "network", "delete", "acme", "db").returncode == 0
         listed = as_tenant("acme", "network", "list", "acme", "-o", "json")
         assert [n["name"] for n in json.loads(listed.stdout)] == ["web"]
+    finally:
+        process.stop()
+
+
+def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) -> None:
+    from federation.local import ServiceProcess, free_port
+
+    port = free_port()
+    init = nvi("directory", "init", str(tmp_path / "dir"), "--port", str(port), "-o", "json")
+    files = json.loads(init.stdout)[0]
+    process = ServiceProcess(Path(files["config"]), port)
+    process.start()
+    try:
+        env = {"NVI_DIRECTORY_URL": files["url"], "NVI_DIRECTORY_TOKEN_FILE": files["admin token"]}
+        credential = tmp_path / "s1.token"
+        enrolled = nvi(
+            "directory", "server", "enroll", "s1", "--pool", "198.51.100.64/27",
+            "--pool", "198.51.100.200-198.51.100.210", "--credential-file", str(credential),
+            "-o", "json", env=env,
+        )  # fmt: skip
+        assert enrolled.returncode == 0, enrolled.stderr
+        assert json.loads(enrolled.stdout)[0]["pools"] == [
+            "198.51.100.64-198.51.100.95",
+            "198.51.100.200-198.51.100.210",
+        ]
+        assert oct(credential.stat().st_mode & 0o777) == "0o600"
+        whoami = f"{files['url']}/v1/whoami"
+        request = urllib.request.Request(
+            whoami, headers={"Authorization": f"Bearer {credential.read_text().strip()}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            assert json.loads(reply.read())["server"] == "s1"
+        overlapping = nvi(
+            "directory", "server", "enroll", "s2", "--pool", "198.51.100.90/31", env=env
+        )
+        assert overlapping.returncode == 1
+        assert overlapping.stderr.strip() == (
+            "nvi: pool 198.51.100.90-198.51.100.91 overlaps pool "
+            "198.51.100.64-198.51.100.95 of server 's1'"
+        )
+        listed = nvi("directory", "server", "list", "-o", "json", env=env)
+        assert [s["name"] for s in json.loads(listed.stdout)] == ["s1"]
+        shown = nvi("directory", "server", "show", "s1", env=env)
+        assert shown.returncode == 0 and "198.51.100.64-198.51.100.95" in shown.stdout
+        assert nvi("directory", "server", "revoke", "s1", env=env).returncode == 0
+        missing = nvi("directory", "server", "show", "s1", env=env)
+        assert (missing.returncode, missing.stderr.strip()) == (1, "nvi: no server 's1'")
+
+        audit = nvi("directory", "audit", "--config", files["config"], "-o", "json")
+        assert audit.returncode == 0, audit.stderr
+        assert [(e["operation"], e["status"]) for e in json.loads(audit.stdout)] == [
+            ("enroll_server", 201),
+            ("enroll_server", 409),
+            ("revoke_server", 200),
+        ]
+        refused = nvi("directory", "audit", "--config", files["config"], "--refused")
+        assert refused.returncode == 0 and "409" in refused.stdout and "admin" in refused.stdout
     finally:
         process.stop()

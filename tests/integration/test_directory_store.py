@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from federation.directory import Directory
-from federation.errors import Conflict, Gone, InvalidRequest, NotFound
+from federation.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound
 from federation.models import (
     ChangeType,
     LinkCreate,
@@ -17,14 +18,29 @@ from federation.models import (
     NodeUpdate,
     ResolveQuery,
 )
-from nvi.model import Node
+from nvi.model import Node, Server
 
 pytest_plugins = ["integration.directory_fixtures"]
+
+NOW = datetime.now(UTC)
+S1 = Server(name="s1", pools=["192.0.2.0/24"], created=NOW)
+S2 = Server(name="s2", pools=["198.51.100.0/24"], created=NOW)
 
 
 def spec(name: str, network: str = "front", locator: str | None = None, **fields) -> NodeCreate:  # noqa: ANN003
     locator = locator or f"192.0.2.{abs(hash(name)) % 250 + 1}"
-    return NodeCreate(name=name, kind="vm", network=network, locator=locator, server="s1", **fields)
+    return NodeCreate(name=name, kind="vm", network=network, locator=locator, **fields)
+
+
+@pytest.fixture(autouse=True)
+async def enrolled(directory: Directory) -> None:
+    """Servers s1 and s2 with the pools the tests publish in."""
+    for server in (S1, S2):
+        await directory.enroll_server(server.name, server.pools)
+
+
+async def tenant_of(directory: Directory, secret: str) -> str | None:
+    return (await directory.credentials(secret))[0]
 
 
 async def tenant_with_networks(directory: Directory, tenant: str = "acme") -> None:
@@ -53,7 +69,7 @@ async def test_tenants_are_unique_and_deleted_only_when_empty(directory: Directo
     token = await directory.create_token("acme")
     await directory.delete_tenant("acme")
     assert await directory.list_tenants() == []
-    assert await directory.tenant_of(token.token) is None
+    assert await tenant_of(directory, token.token) is None
     with pytest.raises(NotFound):
         await directory.get_tenant("acme")
 
@@ -61,8 +77,8 @@ async def test_tenants_are_unique_and_deleted_only_when_empty(directory: Directo
 async def test_tokens_are_stored_hashed_and_revocable(directory: Directory) -> None:
     await directory.create_tenant("acme")
     token = await directory.create_token("acme", "agent")
-    assert await directory.tenant_of(token.token) == "acme"
-    assert await directory.tenant_of(token.token + "x") is None
+    assert await tenant_of(directory, token.token) == "acme"
+    assert await tenant_of(directory, token.token + "x") is None
     for prefix in ("tok/", "tt/"):
         stored = (await directory.store.scan(prefix)).entries.values()
         assert stored and not any(
@@ -70,7 +86,7 @@ async def test_tokens_are_stored_hashed_and_revocable(directory: Directory) -> N
         )
     assert [t.id for t in await directory.list_tokens("acme")] == [token.id]
     await directory.delete_token("acme", token.id)
-    assert await directory.tenant_of(token.token) is None
+    assert await tenant_of(directory, token.token) is None
 
 
 async def test_networks_may_overlap_across_tenants_only(directory: Directory) -> None:
@@ -92,8 +108,8 @@ async def test_networks_may_overlap_across_tenants_only(directory: Directory) ->
 
 async def test_node_addresses_are_allocated_and_never_given_twice(directory: Directory) -> None:
     await tenant_with_networks(directory)
-    first = await directory.create_node("acme", spec("a", locator="192.0.2.1"))
-    second = await directory.create_node("acme", spec("b", locator="192.0.2.2"))
+    first = await directory.create_node("acme", spec("a", locator="192.0.2.1"), S1)
+    second = await directory.create_node("acme", spec("b", locator="192.0.2.2"), S1)
     assert (first.ip, second.ip) == ("10.0.0.2", "10.0.0.3")  # .1 is the gateway
     assert first.mac != second.mac and first.mac.startswith("02:")
     before = await state(directory, "acme")
@@ -109,7 +125,7 @@ async def test_node_addresses_are_allocated_and_never_given_twice(directory: Dir
     ]
     for error, bad in refused:
         with pytest.raises(error):
-            await directory.create_node("acme", bad)
+            await directory.create_node("acme", bad, S1)
     assert await state(directory, "acme") == before
 
 
@@ -120,7 +136,7 @@ async def test_a_batch_of_nodes_is_published_completely_or_not_at_all(
     batch = [spec(f"n{i}", locator=f"192.0.2.{i + 1}") for i in range(5)]
     batch.append(spec("n9", locator="192.0.2.1"))  # the same locator as n0
     with pytest.raises(Conflict):
-        await directory.create_nodes("acme", batch)
+        await directory.create_nodes("acme", batch, S1)
     assert await directory.list_nodes("acme") == []
     with pytest.raises(NotFound):
         await directory.locate("192.0.2.1")
@@ -133,12 +149,12 @@ async def test_concurrent_claims_of_one_address_or_locator_have_one_winner(
     await tenant_with_networks(directory, "umbrella")
     same_ip = [spec(f"n{i}", locator=f"192.0.2.{i + 1}", ip="10.0.0.7") for i in range(8)]
     results = await asyncio.gather(
-        *(directory.create_node("acme", s) for s in same_ip), return_exceptions=True
+        *(directory.create_node("acme", s, S1) for s in same_ip), return_exceptions=True
     )
     assert sum(isinstance(r, Node) for r in results) == 1
     assert all(isinstance(r, Node | Conflict) for r in results)
     same_locator = [
-        directory.create_node(tenant, spec(f"m{tenant}", locator="198.51.100.1"))
+        directory.create_node(tenant, spec(f"m{tenant}", locator="198.51.100.1"), S2)
         for tenant in ("acme", "umbrella")
     ]
     results = await asyncio.gather(*same_locator, return_exceptions=True)
@@ -149,10 +165,10 @@ async def test_concurrent_claims_of_one_address_or_locator_have_one_winner(
 async def test_resolve_applies_policy_and_stays_inside_the_tenant(directory: Directory) -> None:
     await tenant_with_networks(directory, "acme")
     await tenant_with_networks(directory, "umbrella")
-    a1 = await directory.create_node("acme", spec("a1", locator="192.0.2.1"))
-    a2 = await directory.create_node("acme", spec("a2", locator="192.0.2.2"))
-    b1 = await directory.create_node("acme", spec("b1", "back", locator="192.0.2.3"))
-    u1 = await directory.create_node("umbrella", spec("u1", locator="192.0.2.4", ip=a2.ip))
+    a1 = await directory.create_node("acme", spec("a1", locator="192.0.2.1"), S1)
+    a2 = await directory.create_node("acme", spec("a2", locator="192.0.2.2"), S1)
+    b1 = await directory.create_node("acme", spec("b1", "back", locator="192.0.2.3"), S1)
+    u1 = await directory.create_node("umbrella", spec("u1", locator="192.0.2.4", ip=a2.ip), S1)
 
     async def allowed(source: Node, ip: str) -> bool:
         by_id = await directory.resolve(ResolveQuery(ip=ip, source=source.id))
@@ -199,8 +215,8 @@ async def test_resolve_applies_policy_and_stays_inside_the_tenant(directory: Dir
 
 async def test_links_need_both_ends_and_go_with_them(directory: Directory) -> None:
     await tenant_with_networks(directory)
-    await directory.create_node("acme", spec("a1", locator="192.0.2.1"))
-    await directory.create_node("acme", spec("b1", "back", locator="192.0.2.2"))
+    await directory.create_node("acme", spec("a1", locator="192.0.2.1"), S1)
+    await directory.create_node("acme", spec("b1", "back", locator="192.0.2.2"), S1)
     with pytest.raises(InvalidRequest):
         await directory.create_link("acme", LinkCreate(kind="node", a="a1", b="ghost"))
     link = await directory.create_link("acme", LinkCreate(kind="node", a="b1", b="a1"))
@@ -217,18 +233,18 @@ async def test_links_need_both_ends_and_go_with_them(directory: Directory) -> No
 
 async def test_a_move_changes_the_locator_and_is_announced(directory: Directory) -> None:
     await tenant_with_networks(directory)
-    node = await directory.create_node("acme", spec("a1", locator="192.0.2.1"))
-    other = await directory.create_node("acme", spec("a2", locator="192.0.2.2"))
+    node = await directory.create_node("acme", spec("a1", locator="192.0.2.1"), S1)
+    other = await directory.create_node("acme", spec("a2", locator="192.0.2.2"), S1)
     start = (await directory.changes(None)).revision
     with pytest.raises(Conflict):
-        await directory.move_node("acme", "a1", NodeUpdate(locator=other.locator))
-    moved = await directory.move_node("acme", "a1", NodeUpdate(locator="192.0.2.7", server="s2"))
+        await directory.move_node("acme", "a1", NodeUpdate(locator=other.locator), S1)
+    moved = await directory.move_node("acme", "a1", NodeUpdate(locator="198.51.100.7"), S2)
     assert (moved.id, moved.ip, moved.server) == (node.id, node.ip, "s2")
     with pytest.raises(NotFound):
         await directory.locate("192.0.2.1")
-    assert (await directory.locate("192.0.2.7")).node == moved
+    assert (await directory.locate("198.51.100.7")).node == moved
     resolved = await directory.resolve(ResolveQuery(ip=node.ip, source=other.id))
-    assert resolved.destination.locator == "192.0.2.7"
+    assert resolved.destination.locator == "198.51.100.7"
     page = await directory.changes(start)
     assert [(c.type, c.node, c.previous) for c in page.changes] == [
         (ChangeType.NODE_MOVED, moved, node)
@@ -239,8 +255,8 @@ async def test_changes_resume_filter_and_wake_a_waiting_reader(directory: Direct
     await tenant_with_networks(directory, "acme")
     await tenant_with_networks(directory, "umbrella")
     start = (await directory.changes(None)).revision
-    await directory.create_node("acme", spec("a1", locator="192.0.2.1"))
-    await directory.create_node("umbrella", spec("u1", locator="192.0.2.2"))
+    await directory.create_node("acme", spec("a1", locator="192.0.2.1"), S1)
+    await directory.create_node("umbrella", spec("u1", locator="192.0.2.2"), S1)
     await directory.create_link("acme", LinkCreate(kind="network", a="front", b="back"))
     await directory.delete_node("acme", "a1")
 
@@ -279,9 +295,104 @@ async def test_pruned_changes_answer_gone(directory: Directory) -> None:
     await tenant_with_networks(directory)
     start = (await directory.changes(None)).revision
     for i in range(4):
-        await directory.create_node("acme", spec(f"n{i}", locator=f"192.0.2.{i + 1}"))
+        await directory.create_node("acme", spec(f"n{i}", locator=f"192.0.2.{i + 1}"), S1)
     await directory.store.prune(keep=2)
     with pytest.raises(Gone):
         await directory.changes(start)
     latest = await directory.changes(start + 2)
     assert [c.node.name for c in latest.changes] == ["n2", "n3"]
+
+
+async def test_servers_publish_only_on_their_own_pools(directory: Directory) -> None:
+    await tenant_with_networks(directory)
+    before = await state(directory, "acme")
+    for locator in ("198.51.100.9", "203.0.113.1", "192.0.3.1"):  # s2's pool, outside any
+        with pytest.raises(Forbidden, match="not in the pools of server 's1'"):
+            await directory.create_node("acme", spec("a", locator=locator), S1)
+    with pytest.raises(Forbidden):  # a batch with one foreign locator publishes nothing
+        await directory.create_nodes(
+            "acme", [spec("a", locator="192.0.2.1"), spec("b", locator="198.51.100.2")], S1
+        )
+    node = await directory.create_node("acme", spec("a", locator="192.0.2.1"), S1)
+    with pytest.raises(Forbidden):
+        await directory.move_node("acme", "a", NodeUpdate(locator="198.51.100.3"), S1)
+    assert await directory.list_nodes("acme") == [node]
+    assert (await state(directory, "acme"))[0] == before[0]
+
+
+async def test_pools_of_two_servers_never_overlap(directory: Directory) -> None:
+    for pools in (["192.0.2.200-192.0.2.210"], ["192.0.0.0/16"], ["198.51.100.255/32"]):
+        with pytest.raises(Conflict, match="overlaps"):
+            await directory.enroll_server("s3", pools)
+    with pytest.raises(Conflict, match="enrolled already"):
+        await directory.enroll_server("s1", ["203.0.113.0/28"])
+    with pytest.raises(InvalidRequest, match="overlap"):
+        await directory.enroll_server("s3", ["203.0.113.0/28", "203.0.113.8-203.0.113.20"])
+    assert [s.name for s in await directory.list_servers()] == ["s1", "s2"]
+    s3 = await directory.enroll_server("s3", ["203.0.113.0/28"])
+    assert (await directory.credentials(s3.token))[1] == await directory.get_server("s3")
+
+
+async def test_a_server_sees_only_what_it_hosts(directory: Directory) -> None:
+    await tenant_with_networks(directory, "acme")
+    await tenant_with_networks(directory, "umbrella")
+    start = (await directory.changes(None)).revision
+    a1 = await directory.create_node("acme", spec("a1", locator="192.0.2.1"), S1)
+    a2 = await directory.create_node("acme", spec("a2", locator="198.51.100.2"), S2)
+    u1 = await directory.create_node("umbrella", spec("u1", locator="198.51.100.3"), S2)
+    answer = await directory.resolve(ResolveQuery(ip=a2.ip, source=a1.id), server=S1)
+    assert answer.destination == a2
+    for query in (  # sources s1 does not host, whatever they ask about
+        ResolveQuery(ip=a1.ip, source=a2.id),
+        ResolveQuery(locator=a1.locator, source=u1.id),
+        ResolveQuery(ip=a1.ip, tenant="acme", network="front", source_ip=a2.ip),
+    ):
+        with pytest.raises(NotFound):
+            await directory.resolve(query, server=S1)
+    with pytest.raises(NotFound):  # another tenant's locator is not found from s1's node
+        await directory.resolve(ResolveQuery(locator=u1.locator, source=a1.id), server=S1)
+    assert (await directory.locate(a1.locator, server=S1)).node == a1
+    with pytest.raises(NotFound):
+        await directory.locate(u1.locator, server=S1)
+    seen = await directory.changes(start, hosted_by="s1")
+    assert {c.tenant for c in seen.changes} == {"acme"}
+    assert {c.node.name for c in (await directory.changes(start, hosted_by="s2")).changes} == {
+        "a1",
+        "a2",
+        "u1",
+    }
+    assert (await directory.changes(start, hosted_by="nobody")).changes == []
+
+
+async def test_a_server_withdraws_only_its_own_records(directory: Directory) -> None:
+    await tenant_with_networks(directory)
+    await directory.create_node("acme", spec("a1", locator="192.0.2.1"), S1)
+    await directory.create_node("acme", spec("a2", locator="198.51.100.2"), S2)
+    for tenant, name in (("acme", "a2"), ("acme", "ghost"), ("nobody", "a1")):
+        with pytest.raises(NotFound, match="server 's1' hosts no node"):
+            await directory.delete_node(tenant, name, server=S1)
+    with pytest.raises(NotFound, match="no longer holds"):
+        await directory.delete_node("acme", "a1", server=S1, locator="192.0.2.9")
+    await directory.delete_node("acme", "a1", server=S1, locator="192.0.2.1")
+    assert [n.name for n in await directory.list_nodes("acme")] == ["a2"]
+
+
+async def test_revoking_a_server_withdraws_its_nodes_and_its_credential(
+    directory: Directory,
+) -> None:
+    await tenant_with_networks(directory)
+    s3 = await directory.enroll_server("s3", ["203.0.113.0/28"])
+    server = await directory.get_server("s3")
+    await directory.create_node("acme", spec("a1", locator="203.0.113.1"), server)
+    await directory.create_node("acme", spec("a2", locator="192.0.2.2"), S1)
+    start = (await directory.changes(None)).revision
+    withdrawn = await directory.revoke_server("s3")
+    assert [n.name for n in withdrawn] == ["a1"]
+    assert [n.name for n in await directory.list_nodes("acme")] == ["a2"]
+    assert [c.type for c in (await directory.changes(start)).changes] == [ChangeType.NODE_DELETED]
+    assert await directory.credentials(s3.token) == (None, None, None)
+    with pytest.raises(Forbidden, match="not enrolled"):  # a request that raced the revocation
+        await directory.create_node("acme", spec("a3", locator="203.0.113.2"), server)
+    with pytest.raises(NotFound):
+        await directory.revoke_server("s3")
+    await directory.enroll_server("s4", ["203.0.113.0/28"])  # the pool is free again

@@ -181,8 +181,13 @@ def test_removed_server_is_torn_down_by_up(tmp_path: Path) -> None:
         s3_pids = [running_pid(d) for d in net.daemons(net.lab.server("s3"))]
         smaller = net.lab.model_copy(update={"servers": net.lab.servers[:2]})
         changes = LabNet(smaller, root=tmp_path).up()
-        assert changes == [f"removed {net.netns('s3')} (no longer in the lab file)"]
+        assert changes == [
+            "revoked the enrolment of s3 (0 records withdrawn)",
+            f"removed {net.netns('s3')} (no longer in the lab file)",
+        ]
         assert net.netns("s3") not in links.list_netns()
+        enrolled = net.call_directory(lambda directory: directory.list_servers())
+        assert [server.name for server in enrolled] == ["s1", "s2"]
         for pid in s3_pids:
             assert not Path(f"/proc/{pid}").exists()
     finally:
@@ -267,7 +272,9 @@ def test_a_servers_configuration_never_names_another_server(lab_net: LabNet) -> 
                 continue
             assert other.address not in text
             assert other.locators not in text
-            assert re.search(rf"\b{other.name}\b", text) is None, f"{server.name} names {other.name}"
+            assert re.search(rf"\b{other.name}\b", text) is None, (
+                f"{server.name} names {other.name}"
+            )
 
 
 def test_probing_a_missing_namespace_does_not_create_it() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,20 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
-from federation.models import LinkCreate, NetworkCreate, NodeCreate, NodeUpdate, ResolveQuery
+from federation.models import (
+    LinkCreate,
+    NetworkCreate,
+    NodeCreate,
+    NodeUpdate,
+    ResolveQuery,
+    ServerEnroll,
+)
 from nvi.errors import NviError
-from nvi.model import Link, LinkKind, Network
+from nvi.model import Link, LinkKind, Network, Server
 
-NODE = {"name": "web", "kind": "vm", "network": "front", "locator": "192.0.2.1", "server": "s1"}
+NOW = datetime.now(UTC)
+
+NODE = {"name": "web", "kind": "vm", "network": "front", "locator": "192.0.2.1"}
 
 
 @pytest.mark.parametrize("name", ["a", "web-1", "x" * 63, "0"])
@@ -52,7 +62,7 @@ def test_addresses_and_macs_are_canonical() -> None:
         {"ip": "010.0.0.1"},
         {"kind": "pod"},
         {"extra": 1},
-        {"server": "a b"},
+        {"server": "s1"},  # the directory takes the server from the publishing credential
     ):
         with pytest.raises(ValidationError):
             NodeCreate(**NODE | bad)
@@ -73,8 +83,10 @@ def test_a_pair_has_one_link_id_whichever_order(a: str, b: str) -> None:
 def test_cross_field_rules() -> None:
     with pytest.raises(ValidationError, match="different"):
         LinkCreate(kind="network", a="x", b="x")
-    with pytest.raises(ValidationError, match="new locator"):
+    with pytest.raises(ValidationError, match="locator"):
         NodeUpdate()
+    with pytest.raises(ValidationError, match="extra"):
+        NodeUpdate(locator="192.0.2.9", server="s2")
     with pytest.raises(ValidationError, match="not both"):
         ResolveQuery(ip="10.0.0.2", source="0" * 32, tenant="t")
     with pytest.raises(ValidationError, match="name the source"):
@@ -116,3 +128,17 @@ def test_bad_configs_say_why(tmp_path: Path, text: str, reason: str) -> None:
         load_config(path)
     with pytest.raises(NviError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_server_pools_are_kept_as_ranges_and_bad_ones_refused() -> None:
+    enroll = ServerEnroll(name="s1", pools=["198.51.100.64/30", " 192.0.2.10 - 192.0.2.12"])
+    assert enroll.pools == ["198.51.100.64-198.51.100.67", "192.0.2.10-192.0.2.12"]
+    for bad in ([], ["2001:db8::/126"], ["10.0.0.300/30"], ["nonsense"]):
+        with pytest.raises(ValidationError):
+            ServerEnroll(name="s1", pools=bad)
+
+
+def test_a_server_holds_only_addresses_in_its_pools() -> None:
+    server = Server(name="s1", pools=["198.51.100.64/30", "192.0.2.10-192.0.2.12"], created=NOW)
+    assert server.holds("198.51.100.67") and server.holds("192.0.2.11")
+    assert not server.holds("198.51.100.68") and not server.holds("192.0.2.9")

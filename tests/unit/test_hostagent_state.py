@@ -14,7 +14,7 @@ from hostagent.errors import Conflict
 from hostagent.models import NodeCreate, Phase
 from hostagent.ovs import node_port
 from hostagent.state import State
-from nvi.lab.spec import parse_pool
+from nvi.model import parse_pool
 from nvi.ports import NodePort
 
 POOL = parse_pool("198.51.100.64-198.51.100.66")
@@ -79,7 +79,9 @@ def test_config_file_round_trip(tmp_path: Path) -> None:
         locators="198.51.100.64/27",
         state_dir=tmp_path / "state",
         socket=tmp_path / "agent.sock",
-        directory=DirectoryConfig(url="http://198.51.100.2:7480"),
+        directory=DirectoryConfig(
+            url="http://198.51.100.2:7480", credential_file=tmp_path / "server.token"
+        ),
         vm=VmConfig(enabled=True, owner="lab-s1", guest_cache=tmp_path / "guest"),
     )
     path = tmp_path / "agent.toml"

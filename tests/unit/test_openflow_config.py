@@ -12,7 +12,7 @@ from openflow.service import load_config
 GOOD = """
 address = "198.51.100.11"
 directory = "http://198.51.100.2:7480"
-token_file = "resolver.token"
+token_file = "server.token"
 ovsdb = "unix:/run/nvi/labs/demo/s1/db.sock"
 """
 
@@ -21,7 +21,7 @@ def test_relative_paths_are_taken_from_the_file(tmp_path) -> None:
     path = tmp_path / "controller.toml"
     path.write_text(GOOD)
     config = load_config(path)
-    assert config.token_file == tmp_path / "resolver.token"
+    assert config.token_file == tmp_path / "server.token"
     assert config.state_dir == tmp_path
     assert (config.listen_host, config.listen_port, config.uplink) == ("127.0.0.1", 6653, "uplink")
 

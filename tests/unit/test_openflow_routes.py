@@ -12,7 +12,7 @@ from openflow.service import NextHops, Route, load_config, static_gateway
 CONFIG = """
 address = "198.51.100.11"
 directory = "http://127.0.0.1:7480"
-token_file = "resolver.token"
+token_file = "server.token"
 ovsdb = "unix:/run/nvi/mininet/nm0001/ovs/db.sock"
 """
 ROUTES = [
