@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from nvi.lab import links
 from nvi.lab.ovs import BRIDGE, HOST_COOKIE, UPLINK, OvsInstance, host_flows
 from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
 from nvi.lab.spec import Lab, Server
+from openflow.service import ControllerConfig, render_config
 
 UNDERLAY_BRIDGE = "br0"
 # Each server's controller runs in the server's namespace: loopback is that server's own.
@@ -231,20 +233,24 @@ class LabNet:
         return changes
 
     def _ensure_controller_config(self, server: Server) -> bool:
-        """The controller's config names only this server's facts and the directory."""
+        """The controller's config names only this server's facts, the directory, and the
+        underlay's infrastructure (routers, the directory), never another server."""
         directory = self.lab.directory
         assert directory is not None
         folder = self.rundir / server.name
         token = (self.rundir / directory.name / "resolver.token").read_text()
-        config = (
-            f'address = "{server.address}"\n'
-            f'directory = "{directory.url}"\n'
-            'token_file = "resolver.token"\n'
-            f'ovsdb = "unix:{self.ovs(server).db_socket}"\n'
-            f"listen_port = {CONTROLLER_PORT}\n"
+        routers = [address for router in self.lab.routers for address in router.addresses.values()]
+        config = ControllerConfig(
+            address=server.address,
+            directory=directory.url,
+            token_file=Path("resolver.token"),
+            ovsdb=f"unix:{self.ovs(server).db_socket}",
+            listen_port=CONTROLLER_PORT,
+            idle_timeout=self.lab.controller.idle_timeout,
+            infrastructure=sorted({IPv4Network(a) for a in [*routers, directory.address]}),
         )
         changed = _write_if_changed(folder / "resolver.token", token, private=True)
-        return _write_if_changed(folder / "controller.toml", config) or changed
+        return _write_if_changed(folder / "controller.toml", render_config(config)) or changed
 
     def _up_server(self, server: Server) -> list[str]:
         ns = self.netns(server.name)
