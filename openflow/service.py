@@ -2,9 +2,9 @@
 
 It knows only its own server (underlay address, OVSDB socket, the bridge it serves), the
 underlay infrastructure it must never rewrite towards, and the directory's URL with a resolver
-credential. It runs inside the server's network namespace, so
-route lookups for next hops use the server's own routing table, unless the config lists the
-server's underlay routes itself (`routes`), for a controller that runs elsewhere (Mininet).
+credential. It runs inside the server's network namespace, so route lookups for next hops use
+the server's own routing table, unless the config lists the server's underlay routes itself
+(`routes`), for a controller that runs elsewhere (Mininet).
 """
 
 from __future__ import annotations
