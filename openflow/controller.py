@@ -8,10 +8,11 @@ logs and counts its errors: one bad packet or one directory hiccup never stops t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -62,12 +63,17 @@ class Controller:
         next_hop: Callable[[str], Awaitable[str]],
         server_address: str,
         uplink: str = "uplink",
+        *,
+        infrastructure: Iterable[ipaddress.IPv4Network] = (),
+        idle_timeout: int = f.PAIR_IDLE_TIMEOUT,
     ) -> None:
         self.resolver = resolver
         self.read_ports = read_ports
         self.next_hop = next_hop
         self.server_address = server_address
         self.uplink_name = uplink
+        self.infrastructure = tuple(infrastructure)
+        self.idle_timeout = idle_timeout
         self.channel: Channel | None = None
         self.server: f.Server | None = None
         self.nodes: dict[int, f.LocalNode] = {}
@@ -93,6 +99,7 @@ class Controller:
                 address=self.server_address,
                 mac=ports["LOCAL"][1].lower(),
                 uplink=ports[self.uplink_name][0],
+                infrastructure=self.infrastructure,
             )
             self.nodes = await self._local_nodes(ports)
             present = await channel.dump_flows()
@@ -178,6 +185,7 @@ class Controller:
 
     def flow_removed(self, cookie: int) -> None:
         """An egress flow idled out: the conversation is over."""
+        self.stats["flows_removed"] += 1
         self.pairs = {
             key: pair for key, pair in self.pairs.items() if f.cookie(f.PAIR, *key) != cookie
         }
@@ -242,23 +250,29 @@ class Controller:
             answer = await self.resolver.resolve(destination_ip, source=local.node_id)
         except NotFound:
             answer = None
+        except DirectoryError as error:
+            self._directory_unavailable(
+                f.deny_egress(local, destination_ip, f.BACKOFF_HARD_TIMEOUT), error
+            )
+            return
         destination = answer.destination if answer else None
         if destination is None or not answer.allowed or destination.tenant != local.tenant:
             self.channel.install([f.deny_egress(local, destination_ip)])
             self.stats["denied"] += 1
             return
+        if f.is_infrastructure(self.server, destination.locator):
+            self._refuse_infrastructure(f.deny_egress(local, destination_ip), destination.locator)
+            return
         remote = f.Remote(destination.id, destination.ip, destination.mac, destination.locator)
         peer = next((n for n in self.nodes.values() if n.locator == destination.locator), None)
         if peer is not None:
-            entries = f.conversation_flows(self.server, f.Conversation(local, remote, peer.port))
+            entries = self._conversation(f.Conversation(local, remote, peer.port))
             back = f.Remote(local.node_id, local.ip, local.mac, local.locator)
-            entries += f.conversation_flows(self.server, f.Conversation(peer, back, local.port))
+            entries += self._conversation(f.Conversation(peer, back, local.port))
             self.pairs[(peer.locator, local.locator)] = Pair(peer, local.ip, local.locator)
         else:
             mac = await self.resolve_mac(destination.locator)
-            entries = f.conversation_flows(
-                self.server, f.Conversation(local, remote, next_hop_mac=mac)
-            )
+            entries = self._conversation(f.Conversation(local, remote, next_hop_mac=mac))
         self.channel.install(entries)
         self.pairs[(local.locator, remote.locator)] = Pair(local, remote.ip, remote.locator)
         self.stats["conversations"] += 1
@@ -269,23 +283,52 @@ class Controller:
         if local is None:
             self.stats["dropped_unknown_locator"] += 1
             return
+        if f.is_infrastructure(self.server, source_locator):
+            self._refuse_infrastructure(
+                f.deny_ingress(local_locator, source_locator), source_locator
+            )
+            return
         try:
             answer = await self.resolver.resolve(locator=source_locator, source=local.node_id)
             source = answer.destination
             allowed = answer.allowed and source.tenant == local.tenant
         except NotFound:
             allowed = False
+        except DirectoryError as error:
+            self._directory_unavailable(
+                f.deny_ingress(local_locator, source_locator, f.BACKOFF_HARD_TIMEOUT), error
+            )
+            return
         if not allowed:
             self.channel.install([f.deny_ingress(local_locator, source_locator)])
             self.stats["denied"] += 1
             return
         mac = await self.resolve_mac(source_locator)
         remote = f.Remote(source.id, source.ip, source.mac, source_locator)
-        self.channel.install(
-            f.conversation_flows(self.server, f.Conversation(local, remote, next_hop_mac=mac))
-        )
+        self.channel.install(self._conversation(f.Conversation(local, remote, next_hop_mac=mac)))
         self.pairs[(local.locator, source_locator)] = Pair(local, source.ip, source_locator)
         self.stats["conversations"] += 1
+
+    def _conversation(self, pair: f.Conversation) -> list[f.Flow]:
+        assert self.server
+        return f.conversation_flows(self.server, pair, self.idle_timeout)
+
+    def _refuse_infrastructure(self, deny: f.Flow, address: str) -> None:
+        """Never rewrite towards (or accept from) the underlay's own infrastructure, whatever
+        the directory answered: a wrong or forged record must not make tenant traffic reach
+        this server, the directory or a router."""
+        assert self.channel
+        self.channel.install([deny])
+        self.stats["refused_infrastructure"] += 1
+        log.warning("refused a conversation with infrastructure address %s", address)
+
+    def _directory_unavailable(self, backoff: f.Flow, error: DirectoryError) -> None:
+        """The directory could not answer: drop this pair briefly instead of sending every
+        packet to the controller, and ask again once the short drop expires."""
+        assert self.channel
+        self.channel.install([backoff])
+        self.stats["directory_unavailable"] += 1
+        log.warning("directory lookup failed (%s); retrying this pair shortly", error)
 
     # -- next hops on the underlay --------------------------------------------------------------
 

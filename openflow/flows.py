@@ -8,7 +8,8 @@ Tables (OpenFlow 1.3, one bridge per server):
   0  classify: host flows (the lab's), anti-spoofing and ARP answers for node ports, ARP
      answers for this server's locators on the uplink, locator traffic to table 2.
   1  egress, keyed by (node port, tenant destination): rewrite to locators, or deliver
-     locally; a miss asks the controller.
+     locally; tenant packets to infrastructure addresses are dropped; a miss asks the
+     controller.
   2  ingress, keyed by (source locator, destination locator): restore tenant headers and
      deliver; a miss asks the controller.
 """
@@ -33,6 +34,7 @@ REMOTE_MASK = 0xFFFFFFFF
 
 PAIR_IDLE_TIMEOUT = 120
 DENY_HARD_TIMEOUT = 5
+BACKOFF_HARD_TIMEOUT = 1  # a first packet met an unreachable directory: ask again soon
 
 PRIO_HOST_ARP_REPLY = 1001  # above the lab's host flows (1000)
 PRIO_DHCP = 320
@@ -41,6 +43,7 @@ PRIO_ARP_ANSWER = 300
 PRIO_ALLOW = 200
 PRIO_ANTI_SPOOF = 100
 PRIO_CONVERSATION = 400
+PRIO_INFRASTRUCTURE = 10  # above the egress miss: never a first packet; below conversations
 PRIO_MISS = 0
 
 ETH_IP, ETH_ARP = 0x0800, 0x0806
@@ -121,11 +124,26 @@ def flow(
 
 @dataclass(frozen=True)
 class Server:
-    """This server's own facts, as the controller sees them on its switch."""
+    """This server's own facts, as the controller sees them on its switch; `infrastructure`
+    lists underlay addresses besides its own (routers, the directory) that no rewrite may
+    ever target."""
 
     address: str
     mac: str
     uplink: int
+    infrastructure: tuple[ipaddress.IPv4Network, ...] = ()
+
+
+def infrastructure(server: Server) -> list[ipaddress.IPv4Network]:
+    """Every address this server treats as infrastructure: its own, always, and the rest."""
+    own = ipaddress.IPv4Network(server.address)
+    return sorted({own, *server.infrastructure})
+
+
+def is_infrastructure(server: Server, address: str) -> bool:
+    """Whether a locator the directory gave (or a packet came from) is infrastructure: the
+    controller then refuses the conversation, whatever the directory said."""
+    return any(ipaddress.IPv4Network(address).subnet_of(net) for net in infrastructure(server))
 
 
 @dataclass(frozen=True)
@@ -188,12 +206,20 @@ def _prefix(cidr: str) -> tuple[str, str]:
     return str(network.network_address), str(network.netmask)
 
 
+def _address_match(network: ipaddress.IPv4Network) -> MatchValue:
+    """A single address matches exactly (as the switch reports it back), a prefix masked."""
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network.network_address), str(network.netmask)
+
+
 # -- flows that exist as long as the server and its ports do ---------------------------------
 
 
 def server_flows(server: Server) -> list[Flow]:
     """ARP replies to the server's own address also reach the controller (next-hop MACs);
-    everything not matched by a higher flow is dropped."""
+    everything not matched by a higher flow is dropped; tenant packets to infrastructure
+    addresses never reach the controller."""
     base = cookie(BASE)
     return [
         flow(
@@ -211,6 +237,24 @@ def server_flows(server: Server) -> list[Flow]:
         flow(T_CLASSIFY, PRIO_MISS, {}, [], base),
         flow(T_EGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
         flow(T_INGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
+        *infrastructure_flows(server),
+    ]
+
+
+def infrastructure_flows(server: Server) -> list[Flow]:
+    """Drop, in the egress table, tenant packets addressed to the server itself, the directory
+    or other infrastructure: defence in depth behind the controller's own refusal. Below the
+    conversations, so a tenant address that happens to equal one still works once a
+    conversation to it exists (only its first packet from here is never asked about)."""
+    return [
+        flow(
+            T_EGRESS,
+            PRIO_INFRASTRUCTURE,
+            {"eth_type": ETH_IP, "ipv4_dst": _address_match(network)},
+            [],
+            cookie(BASE),
+        )
+        for network in infrastructure(server)
     ]
 
 
@@ -307,7 +351,9 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
 # -- flows of one conversation ----------------------------------------------------------------
 
 
-def conversation_flows(server: Server, pair: Conversation) -> list[Flow]:
+def conversation_flows(
+    server: Server, pair: Conversation, idle_timeout: int = PAIR_IDLE_TIMEOUT
+) -> list[Flow]:
     """The local node's half of an allowed pair: its egress and the matching return path.
 
     To a node on another server: tenant addresses become locators and the packet leaves by
@@ -318,7 +364,7 @@ def conversation_flows(server: Server, pair: Conversation) -> list[Flow]:
     local, remote = pair.local, pair.remote
     pair_cookie = cookie(PAIR, local.locator, remote.locator)
     gw_mac = gateway_mac(local.tenant, local.network)
-    timers = {"idle_timeout": PAIR_IDLE_TIMEOUT}
+    timers = {"idle_timeout": idle_timeout}
     egress_match = {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": remote.ip}
     if pair.remote_port is not None:
         return [
@@ -371,26 +417,31 @@ def conversation_flows(server: Server, pair: Conversation) -> list[Flow]:
     ]
 
 
-def deny_egress(local: LocalNode, destination_ip: str) -> Flow:
-    """Drop a refused destination for a while, so the node cannot hammer the controller."""
+def deny_egress(
+    local: LocalNode, destination_ip: str, hard_timeout: int = DENY_HARD_TIMEOUT
+) -> Flow:
+    """Drop a refused destination for a while, so the node cannot hammer the controller
+    (`BACKOFF_HARD_TIMEOUT` when the directory could not be asked: retry soon)."""
     return flow(
         T_EGRESS,
         PRIO_CONVERSATION,
         {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": destination_ip},
         [],
         cookie(DENY, local.locator, destination_ip),
-        hard_timeout=DENY_HARD_TIMEOUT,
+        hard_timeout=hard_timeout,
     )
 
 
-def deny_ingress(local_locator: str, remote_locator: str) -> Flow:
+def deny_ingress(
+    local_locator: str, remote_locator: str, hard_timeout: int = DENY_HARD_TIMEOUT
+) -> Flow:
     return flow(
         T_INGRESS,
         PRIO_CONVERSATION,
         {"eth_type": ETH_IP, "ipv4_src": remote_locator, "ipv4_dst": local_locator},
         [],
         cookie(DENY, local_locator, remote_locator),
-        hard_timeout=DENY_HARD_TIMEOUT,
+        hard_timeout=hard_timeout,
     )
 
 

@@ -1,9 +1,10 @@
 """`nvi controller serve`: one controller per server, next to that server's switch.
 
-It knows only its own server (underlay address, OVSDB socket, the bridge it serves) and the
-directory's URL with its server's own credential. It runs inside the server's network namespace, so
-route lookups for next hops use the server's own routing table, unless the config lists the
-server's underlay routes itself (`routes`), for a controller that runs elsewhere (Mininet).
+It knows only its own server (underlay address, OVSDB socket, the bridge it serves), the
+underlay infrastructure it must never rewrite towards, and the directory's URL with its
+server's own credential. It runs inside the server's network namespace, so route lookups for
+next hops use the server's own routing table, unless the config lists the server's underlay
+routes itself (`routes`), for a controller that runs elsewhere (Mininet).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import functools
 import ipaddress
 import json
 import logging
+import socket
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from pyroute2 import IPRoute
@@ -27,6 +30,7 @@ from federation.client import CachedResolver, DirectoryClient
 from nvi.config import load_toml_model
 from nvi.ports import NodePort
 from openflow.controller import Controller
+from openflow.flows import PAIR_IDLE_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,14 @@ class ControllerConfig(BaseModel):
     listen_port: int = Field(6653, ge=1, le=65535)
     uplink: str = "uplink"
     state_dir: Path = Field(Path("."), description="ready and stats files; relative to this file")
+    idle_timeout: int = Field(
+        PAIR_IDLE_TIMEOUT, ge=1, le=65535, description="seconds a silent conversation lasts"
+    )
+    infrastructure: list[ipaddress.IPv4Network] = Field(
+        default_factory=list,
+        description="underlay addresses and prefixes no rewrite may target (routers, other "
+        "infrastructure); this server's own address and the directory's are always added",
+    )
     routes: list[Route] = Field(
         default_factory=list,
         description="this server's underlay routes, for a controller that does not run in the "
@@ -67,6 +79,33 @@ def load_config(path: str | Path) -> ControllerConfig:
     config.token_file = base / config.token_file
     config.state_dir = base / config.state_dir
     return config
+
+
+def render_config(config: ControllerConfig) -> str:
+    """The config as a TOML file (the lab writes each server's controller.toml this way)."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    routes = data.pop("routes")
+    # JSON strings, numbers and arrays of strings are valid TOML values.
+    lines = ["# NVI controller (see docs/dataplane.md)"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in data.items()]
+    for route in routes:
+        lines += ["", "[[routes]]", *(f"{k} = {json.dumps(v)}" for k, v in route.items())]
+    return "\n".join(lines) + "\n"
+
+
+async def directory_addresses(url: str) -> list[ipaddress.IPv4Network]:
+    """The directory's underlay address(es): its URL's host if that is an IP literal, else
+    what the name resolves to now (once, at start: a controller never follows DNS changes
+    into treating a new address as infrastructure or not)."""
+    host = urlsplit(url).hostname
+    if host is None:
+        raise ValueError(f"directory URL {url!r} has no host")
+    try:
+        literal = ipaddress.IPv4Address(host)
+    except ValueError:
+        found = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET)
+        return sorted({ipaddress.IPv4Network(address[4][0]) for address in found})
+    return [ipaddress.IPv4Network(literal)]
 
 
 async def read_node_ports(ovsdb: str) -> dict[str, NodePort]:
@@ -150,12 +189,15 @@ class Runtime:
         token = self.config.token_file.read_text().strip()
         client = DirectoryClient(self.config.directory, token)
         resolver = CachedResolver(client)
+        directory = await directory_addresses(self.config.directory)
         controller = Controller(
             resolver,
             lambda: read_node_ports(self.config.ovsdb),
             NextHops(routes=self.config.routes),
             self.config.address,
             self.config.uplink,
+            infrastructure=[*self.config.infrastructure, *directory],
+            idle_timeout=self.config.idle_timeout,
         )
         resolver.on_change = controller.on_change
         resolver.on_resync = controller.on_resync

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from nvi.lab import links
 from nvi.lab.ovs import BRIDGE, HOST_COOKIE, UPLINK, OvsInstance, host_flows
 from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
 from nvi.lab.spec import Lab, Server
+from openflow.service import ControllerConfig, render_config
 
 UNDERLAY_BRIDGE = "br0"
 # Each server's controller runs in the server's namespace: loopback is that server's own.
@@ -278,18 +280,22 @@ class LabNet:
         return changes
 
     def _ensure_controller_config(self, server: Server) -> bool:
-        """The controller's config names only this server's facts and the directory."""
+        """The controller's config names only this server's facts, the directory, and the
+        underlay's infrastructure (routers, the directory), never another server."""
         directory = self.lab.directory
         assert directory is not None
         folder = self.rundir / server.name
-        config = (
-            f'address = "{server.address}"\n'
-            f'directory = "{directory.url}"\n'
-            f'token_file = "{SERVER_TOKEN}"\n'
-            f'ovsdb = "unix:{self.ovs(server).db_socket}"\n'
-            f"listen_port = {CONTROLLER_PORT}\n"
+        routers = [address for router in self.lab.routers for address in router.addresses.values()]
+        config = ControllerConfig(
+            address=server.address,
+            directory=directory.url,
+            token_file=Path(SERVER_TOKEN),
+            ovsdb=f"unix:{self.ovs(server).db_socket}",
+            listen_port=CONTROLLER_PORT,
+            idle_timeout=self.lab.controller.idle_timeout,
+            infrastructure=sorted({IPv4Network(a) for a in [*routers, directory.address]}),
         )
-        return _write_if_changed(folder / "controller.toml", config)
+        return _write_if_changed(folder / "controller.toml", render_config(config))
 
     def _ensure_enrolled(self, server: Server) -> list[str]:
         """Enroll the server with its locator pool, as an operator does once per server with

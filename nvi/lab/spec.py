@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nvi.errors import NviError
 from nvi.model import CIDR, IPAddress, Name, NodeKind, parse_pool
+from openflow.flows import PAIR_IDLE_TIMEOUT
 
 # Lab names carry no dash, so the prefix `nvi-<lab>-` of one lab never matches another lab's.
 LabName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,7}$")]
@@ -104,6 +105,15 @@ class Directory(_Strict):
         return f"http://{self.address}:{self.port}"
 
 
+class ControllerSettings(_Strict):
+    """What every server's controller is given besides its own facts (tests shorten the
+    idle timeout to watch conversations expire)."""
+
+    idle_timeout: int = Field(
+        PAIR_IDLE_TIMEOUT, ge=1, le=65535, description="seconds a silent conversation lasts"
+    )
+
+
 class TenantNetwork(_Strict):
     name: Name
     cidr: CIDR
@@ -135,6 +145,7 @@ class Lab(_Strict):
     routers: list[Router] = []
     servers: list[Server] = Field(min_length=1)
     directory: Directory | None = None
+    controller: ControllerSettings = ControllerSettings()
     tenants: list[Tenant] = []
     nodes: list[LabNode] = []
 

@@ -6,6 +6,7 @@ into the servers' bridges and published to the directory (`nvi.lab.nodes`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from nvi.lab.net import LabNet
 from nvi.lab.nodes import NetnsNode, add_node, remove_node, with_directory
 from nvi.lab.process import running_pid
 from nvi.lab.spec import load_lab
+from openflow import flows as f
 from tests.conftest import EXAMPLE_LAB
 
 pytestmark = pytest.mark.root
@@ -60,12 +63,22 @@ class Lab:
         return self.net.ovs(self.net.lab.server(server)).ofctl(*args)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    spec = load_lab(EXAMPLE_LAB).model_copy(update={"name": "t" + uuid.uuid4().hex[:7]})
+@contextlib.contextmanager
+def running_lab(tmp_path_factory: pytest.TempPathFactory, **update: Any) -> Iterator[LabNet]:
+    """The example lab under a fresh name (and `update`), removed whole afterwards."""
+    spec = load_lab(EXAMPLE_LAB).model_copy(update={"name": "t" + uuid.uuid4().hex[:7], **update})
     net = LabNet(spec, root=tmp_path_factory.mktemp("run"))
     try:
         net.up()
+        yield net
+    finally:
+        net.down()
+    assert [ns for ns in links.list_netns() if ns.startswith(net.prefix)] == []
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with running_lab(tmp_path_factory) as net:
         lab = Lab(net)
 
         async def tenants(client) -> None:
@@ -81,9 +94,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.add("s3", "blue", "net", "blue14", "10.0.0.14")
         lab.add("s2", "red", "dmz", "reddmz", "10.0.1.5")
         yield lab
-    finally:
-        net.down()
-    assert [ns for ns in links.list_netns() if ns.startswith(net.prefix)] == []
 
 
 def test_every_allowed_pair_pings_across_servers_and_clouds(lab: Lab) -> None:
@@ -371,7 +381,10 @@ def test_controller_killed_during_transfer_loses_nothing(lab: Lab) -> None:
     )
     s1 = lab.net.lab.server("s1")
     controller = lab.net.controller_daemon(s1)
+    pair = f.cookie(f.PAIR, lab.nodes["red11"].locator, lab.nodes["red13"].locator)
     time.sleep(1.5)
+    before, dumped = pair_flows(lab, "s1", pair), time.monotonic()
+    assert len(before) == 2, before  # egress (table 1) and return (table 2)
     os.kill(running_pid(controller), signal.SIGKILL)
     time.sleep(0.5)
     lab.net.up()
@@ -386,6 +399,13 @@ def test_controller_killed_during_transfer_loses_nothing(lab: Lab) -> None:
     assert "error" not in report, report.get("error")
     intervals = [i["sum"]["bytes"] for i in report["intervals"]]
     assert len(intervals) >= 5 and min(intervals) > 0, intervals
+    # The restarted controller neither flushed nor re-added the pair's flows: the very same
+    # entries are there, their age counted on from before the restart, their packets too.
+    after, elapsed = pair_flows(lab, "s1", pair), time.monotonic() - dumped
+    assert after.keys() == before.keys(), (before, after)
+    for key, (age, packets) in before.items():
+        assert after[key][0] >= age + elapsed - 0.5, ("flow re-added", key, before, after)
+        assert after[key][1] > packets, key
     stats = controller_stats(lab, "s1", lambda s: s.get("connects", 0) >= 1)
     assert stats["connects"] == 1 and stats["pairs"] >= 1, stats
     egress = lambda: lab.ofctl("s1", "dump-flows", "table=1,ip,nw_dst=10.0.0.15")  # noqa: E731
@@ -393,6 +413,21 @@ def test_controller_killed_during_transfer_loses_nothing(lab: Lab) -> None:
     with_directory(lab.net, lambda c: remove_node(lab.net, c, new))
     time.sleep(1.0)
     assert "nw_dst=10.0.0.15" not in egress(), "a deleted node's conversation outlived the change"
+
+
+def pair_flows(lab: Lab, server: str, cookie: int) -> dict[str, tuple[float, int]]:
+    """The server's flows with exactly this cookie: (table, priority, match, actions) -> (age
+    in seconds, packets)."""
+    found = {}
+    for line in lab.ofctl(server, "dump-flows", f"cookie={cookie:#x}/-1").splitlines():
+        if "cookie=" not in line:
+            continue
+        table = re.search(r"table=(\d+)", line)
+        age, packets = re.search(r"duration=([\d.]+)s", line), re.search(r"n_packets=(\d+)", line)
+        assert age and packets, line
+        key = f"table={table[1] if table else 0} " + line[line.index("priority=") :]
+        found[key] = (float(age[1]), int(packets[1]))
+    return found
 
 
 def controller_stats(lab: Lab, server: str, ready: Callable[[dict], bool] = lambda _: True) -> dict:

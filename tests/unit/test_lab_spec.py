@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from nvi.cli import main
 from nvi.errors import NviError
 from nvi.lab.spec import load_lab, parse_lab
+from openflow.flows import PAIR_IDLE_TIMEOUT
 from tests.conftest import EXAMPLE_LAB
 
 BASE = tomllib.loads(EXAMPLE_LAB.read_text())
@@ -223,3 +224,13 @@ def test_bad_tenants_and_nodes_name_the_problem(change: dict, expected: str) -> 
     if data["directory"] is None:
         del data["directory"]
     assert expected in error_of(data)
+
+
+def test_controller_settings_default_and_override() -> None:
+    assert parse_lab(POPULATED).controller.idle_timeout == PAIR_IDLE_TIMEOUT
+    lab = parse_lab({**POPULATED, "controller": {"idle_timeout": 3}})
+    assert lab.controller.idle_timeout == 3
+    assert "controller.idle_timeout: Input should be greater than or equal to 1" in error_of(
+        {**POPULATED, "controller": {"idle_timeout": 0}}
+    )
+    assert "controller.idle: unknown key" in error_of({**POPULATED, "controller": {"idle": 3}})

@@ -8,12 +8,13 @@ with the directory's answer types. The real switch and directory are in the inte
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from types import SimpleNamespace
 
 import pytest
 from os_ken.lib.packet import ethernet, ipv4, packet
 
-from federation.errors import NotFound
+from federation.errors import DirectoryError, NotFound, Unauthorized, Unavailable
 from federation.models import Change, ChangeType, Resolution
 from nvi.model import Node
 from nvi.ports import NodePort
@@ -22,6 +23,8 @@ from openflow.controller import Controller
 from openflow.simulate import Switch
 
 UPLINK, LOCAL_MAC, ROUTER = 1, "aa:00:00:00:00:0a", "aa:00:00:00:00:01"
+SERVER_ADDRESS, DIRECTORY_ADDRESS = "198.51.100.11", "198.51.100.2"
+INFRASTRUCTURE = [ipaddress.IPv4Network(DIRECTORY_ADDRESS), ipaddress.IPv4Network("192.0.2.0/24")]
 
 
 def record(name: str, ip: str, locator: str, network: str = "net", tenant: str = "red") -> Node:
@@ -117,10 +120,11 @@ class Server:
         self.switch = Switch()
         self.directory = directory
         self.local = dict(local)
+        self.infrastructure = INFRASTRUCTURE
+        self.idle_timeout = f.PAIR_IDLE_TIMEOUT
         self.ports = {"LOCAL": (0xFFFFFFFE, LOCAL_MAC), "uplink": (UPLINK, "aa:00:00:00:00:0b")}
         self.ports.update({name: (2 + i, "") for i, name in enumerate(local)})
         self.controller = self.new_controller()
-        self.controller.arp_cache[ROUTER_IP] = ROUTER
 
     def new_controller(self) -> Controller:
         async def read_ports() -> dict[str, NodePort]:
@@ -129,7 +133,16 @@ class Server:
         async def next_hop(_: str) -> str:
             return ROUTER_IP
 
-        return Controller(self.directory, read_ports, next_hop, "198.51.100.11")
+        controller = Controller(
+            self.directory,
+            read_ports,
+            next_hop,
+            SERVER_ADDRESS,
+            infrastructure=self.infrastructure,
+            idle_timeout=self.idle_timeout,
+        )
+        controller.arp_cache[ROUTER_IP] = ROUTER
+        return controller
 
     def connect(self) -> Channel:
         channel = Channel(self.switch, self.ports)
@@ -139,6 +152,20 @@ class Server:
     def first_packet(self, source: Node, destination_ip: str) -> None:
         port = self.ports[source.name][0]
         asyncio.run(self.controller.packet_in(port, f.T_EGRESS, ip_frame(source, destination_ip)))
+
+    def first_packet_in(self, source_locator: str, destination: Node) -> None:
+        """The first packet from a peer's locator, arriving on the uplink."""
+        frame = ip_frame(source_locator, destination.locator)
+        asyncio.run(self.controller.packet_in(UPLINK, f.T_INGRESS, frame))
+
+    def receive(self, source_locator: str, destination: Node) -> list:
+        packet_fields = {
+            "eth_src": ROUTER,
+            "eth_type": f.ETH_IP,
+            "ipv4_src": source_locator,
+            "ipv4_dst": destination.locator,
+        }
+        return self.switch.process(UPLINK, packet_fields).outputs
 
     def send(self, source: Node, destination_ip: str) -> list:
         packet_fields = {
@@ -153,10 +180,12 @@ class Server:
 ROUTER_IP = "198.51.100.1"
 
 
-def ip_frame(source: Node, destination_ip: str) -> bytes:
+def ip_frame(source: Node | str, destination_ip: str) -> bytes:
+    """A frame from a node, or from a locator on the underlay (via the router)."""
+    mac, ip = (ROUTER, source) if isinstance(source, str) else (source.mac, source.ip)
     frame = packet.Packet()
-    frame.add_protocol(ethernet.ethernet(dst="02:00:00:00:00:01", src=source.mac))
-    frame.add_protocol(ipv4.ipv4(src=source.ip, dst=destination_ip, proto=1))
+    frame.add_protocol(ethernet.ethernet(dst="02:00:00:00:00:01", src=mac))
+    frame.add_protocol(ipv4.ipv4(src=ip, dst=destination_ip, proto=1))
     frame.serialize()
     return bytes(frame.data)
 
@@ -169,7 +198,8 @@ def server() -> Server:
 def test_connect_installs_the_base_flows_and_a_reconnect_changes_nothing(server: Server) -> None:
     server.connect()
     base = dict(server.switch.flows)
-    assert len(base) == 4 + 2 * 7  # server flows, then 7 per node port
+    # server flows (one drop per infrastructure address, its own included), then 7 per port
+    assert len(base) == 4 + 3 + 2 * 7
     server.first_packet(A, B.ip)
     held = dict(server.switch.flows)
     server.controller = server.new_controller()  # a restarted controller process
@@ -259,3 +289,107 @@ def test_a_failing_directory_drops_the_packet_and_keeps_the_controller_alive(
     server.controller.resolver = server.directory
     server.first_packet(A, B.ip)
     assert server.send(A, B.ip)[0][0] == UPLINK
+
+
+def rewrites_towards(switch: Switch, address: str) -> list[f.Flow]:
+    """Flows that would put `address` into a packet's destination or source."""
+    return [
+        entry
+        for entry in switch.flows.values()
+        if any(isinstance(a, f.SetField) and a.value == address for a in entry.actions)
+    ]
+
+
+@pytest.mark.parametrize(
+    "locator",
+    [SERVER_ADDRESS, DIRECTORY_ADDRESS, "192.0.2.77"],
+    ids=["own address", "directory", "infrastructure prefix"],
+)
+def test_a_directory_answer_pointing_at_infrastructure_is_refused(
+    server: Server, locator: str
+) -> None:
+    """Whatever the directory says, no rewrite ever targets (or accepts traffic from) this
+    server, the directory or configured infrastructure: only a deny flow is installed."""
+    rogue = record("rogue", "10.0.0.9", locator)
+    server.directory.nodes[rogue.id] = rogue
+    server.connect()
+    server.first_packet(A, rogue.ip)
+    assert server.controller.stats["refused_infrastructure"] == 1
+    assert server.send(A, rogue.ip) == []
+    (deny,) = [e for e in server.switch.flows.values() if dict(e.match).get("ipv4_dst") == rogue.ip]
+    assert deny.cookie >> f.COOKIE_CLASS_SHIFT == f.DENY
+    server.first_packet_in(locator, A)
+    assert server.controller.stats["refused_infrastructure"] == 2
+    assert server.receive(locator, A) == []
+    assert rewrites_towards(server.switch, locator) == []
+    assert server.controller.pairs == {}
+    assert all(e.cookie >> f.COOKIE_CLASS_SHIFT != f.PAIR for e in server.switch.flows.values())
+    assert server.controller.stats["conversations"] == 0
+
+
+def test_tenant_packets_to_infrastructure_are_dropped_before_the_controller(
+    server: Server,
+) -> None:
+    server.connect()
+    for address in (SERVER_ADDRESS, DIRECTORY_ADDRESS, "192.0.2.1", "192.0.2.254"):
+        result = server.switch.process(
+            server.ports["a"][0],
+            {"eth_src": A.mac, "eth_type": f.ETH_IP, "ipv4_src": A.ip, "ipv4_dst": address},
+        )
+        assert result.dropped, address
+        assert result.hits[-1].cookie >> f.COOKIE_CLASS_SHIFT == f.BASE
+        assert result.hits[-1].priority == f.PRIO_INFRASTRUCTURE
+    assert [port for port, _ in server.send(A, "192.0.3.1")] == [f.CONTROLLER]
+
+
+def test_infrastructure_drops_are_reconciled_like_the_other_base_flows(server: Server) -> None:
+    server.connect()
+    server.infrastructure = [ipaddress.IPv4Network("203.0.113.1")]
+    server.controller = server.new_controller()  # restarted with another config
+    channel = server.connect()
+    removed = {dict(e.match)["ipv4_dst"] for e in channel.deleted}
+    assert removed == {DIRECTORY_ADDRESS, ("192.0.2.0", "255.255.255.0")}
+    assert server.send(A, "203.0.113.1") == []
+    assert [port for port, _ in server.send(A, DIRECTORY_ADDRESS)] == [f.CONTROLLER]
+
+
+@pytest.mark.parametrize(
+    "error", [Unavailable("directory down"), Unauthorized("bad token"), DirectoryError("?")]
+)
+def test_an_unreachable_directory_gets_a_short_backoff_flow(
+    server: Server, error: DirectoryError
+) -> None:
+    """No answer is no verdict: the pair is dropped for about a second (not the deny flow's
+    5 s), so its packets do not flood the controller and it works soon after the directory
+    is back."""
+    server.connect()
+
+    async def unreachable(*_, **__) -> Resolution:
+        raise error
+
+    server.directory.resolve = unreachable  # type: ignore[method-assign]
+    server.first_packet(A, B.ip)
+    server.first_packet_in(B.locator, A)
+    assert server.controller.stats["directory_unavailable"] == 2
+    assert server.controller.stats["errors_packet_in"] == 0
+    assert server.send(A, B.ip) == [] and server.receive(B.locator, A) == []
+    backoffs = [
+        e for e in server.switch.flows.values() if e.cookie >> f.COOKIE_CLASS_SHIFT == f.DENY
+    ]
+    assert len(backoffs) == 2
+    assert {e.hard_timeout for e in backoffs} == {f.BACKOFF_HARD_TIMEOUT}
+    assert server.controller.pairs == {}
+
+
+def test_pair_flows_take_the_configured_idle_timeout_and_are_forgotten_when_they_expire(
+    server: Server,
+) -> None:
+    server.idle_timeout = 7
+    server.controller = server.new_controller()
+    server.connect()
+    server.first_packet(A, B.ip)
+    pair = [e for e in server.switch.flows.values() if e.cookie >> f.COOKIE_CLASS_SHIFT == f.PAIR]
+    assert {e.idle_timeout for e in pair} == {7}
+    assert [e.notify_removal for e in pair if e.table == f.T_EGRESS] == [True]
+    server.controller.flow_removed(f.cookie(f.PAIR, A.locator, B.locator))
+    assert server.controller.pairs == {}
