@@ -32,7 +32,15 @@ from federation.directory import new_token, token_hash
 from hostagent.client import AgentClient
 from hostagent.config import AgentConfig
 from hostagent.containers import ContainerDriver
-from hostagent.lab import agent_config, agent_daemon, docker_url, dockerd_argv, write_config
+from hostagent.lab import (
+    SERVER_TOKEN,
+    agent_config,
+    agent_daemon,
+    docker_url,
+    dockerd_argv,
+    write_config,
+)
+from nvi.config import write_secret
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import with_directory
 from nvi.lab.ovs import OvsInstance
@@ -258,7 +266,9 @@ def directory_daemon(ns: str, rundir: Path, admin_token: str) -> Daemon:
     )
 
 
-async def _set_up_tenants(admin_token: str) -> dict[str, str]:
+async def _set_up_tenants(admin_token: str, server: Server) -> dict[str, str]:
+    """The tenants, and the server's credential (under the key "server"), as the directory's
+    operator enrolls it."""
     url = f"http://127.0.0.1:{DIRECTORY_PORT}"
     deadline = time.monotonic() + 20
     async with DirectoryClient(url, admin_token) as admin:
@@ -275,6 +285,7 @@ async def _set_up_tenants(admin_token: str) -> dict[str, str]:
             await admin.create_tenant(tenant)
             await admin.create_network(tenant, "web", NETWORK_CIDR)
             tokens[tenant] = (await admin.create_token(tenant, "host agent tests")).token
+        tokens["server"] = (await admin.enroll_server(server.name, [server.locators])).token
     return tokens
 
 
@@ -288,7 +299,8 @@ def site(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) 
         admin_token = new_token()
         directory = directory_daemon(ns, rundir, admin_token)
         ensure_running(directory, timeout=30)
-        tokens = in_netns(ns, lambda: _set_up_tenants(admin_token))
+        tokens = in_netns(ns, lambda: _set_up_tenants(admin_token, server))
+        write_secret(rundir / SERVER_TOKEN, tokens["server"])
         config = agent_config(
             server, net.ovs(server), f"http://127.0.0.1:{DIRECTORY_PORT}", docker_engine.url, LABELS
         )

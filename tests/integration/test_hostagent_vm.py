@@ -19,12 +19,21 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from federation.client import DirectoryClient
 from hostagent.guest import ensure_guest
 from hostagent.vmxml import VmSpec
 from nvi.lab import links
 from nvi.lab.net import LabNet
-from nvi.lab.nodes import NetnsNode, add_node, free_locator, node_mac, with_directory
+from nvi.lab.nodes import (
+    NetnsNode,
+    add_node,
+    free_locator,
+    node_mac,
+    tenant_token,
+    with_directory,
+)
 from nvi.lab.ovs import BRIDGE
+from nvi.model import Node
 from nvi.ports import NodePort
 from tests.integration.hostagent_fixtures import example_lab, setup_vm, type_on_console
 
@@ -158,13 +167,19 @@ def vm(lab: Lab) -> Iterator[Vm]:
     server = lab.net.lab.server("s1")
     mac = node_mac(TENANT, VM_NAME)
     locator = free_locator(lab.net, server)
-    record = with_directory(
-        lab.net,
-        lambda client: client.create_node(
-            TENANT, VM_NAME, kind="vm", network=NETWORK, ip=VM_IP, mac=mac,
-            locator=locator, server="s1",
-        ),
-    )  # fmt: skip
+
+    async def publish(admin: DirectoryClient) -> Node:
+        """As s1's agent does: the server's credential with the tenant's token."""
+        async with DirectoryClient(
+            admin.url,
+            lab.net.server_token(server),
+            tenant_token=await tenant_token(lab.net, admin, TENANT),
+        ) as s1:
+            return await s1.create_node(
+                TENANT, VM_NAME, kind="vm", network=NETWORK, ip=VM_IP, mac=mac, locator=locator
+            )
+
+    record = with_directory(lab.net, publish)
     # Not `nv<10 hex>`: s1's own agent reaps links named like its ports that it does not know.
     port = "tv" + hashlib.sha256(f"{TENANT}/{VM_NAME}".encode()).hexdigest()[:10]
     lab.driver.create(
