@@ -116,6 +116,8 @@ async def tenant_token(net: LabNet, admin: DirectoryClient, tenant: str) -> str:
             except Unauthorized:
                 pass  # the tenant was re-created since: make a new token
     secret = (await admin.create_token(tenant, "lab nodes")).token
+    path.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_secret(path, secret)
     return secret
 
