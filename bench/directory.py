@@ -1,9 +1,11 @@
 """Directory lookup benchmark: 100,000 nodes across 1,000 tenants, on both backends.
 
-For each backend it loads the records (in batches, straight into the store), starts
+For each backend it enrolls the servers (50, each with its own locator pool) and loads the
+records (in batches, straight into the store, each node published by its server), starts
 `nvi directory serve` as its own process, and times lookups through the HTTP API with the
-client library, as a controller makes them: one at a time (latency) and 16 at once
-(throughput). Run: `.venv/bin/python bench/directory.py [--tenants N --nodes-per-tenant M]`.
+client library, as a controller makes them: with the credential of the server hosting the
+looked-up-for node, one at a time (latency) and 16 at once (throughput).
+Run: `.venv/bin/python bench/directory.py [--tenants N --nodes-per-tenant M]`.
 """
 
 from __future__ import annotations
@@ -23,23 +25,38 @@ from federation.client import DirectoryClient
 from federation.config import StorageConfig
 from federation.directory import Directory
 from federation.local import Credentials, ServiceProcess, start_etcd_cluster, write_config
-from federation.models import LinkCreate, NetworkCreate, NodeCreate
+from federation.models import LinkCreate, NetworkCreate, NodeCreate, ServerEnrolled
 from federation.service import open_store
 from nvi.model import Node
 from nvi.output import print_table
 
 BATCH = 20  # nodes per transaction: 5 keys each stays under etcd's 128 operations
+SERVERS = 50  # tenant t's nodes run on server s<t % SERVERS>
 
 
-def locator(index: int) -> str:
-    return f"100.{64 + index // 65536}.{index // 256 % 256}.{index % 256}"
+def pool(server: int) -> str:
+    """Server k's locators: 100.(64+k).0.0/16, inside 100.64.0.0/10 for up to 64 servers."""
+    return f"100.{64 + server}.0.0/16"
 
 
-async def load(storage: StorageConfig, tenants: int, per_tenant: int) -> list[Node]:
-    """Write the records; returns every node (the lookup workload draws from them)."""
+def locator(server: int, index: int) -> str:
+    """The index-th locator of server k's pool (the pool holds 65,536)."""
+    return f"100.{64 + server}.{index // 256}.{index % 256}"
+
+
+async def load(
+    storage: StorageConfig, tenants: int, per_tenant: int
+) -> tuple[list[Node], dict[str, str]]:
+    """Enroll the servers and write the records; returns every node (the lookup workload draws
+    from them) and each server's credential."""
     store = open_store(storage)
     await store.open()
     directory = Directory(store)
+    servers: list[ServerEnrolled] = [
+        await directory.enroll_server(f"s{k}", [pool(k)]) for k in range(min(SERVERS, tenants))
+    ]
+    if (tenants + len(servers) - 1) // len(servers) * per_tenant > 65536:
+        raise SystemExit(f"more than 65,536 nodes per server: at most {SERVERS} servers")
     nodes: list[Node] = []
     half = per_tenant // 2
 
@@ -49,18 +66,20 @@ async def load(storage: StorageConfig, tenants: int, per_tenant: int) -> list[No
         await directory.create_network(name, NetworkCreate(name="a", cidr="10.0.0.0/22"))
         await directory.create_network(name, NetworkCreate(name="b", cidr="10.0.4.0/22"))
         await directory.create_link(name, LinkCreate(kind="network", a="a", b="b"))
+        server = t % len(servers)
+        first = t // len(servers) * per_tenant  # the tenant's share of its server's pool
         specs = [
             NodeCreate(
                 name=f"n{i}",
                 kind="container",
                 network="a" if i < half else "b",
-                locator=locator(t * per_tenant + i),
-                server=f"s{t % 50}",
+                locator=locator(server, first + i),
             )
             for i in range(per_tenant)
         ]
         for start in range(0, len(specs), BATCH):
-            nodes.extend(await directory.create_nodes(name, specs[start : start + BATCH]))
+            batch = specs[start : start + BATCH]
+            nodes.extend(await directory.create_nodes(name, batch, servers[server]))
 
     queue = list(range(tenants))
 
@@ -70,7 +89,7 @@ async def load(storage: StorageConfig, tenants: int, per_tenant: int) -> list[No
 
     await asyncio.gather(*(worker() for _ in range(8)))
     await store.close()
-    return nodes
+    return nodes, {server.name: server.token for server in servers}
 
 
 async def timed(
@@ -91,7 +110,12 @@ async def timed(
     return count / (time.perf_counter() - began), latencies
 
 
-async def measure(url: str, token: str, nodes: list[Node], count: int) -> list[dict]:
+async def measure(
+    url: str, credentials: dict[str, str], nodes: list[Node], count: int
+) -> list[dict]:
+    """Each lookup is made by the server hosting the node it is made for (a resolve's source,
+    a locate's locator holder), as its controller would: the directory answers a server only
+    about the nodes it hosts."""
     by_tenant: dict[str, list[Node]] = {}
     for node in nodes:
         by_tenant.setdefault(node.tenant, []).append(node)
@@ -101,12 +125,18 @@ async def measure(url: str, token: str, nodes: list[Node], count: int) -> list[d
         source = rng.choice(nodes)
         pairs.append((source, rng.choice(by_tenant[source.tenant])))
     rows = []
-    async with DirectoryClient(url, token) as client:
-        await timed(500, 4, lambda i: client.resolve(pairs[i][1].ip, source=pairs[i][0].id))
-        kinds = {
-            "resolve": lambda i: client.resolve(pairs[i][1].ip, source=pairs[i][0].id),
-            "locate": lambda i: client.locate(pairs[i][1].locator),
-        }
+    clients = {name: DirectoryClient(url, token) for name, token in credentials.items()}
+    try:
+
+        def resolve(i: int) -> Awaitable[object]:
+            source, destination = pairs[i]
+            return clients[source.server].resolve(destination.ip, source=source.id)
+
+        def locate(i: int) -> Awaitable[object]:
+            return clients[pairs[i][1].server].locate(pairs[i][1].locator)
+
+        await timed(min(500, count), 4, resolve)
+        kinds = {"resolve": resolve, "locate": locate}
         for kind, lookup in kinds.items():
             for concurrency in (1, 16):
                 rate, latencies = await timed(count, concurrency, lookup)
@@ -120,6 +150,9 @@ async def measure(url: str, token: str, nodes: list[Node], count: int) -> list[d
                         "p99 ms": f"{cuts[98]:.2f}",
                     }
                 )
+    finally:
+        for client in clients.values():
+            await client.close()
     return rows
 
 
@@ -127,7 +160,7 @@ async def bench_backend(
     backend: str, storage: StorageConfig, root: Path, args: argparse.Namespace
 ) -> list[dict]:
     began = time.perf_counter()
-    nodes = await load(storage, args.tenants, args.nodes_per_tenant)
+    nodes, servers = await load(storage, args.tenants, args.nodes_per_tenant)
     loaded = time.perf_counter() - began
     os.sync()  # let the load's disk writes finish before timing lookups
     gc.collect()
@@ -137,7 +170,7 @@ async def bench_backend(
     service = ServiceProcess(root / f"{backend}.toml", port)
     service.start()
     try:
-        rows = await measure(service.url, credentials.resolver, nodes, args.lookups)
+        rows = await measure(service.url, servers, nodes, args.lookups)
     finally:
         service.stop()
     for row in rows:

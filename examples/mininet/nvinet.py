@@ -54,6 +54,7 @@ from nvitopo import NODE, ROUTER, SEGMENT, SERVER, UPLINK_PORT, NviTopo
 from pyroute2 import netns
 
 from federation.client import DirectoryClient
+from hostagent.lab import SERVER_TOKEN
 from nvi.config import write_secret
 from nvi.errors import NviError
 from nvi.lab import links, process
@@ -309,24 +310,32 @@ class NviNet:
         )
 
     async def _publish(self) -> dict[str, Member]:
-        """Tenants, networks and nodes into the directory, as an operator would (admin token);
-        each node gets the next locator of its server's pool."""
-        token = (self.rundir / "directory" / "admin.token").read_text().strip()
+        """Tenants and networks into the directory, as an operator would (admin token); each
+        server enrolled with its locator pool; each node published by its server (with the
+        server's own credential and its tenant's token) at the next locator of that pool."""
+        admin = (self.rundir / "directory" / "admin.token").read_text().strip()
         pools = {s: iter(parse_pool(self.topo.nodeInfo(s)["locators"])) for s in self._servers}
         members = {}
-        async with DirectoryClient(self.directory_url, token) as client:
-            networks = {}
+        async with DirectoryClient(self.directory_url, admin) as client:
+            networks, tenant_tokens = {}, {}
             for tenant, tenant_networks in self.topo.tenants.items():
                 await client.create_tenant(tenant)
+                tenant_tokens[tenant] = (await client.create_token(tenant, "mininet nodes")).token
                 for network, cidr in tenant_networks.items():
                     networks[tenant, network] = await client.create_network(tenant, network, cidr)
-            for name in self.topo.members(NODE):
-                node = self.topo.nodeInfo(name)
-                network = networks[node["tenant"], node["network"]]
-                locator = next(pools[node["server"]], None)
-                if locator is None:
-                    raise NviError(f"server {node['server']}: locator pool is exhausted")
-                record = await client.create_node(
+            credentials = {server: await self._enroll(client, server) for server in self._servers}
+        for name in self.topo.members(NODE):
+            node = self.topo.nodeInfo(name)
+            network = networks[node["tenant"], node["network"]]
+            locator = next(pools[node["server"]], None)
+            if locator is None:
+                raise NviError(f"server {node['server']}: locator pool is exhausted")
+            async with DirectoryClient(
+                self.directory_url,
+                credentials[node["server"]],
+                tenant_token=tenant_tokens[node["tenant"]],
+            ) as server:
+                record = await server.create_node(
                     node["tenant"],
                     name,
                     kind="container",
@@ -334,21 +343,28 @@ class NviNet:
                     ip=node["ip"],
                     mac=node_mac(node["tenant"], name),
                     locator=str(locator),
-                    server=node["server"],
                 )
-                members[name] = Member(
-                    name=name,
-                    tenant=record.tenant,
-                    network=record.network,
-                    server=record.server,
-                    ip=record.ip,
-                    cidr=network.cidr,
-                    gateway=network.gateway,
-                    mac=record.mac,
-                    locator=record.locator,
-                    node_id=record.id,
-                )
+            members[name] = Member(
+                name=name,
+                tenant=record.tenant,
+                network=record.network,
+                server=record.server,
+                ip=record.ip,
+                cidr=network.cidr,
+                gateway=network.gateway,
+                mac=record.mac,
+                locator=record.locator,
+                node_id=record.id,
+            )
         return members
+
+    async def _enroll(self, admin: DirectoryClient, server: str) -> str:
+        """Enroll a server with its locator pool, once, as its operator would; its credential
+        (`<server>/server.token`) is what its controller presents, and no other server's."""
+        enrolled = await admin.enroll_server(server, [self.topo.nodeInfo(server)["locators"]])
+        (self.rundir / server).mkdir()
+        write_secret(self.rundir / server / SERVER_TOKEN, enrolled.token)
+        return enrolled.token
 
     @property
     def _servers(self) -> list[str]:
@@ -357,7 +373,6 @@ class NviNet:
     def _controller_daemon(self, server: str, index: int) -> tuple[process.Daemon, int]:
         """The server's controller config names only its own facts, and the directory."""
         folder = self.rundir / server
-        folder.mkdir()
         port = FIRST_CONTROLLER_PORT + index
         facts = self.topo.nodeInfo(server)
         routes = "".join(
@@ -367,13 +382,11 @@ class NviNet:
         (folder / "controller.toml").write_text(
             f'address = "{facts["address"]}"\n'
             f'directory = "{self.directory_url}"\n'
-            'token_file = "resolver.token"\n'
+            f'token_file = "{SERVER_TOKEN}"\n'
             f'ovsdb = "unix:{self.ovs.db_socket}"\n'
             f"listen_port = {port}\n"
             f'uplink = "{self.intf(server, UPLINK_PORT)}"\n' + routes
         )
-        resolver = (self.rundir / "directory" / "resolver.token").read_text().strip()
-        write_secret(folder / "resolver.token", resolver)
         argv = (sys.executable, "-m", "nvi", "controller", "serve", "--config")
         daemon = process.Daemon(
             name="controller",

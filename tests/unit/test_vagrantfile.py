@@ -1,7 +1,8 @@
 """The Vagrant lab (Vagrantfile) cannot boot here; these tests keep it valid and in step with the
 scripts it runs: Ruby syntax, the machines NVI_SERVERS asks for (read through a tiny stub of
 `Vagrant.configure`), the README's set-up script first on every VM, every referenced script
-present and parseable, one underlay, each server given only its own facts, and the configs the
+present and parseable, one underlay, each server given only its own facts, each server enrolled
+once (its triggers fired against fake machines) with its own credential, and the configs the
 provisioning scripts write accepted by NVI's own loaders."""
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ VAGRANTFILE = ROOT / "Vagrantfile"
 REPO_IN_VM = "/vagrant"
 
 # Records what a Vagrantfile asks of Vagrant: every call with its arguments, the machines that
-# `config.vm.define` makes, and the calls inside each machine's block.
+# `config.vm.define` makes, and the calls inside each machine's block. A trigger's Ruby block is
+# kept, not run; with STUB_FIRE=before:up (say) the stub then fires each machine's matching
+# triggers in order, as `vagrant up` would, against fake machines whose `communicate.sudo`
+# records the command and answers on stdout with a fresh secret.
 STUB = r"""
 require "json"
+require "securerandom"
 
 class Recorder
   def initialize(log, machines, path = [])
@@ -46,7 +51,10 @@ class Recorder
 
     entry = { "call" => path.join("."), "args" => args, "options" => options }
     @log << entry
-    if block
+    if name == :ruby
+      entry["ruby"] = Vagrant::BLOCKS.length
+      Vagrant::BLOCKS << block
+    elsif block
       entry["block"] = []
       block.call(Recorder.new(entry["block"], @machines))
     end
@@ -58,9 +66,44 @@ class Recorder
   end
 end
 
+class FakeCommunicator
+  def initialize(name)
+    @name = name
+  end
+
+  def ready?
+    true
+  end
+
+  def sudo(command)
+    Vagrant::SUDO << { "machine" => @name, "command" => command }
+    yield :stdout, "nvi_#{SecureRandom.hex(16)}\n"
+  end
+end
+
+FakeMachine = Struct.new(:name) do
+  def provider_name
+    :libvirt
+  end
+
+  def communicate
+    FakeCommunicator.new(name.to_s)
+  end
+end
+
+class FakeEnv
+  def machine(name, provider)
+    raise "unexpected provider #{provider}" unless provider == :libvirt
+
+    FakeMachine.new(name)
+  end
+end
+
 module Vagrant
   GLOBAL = []
   MACHINES = []
+  BLOCKS = []
+  SUDO = []
 
   def self.configure(version)
     raise "unexpected Vagrant config version #{version}" unless version == "2"
@@ -70,7 +113,22 @@ module Vagrant
 end
 
 load ARGV[0]
-puts JSON.generate({ "global" => Vagrant::GLOBAL, "machines" => Vagrant::MACHINES })
+if ENV["STUB_FIRE"]
+  stage, action = ENV["STUB_FIRE"].split(":")
+  Vagrant::MACHINES.each do |machine|
+    machine["calls"].each do |entry|
+      next unless entry["call"] == "trigger.#{stage}"
+      next unless entry["args"].flatten.map(&:to_s).include?(action)
+
+      entry["block"].select { |e| e.key?("ruby") }.each do |ruby|
+        Vagrant::BLOCKS[ruby["ruby"]].call(FakeEnv.new, FakeMachine.new(machine["name"].to_sym))
+      end
+    end
+  end
+end
+puts JSON.generate(
+  { "global" => Vagrant::GLOBAL, "machines" => Vagrant::MACHINES, "sudo" => Vagrant::SUDO }
+)
 """
 
 
@@ -82,7 +140,7 @@ def _ruby() -> str:
 
 
 def load(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """Evaluate a copy of the Vagrantfile in tmp_path (it writes its token file beside itself)."""
+    """Evaluate a copy of the Vagrantfile in tmp_path (its triggers keep credentials beside it)."""
     shutil.copy(VAGRANTFILE, tmp_path / "Vagrantfile")
     (tmp_path / "stub.rb").write_text(STUB)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NVI_")}
@@ -245,80 +303,132 @@ def test_each_server_is_given_only_its_own_facts(tmp_path: Path) -> None:
         assert not any(re.search(rf"\b{re.escape(a)}\b", command) for a in others)
 
 
-def test_resolver_token_is_made_once_and_given_to_every_vm(tmp_path: Path) -> None:
-    data = recorded(tmp_path)
-    token_file = tmp_path / ".vagrant" / "nvi" / "resolver.token"
-    token = token_file.read_text().strip()
-    assert re.fullmatch(r"nvi_[A-Za-z0-9_-]{43}", token)
-    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    recorded(tmp_path)
-    assert token_file.read_text().strip() == token  # a second load keeps it
-    for machine in data["machines"]:
-        uploads = [
-            e["options"]
-            for e in calls(machine["calls"], "vm.provision")
-            if e["options"].get("type") == "file"
-        ]
-        assert [u["source"] for u in uploads] == [str(token_file)]
-        script = "provision-directory" if machine["name"] == "directory" else "provision-server"
-        args = provision_args(machine, script)
-        assert args["--resolver-token-file"] == uploads[0]["destination"]
+def uploads(machine: dict) -> list[dict]:
+    return [
+        e["options"]
+        for e in calls(machine["calls"], "vm.provision")
+        if e["options"].get("type") == "file"
+    ]
+
+
+def test_each_server_is_enrolled_once_with_its_pool_and_gets_its_own_credential(
+    tmp_path: Path,
+) -> None:
+    data = recorded(tmp_path, NVI_SERVERS="3", STUB_FIRE="before:up")
+    directory, *servers = data["machines"]
+    credentials = tmp_path / ".vagrant" / "nvi"
+    # The operator's step runs on the directory VM, where provisioning left the admin token.
+    assert [e["machine"] for e in data["sudo"]] == ["directory"] * 3
+    for server, enrolment in zip(servers, data["sudo"], strict=True):
+        words = shlex.split(enrolment["command"])
+        assert words[0] == f"{REPO_IN_VM}/scripts/enroll-server"
+        args = dict(zip(words[1::2], words[2::2], strict=True))
+        provision = provision_args(server, "provision-server")
+        assert args["--name"] == server["name"]
+        assert args["--pool"] == provision["--locators"]
+        assert args["--url"] == provision["--directory"]
+        assert (
+            args["--state-dir"] == provision_args(directory, "provision-directory")["--state-dir"]
+        )
+        (trigger,) = calls(server["calls"], "trigger.before")
+        assert sorted(trigger["args"][0]) == ["provision", "reload", "up"]
+    tokens = {path.name: path.read_text().strip() for path in sorted(credentials.iterdir())}
+    assert list(tokens) == ["s1.token", "s2.token", "s3.token"]
+    assert len(set(tokens.values())) == 3, "two servers never share a credential"
+    for path in credentials.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert uploads(directory) == []
+    for server in servers:
+        (upload,) = uploads(server)
+        assert upload["source"] == str(credentials / f"{server['name']}.token")
+        args = provision_args(server, "provision-server")
+        assert args["--credential-file"] == upload["destination"]
+    # A kept credential is reused: no second enrolment, the same secrets.
+    assert recorded(tmp_path, NVI_SERVERS="3", STUB_FIRE="before:up")["sudo"] == []
+    assert {p.name: p.read_text().strip() for p in sorted(credentials.iterdir())} == tokens
+    # A destroyed directory forgets every server: their credentials go too.
+    recorded(tmp_path, NVI_SERVERS="3", STUB_FIRE="after:destroy")
+    assert list(credentials.glob("*.token")) == []
+
+
+def provision_server(args: dict[str, str], out: Path) -> None:
+    """scripts/provision-server --config-only OUT (the same files, checked, nothing started)."""
+    result = subprocess.run(
+        [str(ROOT / "scripts/provision-server"), *sum(args.items(), ()), "--config-only", str(out)],
+        env={**os.environ, "NVI_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_provisioning_writes_configs_nvi_accepts(tmp_path: Path) -> None:
-    """What the provisioning scripts write for a Vagrant lab's directory and first server
-    (--config-only: the same files, checked, nothing started) loads with NVI's own loaders."""
+    """What the provisioning scripts write for a Vagrant lab's directory and servers
+    (--config-only) loads with NVI's own loaders; each server's controller and agent present
+    that server's own credential, and nothing a server is given names another server."""
     from federation.config import load_config as load_directory
-    from federation.directory import token_hash
     from hostagent.config import load_config as load_agent
     from openflow.service import load_config as load_controller
 
     lab = tmp_path / "lab"
     lab.mkdir()
-    directory, server = recorded(lab, NVI_SERVERS="1")["machines"]
-    token = (lab / ".vagrant" / "nvi" / "resolver.token").read_text().strip()
+    directory, *servers = recorded(lab, NVI_SERVERS="2", STUB_FIRE="before:up")["machines"]
     env = {**os.environ, "NVI_PYTHON": sys.executable}
 
     args = provision_args(directory, "provision-directory")
-    args["--resolver-token-file"] = str(lab / ".vagrant" / "nvi" / "resolver.token")
+    state = tmp_path / "directory"
     run = [str(ROOT / "scripts/provision-directory"), *sum(args.items(), ())]
+    run[run.index("--state-dir") + 1] = str(state)
     for _ in range(2):  # a second run changes nothing
         result = subprocess.run(
-            [*run, "--config-only", str(tmp_path / "directory")],
+            [*run, "--config-only", str(state)],
             env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert result.returncode == 0, result.stderr
-    config = load_directory(tmp_path / "directory" / "directory.toml")
+    config = load_directory(state / "directory.toml")
     assert config.host == network(directory)["ip"]
-    assert config.auth.resolver_token_sha256.count(token_hash(token)) == 1
+    # The admin token stays where scripts/enroll-server looks for it, readable by root only.
+    assert stat.S_IMODE((state / "admin.token").stat().st_mode) == 0o600
+    assert len(config.auth.admin_token_sha256) == 1
 
-    args = provision_args(server, "provision-server")
-    args["--resolver-token-file"] = str(lab / ".vagrant" / "nvi" / "resolver.token")
-    args["--uplink"] = "eth1"  # a MAC is resolved on the server itself
-    out = tmp_path / "s1"
-    result = subprocess.run(
-        [str(ROOT / "scripts/provision-server"), *sum(args.items(), ()), "--config-only", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    written: dict[str, str] = {}
+    for server in servers:
+        name = server["name"]
+        args = provision_args(server, "provision-server")
+        args["--credential-file"] = str(lab / ".vagrant" / "nvi" / f"{name}.token")
+        args["--uplink"] = "eth1"  # a MAC is resolved on the server itself
+        out = tmp_path / name
+        provision_server(args, out)
+        controller = load_controller(out / "controller.toml")
+        address = network(server)["ip"]
+        assert controller.address == address
+        assert controller.directory == args["--directory"]
+        assert controller.uplink == "eth1"
+        agent = load_agent(out / "agent.toml")
+        assert (agent.name, agent.underlay, agent.locators) == (name, address, args["--locators"])
+        assert agent.directory.url == args["--directory"]
+        assert agent.vm.enabled is False
+        assert controller.token_file == agent.directory.credential_file == out / "server.token"
+        assert stat.S_IMODE(controller.token_file.stat().st_mode) == 0o600
+        assert agent.directory.credential() == Path(args["--credential-file"]).read_text().strip()
+        assert "NVI_ADDRESS=" + args["--address"] in (out / "server.env").read_text()
+        written[name] = "\n".join(path.read_text() for path in sorted(out.iterdir()))
+    (s1, s1_args), (s2, s2_args) = (
+        (m["name"], provision_args(m, "provision-server")) for m in servers
     )
-    assert result.returncode == 0, result.stderr
-    controller = load_controller(out / "controller.toml")
-    address = network(server)["ip"]
-    assert controller.address == address
-    assert controller.directory == args["--directory"]
-    assert controller.uplink == "eth1"
-    assert controller.token_file.read_text().strip() == token
-    assert stat.S_IMODE(controller.token_file.stat().st_mode) == 0o600
-    agent = load_agent(out / "agent.toml")
-    assert (agent.name, agent.underlay, agent.locators) == ("s1", address, args["--locators"])
-    assert agent.directory.url == args["--directory"]
-    assert agent.vm.enabled is False
-    assert "NVI_ADDRESS=" + args["--address"] in (out / "server.env").read_text()
+    s1_token, s2_token = ((tmp_path / n / "server.token").read_text().strip() for n in (s1, s2))
+    assert s1_token != s2_token
+    for name, other, other_args, other_token in (
+        (s1, s2, s2_args, s2_token),
+        (s2, s1, s1_args, s1_token),
+    ):
+        for fact in (other, other_args["--address"].split("/")[0], other_args["--locators"]):
+            assert not re.search(rf"\b{re.escape(fact)}\b", written[name]), (name, fact)
+        assert other_token not in written[name]
 
 
 def test_provision_server_refuses_bad_facts(tmp_path: Path) -> None:
@@ -329,10 +439,13 @@ def test_provision_server_refuses_bad_facts(tmp_path: Path) -> None:
         "--address": "10.250.0.11/16",
         "--locators": "10.250.1.0/24",
         "--directory": "http://10.250.0.2:7480",
-        "--resolver-token-file": str(token),
+        "--credential-file": str(token),
         "--uplink": "eth1",
     }
+    empty = tmp_path / "empty"
+    empty.write_text("")
     cases = {
+        "--credential-file": (str(empty), "enroll the server first"),
         "--address": ("10.250.0.11", "give the underlay prefix"),
         "--locators": ("10.250.0.0/24", "contains the server's own address"),
         "--directory": ("10.250.0.2:7480", "an http(s) URL"),
