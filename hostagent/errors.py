@@ -21,6 +21,10 @@ class Unauthorized(AgentError):
     status = 401
 
 
+class Forbidden(AgentError):
+    status = 403
+
+
 class NotFound(AgentError):
     status = 404
 
@@ -33,3 +37,9 @@ class Failed(AgentError):
     """The server itself failed (Docker, OVS, the kernel); the change was rolled back."""
 
     status = 500
+
+
+class Unavailable(AgentError):
+    """Something the agent needs to answer (the directory) cannot be reached; retry later."""
+
+    status = 503
