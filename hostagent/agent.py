@@ -220,7 +220,7 @@ class Agent:
     def node(self, tenant: str, name: str) -> NodeInfo:
         node = self.state.find(tenant, name)
         if node is None:
-            raise NotFound(f"no node {tenant}/{name} on this server")
+            raise missing(tenant, name)
         return node
 
     def _ready(self, tenant: str, name: str) -> NodeInfo:
@@ -314,6 +314,11 @@ class Agent:
             ovs=await self.switch.health(),
             directory=await self.publisher.health(),
         )
+
+
+def missing(tenant: str, name: str) -> NotFound:
+    """The answer for a node that is not here, and for another tenant's node: the same words."""
+    return NotFound(f"no node {tenant}/{name} on this server")
 
 
 def _require(token: str | None) -> str:

@@ -1,8 +1,9 @@
 """`nvi agent ...` (run and inspect this server's agent) and `nvi node ...` (its nodes).
 
-Node names are `TENANT/NAME`, or just `NAME` with `--tenant` (env NVI_TENANT). Create and
-delete act on the tenant's behalf and need its directory token (`--token`, env
-NVI_TENANT_TOKEN, or `--token-file`).
+Node names are `TENANT/NAME`, or just `NAME` with `--tenant` (env NVI_TENANT). The tenant's
+directory token (`--token`, env NVI_TENANT_TOKEN, or `--token-file`) is what a tenant uses
+with an agent's URL from any machine; over the Unix socket (the operator's) create and
+delete pass it on as the tenant's consent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import click
 
 from hostagent.client import DEFAULT_SOCKET, AgentClient
 from hostagent.models import NodeInfo
+from hostagent.terminal import attach
 from nvi.clitools import option_group, output_option, read_token, run_client, show_rows
 from nvi.errors import NviError
 from nvi.output import ProgressLine
@@ -182,12 +184,6 @@ def node() -> None:
     """Nodes (containers) on this server."""
 
 
-_node_options = option_group(
-    agent_option,
-    operator_token_option,
-    click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]"),
-    output_option,
-)
 _tenant_token_options = option_group(
     click.option(
         "--token", envvar="NVI_TENANT_TOKEN", help="Tenant's directory token [env NVI_TENANT_TOKEN]"
@@ -199,6 +195,25 @@ _tenant_token_options = option_group(
         help="[env NVI_TENANT_TOKEN_FILE]",
     ),
 )
+_target_options = option_group(
+    agent_option,
+    operator_token_option,
+    _tenant_token_options,
+    click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]"),
+)
+_node_options = option_group(_target_options, output_option)
+
+
+def _run_node(
+    address: str,
+    call: Callable[[AgentClient], Awaitable[Any]],
+    agent_token: str | None,
+    token: str | None,
+    token_file: str | None,
+) -> Any:
+    """One call for `nvi node ...`: as the operator (socket, --agent-token) or as the tenant."""
+    tenant_token = read_token(token, token_file)
+    return _run(address, call, operator_token=agent_token, tenant_token=tenant_token)
 
 
 @node.command("create")
@@ -210,7 +225,6 @@ _tenant_token_options = option_group(
 @click.option("--cpus", type=float, default=1, show_default=True)
 @click.option("--memory", "memory_mib", type=int, default=128, show_default=True, help="MiB")
 @_wait_options
-@_tenant_token_options
 @_node_options
 def create(
     name: str,
@@ -234,40 +248,68 @@ def create(
     body = dict(name=name, tenant=tenant, network=network, kind=kind, ip=ip)
     body |= dict(image=image) if image else {}
     body |= dict(cpus=cpus, memory_mib=memory_mib)
-    created = _run(
+    created = _run_node(
         address,
         lambda client: _create_watching(client, body, wait, boot_timeout),
-        operator_token=agent_token,
-        tenant_token=read_token(token, token_file),
+        agent_token,
+        token,
+        token_file,
     )
     show_rows(output, "node", [created], NODE_COLUMNS)
 
 
 @node.command("list")
 @_node_options
-def list_(address: str, agent_token: str | None, tenant: str | None, output: str) -> None:
-    """This server's nodes (of one tenant with --tenant)."""
-    rows = _run(address, lambda client: client.list(tenant), operator_token=agent_token)
+def list_(
+    address: str,
+    agent_token: str | None,
+    token: str | None,
+    token_file: str | None,
+    tenant: str | None,
+    output: str,
+) -> None:
+    """This server's nodes (of one tenant with --tenant; a tenant's token sees its own only)."""
+    rows = _run_node(address, lambda client: client.list(tenant), agent_token, token, token_file)
     show_rows(output, "nodes", rows, NODE_COLUMNS)
 
 
 @node.command()
 @click.argument("name")
 @_node_options
-def show(name: str, address: str, agent_token: str | None, tenant: str | None, output: str) -> None:
+def show(
+    name: str,
+    address: str,
+    agent_token: str | None,
+    token: str | None,
+    token_file: str | None,
+    tenant: str | None,
+    output: str,
+) -> None:
     """One node, with every field."""
     tenant, name = _split(name, tenant)
-    found = _run(address, lambda client: client.show(tenant, name), operator_token=agent_token)
+    found = _run_node(
+        address, lambda client: client.show(tenant, name), agent_token, token, token_file
+    )
     show_rows(output, "node", [found], list(found.model_dump()))
 
 
 @node.command()
 @click.argument("name")
 @_node_options
-def stop(name: str, address: str, agent_token: str | None, tenant: str | None, output: str) -> None:
+def stop(
+    name: str,
+    address: str,
+    agent_token: str | None,
+    token: str | None,
+    token_file: str | None,
+    tenant: str | None,
+    output: str,
+) -> None:
     """Stop a node; it keeps its addresses and stays published."""
     tenant, name = _split(name, tenant)
-    found = _run(address, lambda client: client.stop(tenant, name), operator_token=agent_token)
+    found = _run_node(
+        address, lambda client: client.stop(tenant, name), agent_token, token, token_file
+    )
     show_rows(output, "node", [found], NODE_COLUMNS)
 
 
@@ -281,6 +323,8 @@ def start(
     boot_timeout: float,
     address: str,
     agent_token: str | None,
+    token: str | None,
+    token_file: str | None,
     tenant: str | None,
     output: str,
 ) -> None:
@@ -293,31 +337,27 @@ def start(
             node = await client.start(tenant, name)
             return await _until_booted(client, node, progress, boot_timeout) if wait else node
 
-    found = _run(address, start_watching, operator_token=agent_token)
+    found = _run_node(address, start_watching, agent_token, token, token_file)
     show_rows(output, "node", [found], NODE_COLUMNS)
 
 
 @node.command()
 @click.argument("name")
-@_tenant_token_options
 @_node_options
 def delete(
     name: str,
-    token: str | None,
-    token_file: str | None,
     address: str,
     agent_token: str | None,
+    token: str | None,
+    token_file: str | None,
     tenant: str | None,
     output: str,
 ) -> None:
     """Delete a node and its directory record; deleting a deleted node is harmless."""
     tenant, name = _split(name, tenant)
     try:
-        _run(
-            address,
-            lambda client: client.delete(tenant, name),
-            operator_token=agent_token,
-            tenant_token=read_token(token, token_file),
+        _run_node(
+            address, lambda client: client.delete(tenant, name), agent_token, token, token_file
         )
         result = "deleted"
     except NviError as error:
@@ -334,12 +374,26 @@ def delete(
 
 @node.command()
 @click.argument("name")
-@agent_option
-@operator_token_option
-@click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]")
-def console(name: str, address: str, agent_token: str | None, tenant: str | None) -> None:
-    """Attach to the node's console: a shell in a container, a VM's serial console (virsh
-    console; leave with Ctrl-]). Run it on the node's server."""
+@_target_options
+def console(
+    name: str,
+    address: str,
+    agent_token: str | None,
+    token: str | None,
+    token_file: str | None,
+    tenant: str | None,
+) -> None:
+    """Attach to the node's console: a shell in a container, a VM's serial console. Against
+    an agent's http(s) URL it runs on the agent and comes over a WebSocket (leave with
+    Ctrl-]); over the agent's Unix socket it runs here."""
     tenant, name = _split(name, tenant)
+    if address.startswith(("http://", "https://")):
+
+        async def relay(client: AgentClient) -> str:
+            async with client.console_socket(tenant, name) as ws:
+                return await attach(ws)
+
+        _run_node(address, relay, agent_token, token, token_file)
+        return
     argv = _run(address, lambda client: client.console(tenant, name), operator_token=agent_token)
     os.execvp(argv[0], argv)

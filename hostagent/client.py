@@ -1,4 +1,5 @@
-"""Asyncio client of one agent, over its Unix socket or over TCP with an operator token.
+"""Asyncio client of one agent, over its Unix socket or over TCP with an operator or a tenant
+token.
 
 Used by the CLI, the tests and the benchmark; an error answer raises an NviError carrying
 the answer's status and message.
@@ -6,6 +7,8 @@ the answer's status and message.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,7 +24,8 @@ CREATE_TIMEOUT = aiohttp.ClientTimeout(total=900)
 
 class AgentClient:
     """`async with AgentClient("/run/nvi/agent.sock") as agent: ...`; `address` is a socket
-    path or an http(s) URL."""
+    path or an http(s) URL. Over a URL without an operator token, the tenant token is the
+    bearer token: the tenant speaks for itself."""
 
     def __init__(
         self,
@@ -32,11 +36,14 @@ class AgentClient:
         timeout: float = 60,
     ) -> None:
         headers = {}
+        remote = address.startswith(("http://", "https://"))
         if operator_token:
             headers["Authorization"] = f"Bearer {operator_token}"
-        if tenant_token:
-            headers[TENANT_TOKEN] = tenant_token
-        if address.startswith(("http://", "https://")):
+        if tenant_token and remote and not operator_token:
+            headers["Authorization"] = f"Bearer {tenant_token}"  # the tenant itself
+        elif tenant_token:
+            headers[TENANT_TOKEN] = tenant_token  # an operator, on the tenant's behalf
+        if remote:
             self.base, connector = address.rstrip("/"), None
         else:
             self.base, connector = "http://agent", aiohttp.UnixConnector(path=address)
@@ -99,6 +106,27 @@ class AgentClient:
 
     async def console(self, tenant: str, name: str) -> list[str]:
         return await self._call("GET", f"/v1/nodes/{tenant}/{name}/console", list[str])
+
+    @contextlib.asynccontextmanager
+    async def console_socket(
+        self, tenant: str, name: str
+    ) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+        """The node's console as a WebSocket (protocol: hostagent/console.py)."""
+        await self.show(tenant, name)  # a missing node or a bad token: the agent's own words
+        try:
+            ws = await self._session.ws_connect(
+                f"{self.base}/v1/nodes/{tenant}/{name}/console/socket", heartbeat=30
+            )
+        except aiohttp.WSServerHandshakeError as error:
+            failure = AgentError(f"console of {tenant}/{name}: {error.status} {error.message}")
+            failure.status = error.status
+            raise failure from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise AgentError(f"agent at {self.address} unreachable: {error}") from None
+        try:
+            yield ws
+        finally:
+            await ws.close()
 
     async def raw(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         """Status and JSON body of any request, for tests of error answers."""

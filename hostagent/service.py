@@ -1,9 +1,12 @@
 """The agent's REST API (aiohttp): a Unix socket for the server's own operators and tools, and
-optionally TCP with an operator token. Operations are declared with the directory's `Api`
-layer, so validation, errors and the OpenAPI document come from one declaration.
+optionally TCP, where a bearer token is an operator token (its hash in the config) or a tenant
+token (checked with the directory). Operations are declared with the directory's `Api` layer,
+so validation, roles, errors and the OpenAPI document come from one declaration.
 
-Changes on a tenant's behalf (create, delete) carry the tenant's directory token in the
-`X-Tenant-Token` header: the agent publishes with it and keeps it no longer than needed.
+A tenant acts with its own token and sees only its own nodes; another tenant's node answers
+exactly as a missing one. An operator acting on a tenant's behalf (create, delete) passes the
+tenant's directory token in `X-Tenant-Token`. Either way the agent publishes with that token
+and keeps it no longer than needed.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from aiohttp import web
 
 from federation.api import Api, Call, Principal, Role
 from federation.directory import token_hash
-from hostagent.agent import Agent
+from hostagent.agent import Agent, missing
 from hostagent.config import AgentConfig
+from hostagent.console import relay
 from hostagent.containers import ContainerDriver
 from hostagent.drivers import NodeDriver
-from hostagent.errors import Unauthorized
+from hostagent.errors import Forbidden, Unauthorized
 from hostagent.models import (
     DIRECTORY_TOKEN,
     TENANT_TOKEN,
@@ -35,6 +39,7 @@ from hostagent.models import (
 from hostagent.ovs import Switch
 from hostagent.publisher import DirectoryPublisher
 from hostagent.state import State
+from hostagent.tenants import TenantTokens, directory_whoami
 from nvi.errors import NviError
 from nvi.model import Name
 from nvi.web import json_errors
@@ -43,21 +48,39 @@ log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", AgentConfig)
 AGENT = web.AppKey("agent", Agent)
+TOKENS = web.AppKey("tokens", TenantTokens)
 OPENAPI = web.AppKey("openapi", dict)
 VERSION = "1.0.0"
 OPERATOR = {Role.ADMIN}
+ANYONE = {Role.ADMIN, Role.TENANT}
+CONSOLE_SOCKET = "/v1/nodes/{tenant}/{name}/console/socket"
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return secret.strip() or None
 
 
 async def authenticate(request: web.Request) -> Principal:
-    """Whoever can open the Unix socket is the server's operator; over TCP, a token says so."""
+    """Whoever can open the Unix socket is the server's operator; over TCP, the bearer token
+    says who it is. A tenant naming another tenant's node is told it does not exist, in the
+    very words used for a missing node, before anything is looked up."""
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None and sock.family == socket.AF_UNIX:
         return Principal(Role.ADMIN)
+    secret = _bearer(request)
+    if secret is None:
+        raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
     tcp = request.app[CONFIG].tcp
-    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
-    if tcp and scheme.lower() == "bearer" and token_hash(secret.strip()) in tcp.token_sha256:
+    if tcp and token_hash(secret) in tcp.token_sha256:
         return Principal(Role.ADMIN)
-    raise Unauthorized("missing or invalid operator credentials: send 'Authorization: Bearer'")
+    tenant = await request.app[TOKENS].tenant(secret)
+    asked = request.match_info.get("tenant", tenant)
+    if asked != tenant:
+        raise missing(asked, request.match_info.get("name", ""))
+    return Principal(Role.TENANT, tenant)
 
 
 api = Api({"tenant": Name, "name": Name}, authenticate)
@@ -68,6 +91,9 @@ def _agent(call: Call) -> Agent:
 
 
 def _token(call: Call) -> str | None:
+    """The tenant's directory token: a tenant's own bearer token, or what an operator sends."""
+    if call.scope():
+        return _bearer(call.request)
     return call.request.headers.get(TENANT_TOKEN)
 
 
@@ -86,7 +112,7 @@ async def status(call: Call) -> AgentStatus:
     "GET",
     "/v1/images",
     "Images nodes can be created from",
-    roles=OPERATOR,
+    roles=ANYONE,
     response=list[ImageInfo],
 )
 async def images(call: Call) -> list[ImageInfo]:
@@ -96,30 +122,36 @@ async def images(call: Call) -> list[ImageInfo]:
 @api.route(
     "GET",
     "/v1/nodes",
-    "List this server's nodes",
-    roles=OPERATOR,
+    "List this server's nodes (a tenant: its own only)",
+    roles=ANYONE,
     query=NodeQuery,
     response=list[NodeInfo],
 )
 async def list_nodes(call: Call) -> list[NodeInfo]:
-    return await _agent(call).listing(call.query.tenant)
+    scope, asked = call.scope(), call.query.tenant
+    if scope and asked not in (None, scope):
+        return []
+    return await _agent(call).listing(scope or asked)
 
 
 @api.route(
     "POST",
     "/v1/nodes",
-    "Create a node and publish it (needs X-Tenant-Token)",
-    roles=OPERATOR,
+    "Create a node and publish it (an operator sends the tenant's token in X-Tenant-Token)",
+    roles=ANYONE,
     body=NodeCreate,
     response=NodeInfo,
     status=201,
 )
 async def create_node(call: Call) -> NodeInfo:
+    scope = call.scope()
+    if scope and call.body.tenant != scope:
+        raise Forbidden(f"a token of tenant {scope} creates nodes of tenant {scope} only")
     node = await _agent(call).create(call.body, _token(call))
     return await _agent(call).show(node.tenant, node.name)
 
 
-@api.route("GET", "/v1/nodes/{tenant}/{name}", "Read a node", roles=OPERATOR, response=NodeInfo)
+@api.route("GET", "/v1/nodes/{tenant}/{name}", "Read a node", roles=ANYONE, response=NodeInfo)
 async def show_node(call: Call) -> NodeInfo:
     return await _agent(call).show(call.path["tenant"], call.path["name"])
 
@@ -128,7 +160,7 @@ async def show_node(call: Call) -> NodeInfo:
     "POST",
     "/v1/nodes/{tenant}/{name}/stop",
     "Stop a node (it stays published)",
-    roles=OPERATOR,
+    roles=ANYONE,
     response=NodeInfo,
 )
 async def stop_node(call: Call) -> NodeInfo:
@@ -139,7 +171,7 @@ async def stop_node(call: Call) -> NodeInfo:
     "POST",
     "/v1/nodes/{tenant}/{name}/start",
     "Start a stopped node",
-    roles=OPERATOR,
+    roles=ANYONE,
     response=NodeInfo,
 )
 async def start_node(call: Call) -> NodeInfo:
@@ -149,8 +181,8 @@ async def start_node(call: Call) -> NodeInfo:
 @api.route(
     "DELETE",
     "/v1/nodes/{tenant}/{name}",
-    "Delete a node and its directory record (needs X-Tenant-Token)",
-    roles=OPERATOR,
+    "Delete a node and its directory record (an operator sends X-Tenant-Token)",
+    roles=ANYONE,
     status=204,
 )
 async def delete_node(call: Call) -> None:
@@ -172,7 +204,7 @@ async def drain(call: Call) -> list[NodeInfo]:
 @api.route(
     "GET",
     "/v1/nodes/{tenant}/{name}/console",
-    "The command that attaches to the node's console on this server",
+    "The command that attaches to the node's console on this server (operators, locally)",
     roles=OPERATOR,
     response=list[str],
 )
@@ -180,6 +212,39 @@ async def console(call: Call) -> list[str]:
     agent = _agent(call)
     node = agent.node(call.path["tenant"], call.path["name"])
     return agent.driver(node.kind).console(node)
+
+
+async def console_socket(request: web.Request) -> web.StreamResponse:
+    """The node's console over a WebSocket (see hostagent/console.py), for callers anywhere:
+    an aiohttp handler of its own, since the `Api` layer answers JSON only."""
+    await authenticate(request)  # operator, or the node's own tenant
+    agent = request.app[AGENT]
+    node = agent.node(request.match_info["tenant"], request.match_info["name"])
+    argv = agent.driver(node.kind).console(node)
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    await relay(ws, argv)
+    return ws
+
+
+def _console_socket_openapi(document: dict) -> dict:
+    """The WebSocket's entry, beside the operations the `Api` layer documents."""
+    argv_entry = document["paths"]["/v1/nodes/{tenant}/{name}/console"]["get"]
+    return {
+        "get": {
+            "operationId": "console_socket",
+            "summary": "Attach to the node's console over a WebSocket (upgrade)",
+            "description": "Credentials: admin, tenant. Binary messages carry terminal bytes "
+            'both ways; a text message {"rows": R, "cols": C} sets the window size; the '
+            'agent closes with "exit N" when the console command ends.',
+            "parameters": argv_entry["parameters"],
+            "security": [{"bearer": []}],
+            "responses": {
+                "101": {"description": "Switching to the WebSocket protocol"},
+                "default": argv_entry["responses"]["default"],
+            },
+        }
+    }
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -231,12 +296,15 @@ def make_app(config: AgentConfig) -> web.Application:
         middlewares=[json_errors(NviError, log, "the agent's log")], client_max_size=65536
     )
     app[CONFIG] = config
+    app[TOKENS] = TenantTokens(directory_whoami(config.directory.url, config.directory.timeout))
     app[OPENAPI] = api.openapi(
         "NVI host agent", VERSION, "One server's nodes. See docs/hostagent.md."
     )
+    app[OPENAPI]["paths"][CONSOLE_SOCKET] = _console_socket_openapi(app[OPENAPI])
     app.cleanup_ctx.append(agent_context)
     app.cleanup_ctx.append(reconcile_context)
     api.add_routes(app)
+    app.router.add_get(CONSOLE_SOCKET, console_socket)
     app.router.add_get("/v1/openapi.json", openapi)
     return app
 

@@ -1,5 +1,6 @@
 """Fixtures for the host agent tests: a Docker engine of the tests' own (session), and a
-one-server lab running the real directory and the real agent in the server's namespace.
+one-server lab running the real directory and the real agent in the server's namespace, the
+agent serving its Unix socket and plain HTTP on the namespace's loopback.
 
 Everything is tagged with the test run's id (`nvi.test=<id>` labels, `nvi-` namespaces, a
 `t<7 hex>` lab) and removed by it; nothing else on the machine is touched.
@@ -30,7 +31,7 @@ from pyroute2 import netns as pyroute_netns
 from federation.client import DirectoryClient
 from federation.directory import new_token, token_hash
 from hostagent.client import AgentClient
-from hostagent.config import AgentConfig
+from hostagent.config import AgentConfig, TcpConfig
 from hostagent.containers import ContainerDriver
 from hostagent.lab import (
     SERVER_TOKEN,
@@ -41,6 +42,7 @@ from hostagent.lab import (
     write_config,
 )
 from nvi.config import write_secret
+from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import with_directory
 from nvi.lab.ovs import OvsInstance
@@ -52,6 +54,7 @@ T = TypeVar("T")
 TEST_ID = uuid.uuid4().hex[:7]
 LABELS = {"nvi.test": TEST_ID}
 DIRECTORY_PORT = 7480
+AGENT_PORT = 7490
 NETWORK_CIDR = "10.1.0.0/24"
 
 
@@ -149,6 +152,7 @@ class Site:
     directory: Daemon
     docker: DockerEngine
     admin_token: str
+    operator_token: str
     acme: Tenant
     rival: Tenant
 
@@ -164,6 +168,20 @@ class Site:
         return AgentClient(
             str(self.config.socket), tenant_token=tenant.token if tenant else None, **kwargs
         )
+
+    @property
+    def url(self) -> str:
+        """The agent's TCP endpoint, reachable inside the server's namespace."""
+        return f"http://127.0.0.1:{AGENT_PORT}"
+
+    def remote(self, token: str | None = None, **kwargs: Any) -> AgentClient:
+        """A client over TCP with a tenant's token (or an operator's: operator_token=...);
+        use it inside `over_tcp`."""
+        return AgentClient(self.url, tenant_token=token, **kwargs)
+
+    def over_tcp(self, factory: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine where the agent's TCP endpoint is: in the server's namespace."""
+        return in_netns(self.ns, factory)
 
     def directory_call(self, token: str, use: Callable[[DirectoryClient], Awaitable[T]]) -> T:
         async def go() -> T:
@@ -262,7 +280,9 @@ def directory_daemon(ns: str, rundir: Path, admin_token: str) -> Daemon:
         netns=ns,
         argv=(sys.executable, "-m", "nvi", "directory", "serve", "--config", str(config)),
         rundir=rundir,
-        ready=folder / "directory.db",
+        # A check, not a path: `ensure_running` removes a ready path before starting, and this
+        # one is the database, which a restart must keep. Callers wait for /v1/health.
+        ready=(folder / "directory.db").exists,
     )
 
 
@@ -301,9 +321,13 @@ def site(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) 
         ensure_running(directory, timeout=30)
         tokens = in_netns(ns, lambda: _set_up_tenants(admin_token, server))
         write_secret(rundir / SERVER_TOKEN, tokens["server"])
+        operator_token = new_token()
+        tcp = TcpConfig(
+            host="127.0.0.1", port=AGENT_PORT, token_sha256=[token_hash(operator_token)]
+        )
         config = agent_config(
             server, net.ovs(server), f"http://127.0.0.1:{DIRECTORY_PORT}", docker_engine.url, LABELS
-        )
+        ).model_copy(update={"tcp": tcp})
         write_config(config, rundir)
         site = Site(
             net=net,
@@ -313,6 +337,7 @@ def site(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) 
             directory=directory,
             docker=docker_engine,
             admin_token=admin_token,
+            operator_token=operator_token,
             acme=Tenant("acme", tokens["acme"]),
             rival=Tenant("rival", tokens["rival"]),
         )
@@ -327,3 +352,45 @@ def site(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) 
             docker_engine.remove_test_containers()
         finally:
             net.down()
+
+
+def snapshot(site: Site) -> dict[str, Any]:
+    """Everything a node leaves on the server and in the directory."""
+
+    async def records(client: Any) -> list[str]:
+        nodes = [*await client.list_nodes("acme"), *await client.list_nodes("rival")]
+        return sorted(f"{n.tenant}/{n.name}@{n.locator}" for n in nodes)
+
+    async def rows() -> list[str]:
+        async with site.client() as agent:
+            return sorted(f"{n.tenant}/{n.name}:{n.phase}" for n in await agent.list())
+
+    veths = links.run_in(site.ns, ["ip", "-o", "link", "show", "type", "veth"]).stdout
+    return {
+        "containers": sorted(c["labels"]["nvi.node"] for c in site.docker.test_containers()),
+        "ports": sorted(site.ports()),
+        "veths": sorted(
+            line.split(":")[1].split("@")[0].strip()
+            for line in veths.splitlines()
+            if line.split(":")[1].strip().startswith("nv")
+        ),
+        "rows": in_netns(None, rows),
+        "directory": site.directory_call(site.admin_token, records),
+    }
+
+
+EMPTY = {"containers": [], "ports": [], "veths": [], "rows": [], "directory": []}
+
+
+async def delete_all(site: Site) -> None:
+    async with site.client(site.acme) as acme, site.client(site.rival) as rival:
+        for node in await acme.list():
+            await (acme if node.tenant == "acme" else rival).delete(node.tenant, node.name)
+
+
+@pytest.fixture
+async def clean(site: Site) -> Site:
+    """Each test starts and must end with no node; it asserts that the server is empty."""
+    yield site
+    await delete_all(site)
+    assert snapshot(site) == EMPTY

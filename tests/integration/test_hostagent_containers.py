@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import aiodocker
 import pytest
@@ -26,7 +25,7 @@ from nvi.lab import links
 from nvi.lab.process import running_pid
 from nvi.ports import KEYS, NodePort
 from tests.conftest import REPO
-from tests.integration.hostagent_fixtures import LABELS, Site, in_netns
+from tests.integration.hostagent_fixtures import EMPTY, LABELS, Site, snapshot
 
 pytest_plugins = ["tests.integration.hostagent_fixtures"]
 pytestmark = pytest.mark.root
@@ -81,48 +80,6 @@ def container_pid(site: Site, node_id: str) -> int:
         return (await docker.containers.container(f"nvi-{node_id}").show())["State"]["Pid"]
 
     return site.docker.call(show)
-
-
-def snapshot(site: Site) -> dict[str, Any]:
-    """Everything a node leaves on the server and in the directory."""
-
-    async def records(client: Any) -> list[str]:
-        nodes = [*await client.list_nodes("acme"), *await client.list_nodes("rival")]
-        return sorted(f"{n.tenant}/{n.name}@{n.locator}" for n in nodes)
-
-    async def rows() -> list[str]:
-        async with site.client() as agent:
-            return sorted(f"{n.tenant}/{n.name}:{n.phase}" for n in await agent.list())
-
-    veths = links.run_in(site.ns, ["ip", "-o", "link", "show", "type", "veth"]).stdout
-    return {
-        "containers": sorted(c["labels"]["nvi.node"] for c in site.docker.test_containers()),
-        "ports": sorted(site.ports()),
-        "veths": sorted(
-            line.split(":")[1].split("@")[0].strip()
-            for line in veths.splitlines()
-            if line.split(":")[1].strip().startswith("nv")
-        ),
-        "rows": in_netns(None, rows),
-        "directory": site.directory_call(site.admin_token, records),
-    }
-
-
-async def delete_all(site: Site) -> None:
-    async with site.client(site.acme) as acme, site.client(site.rival) as rival:
-        for node in await acme.list():
-            await (acme if node.tenant == "acme" else rival).delete(node.tenant, node.name)
-
-
-@pytest.fixture
-async def clean(site: Site) -> Site:
-    """Each test starts and must end with no node; it asserts that the server is empty."""
-    yield site
-    await delete_all(site)
-    assert snapshot(site) == EMPTY
-
-
-EMPTY = {"containers": [], "ports": [], "veths": [], "rows": [], "directory": []}
 
 
 async def test_container_gets_its_tenant_address_port_and_record(clean: Site) -> None:
