@@ -5,8 +5,9 @@ so validation, roles, errors and the OpenAPI document come from one declaration.
 
 A tenant acts with its own token and sees only its own nodes; another tenant's node answers
 exactly as a missing one. An operator acting on a tenant's behalf (create, delete) passes the
-tenant's directory token in `X-Tenant-Token`. Either way the agent publishes with that token
-and keeps it no longer than needed.
+tenant's directory token in `X-Tenant-Token`. Either way that token is the tenant's consent:
+it goes with the server's own credential when the agent publishes, and is kept no longer than
+needed.
 """
 
 from __future__ import annotations

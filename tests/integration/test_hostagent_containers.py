@@ -231,6 +231,8 @@ async def test_malformed_json_and_unknown_paths_are_json_errors(clean: Site) -> 
         assert code == 422 and "error" in answer
         code, answer = await agent.raw("GET", "/v1/openapi.json")
         assert code == 200 and "/v1/nodes/{tenant}/{name}/stop" in answer["paths"]
+        socket = answer["paths"]["/v1/nodes/{tenant}/{name}/console/socket"]["get"]
+        assert "101" in socket["responses"] and socket["parameters"][0]["name"] == "tenant"
 
 
 async def test_stop_start_delete_and_delete_again(clean: Site) -> None:
