@@ -8,6 +8,7 @@ container's address on s2. The VM's domain is `nvi-<lab>-s1-<node id>`: `down` r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 
 from federation.client import DirectoryClient
@@ -216,6 +218,30 @@ def test_vm_survives_an_agent_kill(clouds: Clouds) -> None:
     assert len(clouds.domains()) == 1
     nodes = clouds.agent("s1", lambda c: c.list())
     assert [(n.name, n.state) for n in nodes] == [("vm21", "running")]
+
+
+def test_the_vms_serial_console_over_the_agents_websocket(clouds: Clouds) -> None:
+    """The console WebSocket runs `virsh console` on the agent (as for a remote tenant): a
+    command typed on the guest's ttyS0 answers through it."""
+
+    async def console(client: AgentClient) -> bytes:
+        async with client.console_socket("red", "vm21") as ws:
+            seen = await _read_until(ws, b"Escape character", b"")
+            await asyncio.sleep(1.2)  # QEMU notices a newly opened pty on its next 1 s poll
+            await ws.send_bytes(b"\recho vm-$((6*7))\r")
+            return await _read_until(ws, b"vm-42", seen)
+
+    screen = clouds.agent("s1", console)
+    assert b"Connected to domain" in screen and b"vm-42" in screen
+
+
+async def _read_until(ws: Any, wanted: bytes, seen: bytes, seconds: float = 20) -> bytes:
+    async with asyncio.timeout(seconds):
+        while wanted not in seen:
+            message = await ws.receive()
+            assert message.type == aiohttp.WSMsgType.BINARY, (message, seen)
+            seen += message.data
+    return seen
 
 
 def test_vm_stop_start_delete(clouds: Clouds) -> None:
