@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -385,7 +386,8 @@ def console(
 ) -> None:
     """Attach to the node's console: a shell in a container, a VM's serial console. Against
     an agent's http(s) URL it runs on the agent and comes over a WebSocket (leave with
-    Ctrl-]); over the agent's Unix socket it runs here."""
+    Ctrl-]; the exit status is the console command's, as with ssh); over the agent's Unix
+    socket it runs here."""
     tenant, name = _split(name, tenant)
     if address.startswith(("http://", "https://")):
 
@@ -393,7 +395,8 @@ def console(
             async with client.console_socket(tenant, name) as ws:
                 return await attach(ws)
 
-        _run_node(address, relay, agent_token, token, token_file)
-        return
+        ended = _run_node(address, relay, agent_token, token, token_file)
+        status = ended.removeprefix("exit ")
+        sys.exit(int(status) if status.isdigit() else 0)
     argv = _run(address, lambda client: client.console(tenant, name), operator_token=agent_token)
     os.execvp(argv[0], argv)

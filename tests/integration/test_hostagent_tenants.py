@@ -295,8 +295,8 @@ def test_the_cli_with_the_agents_url_and_a_tenant_token(
     assert json.loads(nvi("rival", "node", "list", "-o", "json").stdout) == []
     foreign = nvi("rival", "node", "show", "acme/cli1")
     assert (foreign.returncode, foreign.stderr) == (1, "nvi: no node acme/cli1 on this server\n")
-    console = nvi("acme", "node", "console", "acme/cli1", stdin="echo from-$((40+2)); exit\n")
-    assert console.returncode == 0 and "from-42" in console.stdout, console
+    console = nvi("acme", "node", "console", "acme/cli1", stdin="echo from-$((40+2)); exit 3\n")
+    assert console.returncode == 3 and "from-42" in console.stdout, console  # the shell's status
     assert nvi("acme", "node", "stop", "acme/cli1").returncode == 0
     assert nvi("acme", "node", "start", "acme/cli1", "-o", "json").returncode == 0
     deleted = nvi("acme", "node", "delete", "acme/cli1", "-o", "json")
