@@ -58,7 +58,7 @@ class Agent:
         async with self.lock:
             await self._check(request)
             taken = await self.switch.locators()
-            node = self.state.reserve(request, self.config.locator_pool, token, taken)
+            node = self.state.reserve(request, self.config.locator_pool, taken)
             step = functools.partial(self.steps.__setitem__, node.id)
             try:
                 step("publishing it to the directory")
@@ -83,7 +83,7 @@ class Agent:
                 step(f"starting its {node.kind}")
                 await driver.create(node)
                 await self._bring_up(node)
-                return self.state.update(node.id, phase=Phase.READY, token=None)
+                return self.state.update(node.id, phase=Phase.READY)
             except BaseException:
                 step("rolling back")
                 await self._undo(node.id)
@@ -184,21 +184,21 @@ class Agent:
             if node.phase == Phase.CREATING:
                 raise Conflict(f"node {tenant}/{name} is being rolled back; try again later")
             await self._authorise(token, node)
-            self.state.update(node.id, phase=Phase.DELETING, token=token)
+            self.state.update(node.id, phase=Phase.DELETING)
             await self._finish_delete(node.id)
 
     async def drain(self, directory_token: str | None) -> list[NodeInfo]:
         """Delete every node of this server with its directory record: how an operator takes
         a server out of service without the tenants' tokens. The directory's admin
-        credential comes with the request, is checked before anything changes, and is kept
-        only in the rows being deleted (as a tenant's token is), so a crash half-way is
-        finished by reconciliation."""
+        credential comes with the request and is checked before anything changes; records
+        are withdrawn with the server's own credential, so a crash half-way is finished by
+        reconciliation."""
         if not directory_token or not await self.publisher.is_admin(directory_token):
             raise Unauthorized("draining needs the directory's admin token (X-Directory-Token)")
         async with self.lock:
             drained = self.state.nodes()
             for node in drained:
-                self.state.update(node.id, phase=Phase.DELETING, token=directory_token)
+                self.state.update(node.id, phase=Phase.DELETING)
                 await self._finish_delete(node.id)
         return drained
 

@@ -2,9 +2,8 @@
 
 A node's row is written *before* anything is created for it (phase `creating`) and removed
 only *after* everything is gone (phase `deleting`), so after a crash at any moment the rows
-say exactly what may exist and what must be finished or undone. The tenant token that an
-operation in flight needs to undo or finish its directory record is kept in the row only
-for as long as that operation lasts.
+say exactly what may exist and what must be finished or undone. No row holds a token: the
+server withdraws its own directory records with its own credential.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ CREATE TABLE IF NOT EXISTS nodes (
     directory_id TEXT,
     phase TEXT NOT NULL,
     desired TEXT NOT NULL,
-    token TEXT,
     created REAL NOT NULL,
     UNIQUE (tenant, name)
 );
@@ -53,7 +51,7 @@ class State:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        path.chmod(0o600)  # rows may hold a tenant token while an operation is in flight
+        path.chmod(0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
@@ -69,9 +67,7 @@ class State:
         )
         return self.db.execute("SELECT value FROM meta WHERE key = 'agent_id'").fetchone()[0]
 
-    def reserve(
-        self, request: NodeCreate, pool: netaddr.IPRange, token: str, taken: set[str]
-    ) -> NodeInfo:
+    def reserve(self, request: NodeCreate, pool: netaddr.IPRange, taken: set[str]) -> NodeInfo:
         """Insert the row of a node about to be created, with the lowest locator that neither
         a row nor anything else on this server (`taken`) holds. The agent has filled in the
         image (a request without one gets its kind's default)."""
@@ -88,8 +84,8 @@ class State:
             node_id = uuid.uuid4().hex[:16]
             self.db.execute(
                 "INSERT INTO nodes (id, tenant, name, kind, network, image, cpus, memory_mib,"
-                " locator, phase, desired, token, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " locator, phase, desired, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node_id,
                     request.tenant,
@@ -102,7 +98,6 @@ class State:
                     locator,
                     Phase.CREATING,
                     Desired.RUNNING,
-                    token,
                     time.time(),
                 ),
             )
@@ -123,10 +118,6 @@ class State:
     def get(self, node_id: str) -> NodeInfo:
         row = self.db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
         return _info(row)
-
-    def token(self, node_id: str) -> str | None:
-        row = self.db.execute("SELECT token FROM nodes WHERE id = ?", (node_id,)).fetchone()
-        return row[0] if row else None
 
     def find(self, tenant: str, name: str) -> NodeInfo | None:
         row = self._find(tenant, name)
@@ -158,5 +149,5 @@ def port_name(node_id: str) -> str:
 
 
 def _info(row: sqlite3.Row) -> NodeInfo:
-    data = {key: row[key] for key in row.keys() if key != "token"}
+    data = {key: row[key] for key in row.keys() if key != "token"}  # state files before 0.2
     return NodeInfo(**data, port=port_name(row["id"]))

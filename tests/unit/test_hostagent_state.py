@@ -28,23 +28,23 @@ def request(name: str, tenant: str = "acme") -> NodeCreate:
 
 def test_locators_are_the_lowest_free_skipping_those_held_by_others(tmp_path: Path) -> None:
     state = State(tmp_path / "agent.db")
-    first = state.reserve(request("a"), POOL, "token", taken={"198.51.100.64"})
-    second = state.reserve(request("b"), POOL, "token", taken={"198.51.100.64"})
+    first = state.reserve(request("a"), POOL, taken={"198.51.100.64"})
+    second = state.reserve(request("b"), POOL, taken={"198.51.100.64"})
     assert (first.locator, second.locator) == ("198.51.100.65", "198.51.100.66")
-    assert first.phase == Phase.CREATING and state.token(first.id) == "token"
+    assert first.phase == Phase.CREATING
     with pytest.raises(Conflict, match="no free locator"):
-        state.reserve(request("c"), POOL, "token", taken={"198.51.100.64"})
+        state.reserve(request("c"), POOL, taken={"198.51.100.64"})
     state.delete(first.id)
-    assert state.reserve(request("c"), POOL, "t", taken=set()).locator == "198.51.100.64"
+    assert state.reserve(request("c"), POOL, taken=set()).locator == "198.51.100.64"
     assert state.reserved() == (1.0, 128)
 
 
 def test_a_name_is_unique_per_tenant_and_the_agent_id_survives_reopening(tmp_path: Path) -> None:
     state = State(tmp_path / "agent.db")
-    state.reserve(request("db"), POOL, "t", taken=set())
-    state.reserve(request("db", tenant="rival"), POOL, "t", taken=set())
+    state.reserve(request("db"), POOL, taken=set())
+    state.reserve(request("db", tenant="rival"), POOL, taken=set())
     with pytest.raises(Conflict, match="already exists"):
-        state.reserve(request("db"), POOL, "t", taken=set())
+        state.reserve(request("db"), POOL, taken=set())
     agent_id = state.agent_id
     state.close()
     again = State(tmp_path / "agent.db")
@@ -54,7 +54,7 @@ def test_a_name_is_unique_per_tenant_and_the_agent_id_survives_reopening(tmp_pat
 
 def test_port_record_is_what_the_controller_reads(tmp_path: Path) -> None:
     state = State(tmp_path / "agent.db")
-    node = state.reserve(request("web1"), POOL, "t", taken=set())
+    node = state.reserve(request("web1"), POOL, taken=set())
     node = state.update(
         node.id,
         directory_id="n-1",
