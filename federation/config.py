@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from nvi.config import load_toml_model
 from nvi.errors import NviError
@@ -23,6 +23,17 @@ class StorageConfig(_Section):
     path: Path = Field(Path("directory.db"), description="sqlite: relative to the config file")
     endpoints: list[str] = Field([], description="etcd: client URLs of the cluster's members")
     prefix: str = Field("/nvi/directory/", description="etcd: key prefix of this directory")
+    ca_file: Path | None = Field(
+        None, description="etcd: CA of the members' certificates (default: system trust)"
+    )
+    cert_file: Path | None = Field(None, description="etcd: client certificate, if required")
+    key_file: Path | None = Field(None, description="etcd: the client certificate's key")
+
+    @model_validator(mode="after")
+    def _client_certificate(self) -> StorageConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 class AuthConfig(_Section):
@@ -49,11 +60,13 @@ def load_config(path: str | Path) -> Config:
     """Read FILE; relative storage paths are taken from the file's own directory."""
     path = Path(path)
     config = load_toml_model(path, Config)
+    storage = config.storage
     base = path.parent.resolve()
-    if not config.storage.path.is_absolute():
-        config.storage.path = base / config.storage.path
-    if not config.audit_log.is_absolute():
-        config.audit_log = base / config.audit_log
+    storage.path = base / storage.path
+    for name in ("ca_file", "cert_file", "key_file"):
+        if (value := getattr(storage, name)) is not None:
+            setattr(storage, name, base / value)
+    config.audit_log = base / config.audit_log
     if config.storage.backend == "etcd" and not config.storage.endpoints:
         raise NviError(f"invalid config {path}: the etcd backend needs storage.endpoints")
     return config
@@ -64,7 +77,9 @@ def render_config(config: Config) -> str:
 
     def section(values: dict) -> list[str]:
         # JSON strings, numbers and arrays of strings are valid TOML values.
-        return [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        return [
+            f"{key} = {json.dumps(value)}" for key, value in values.items() if value is not None
+        ]
 
     data = config.model_dump(mode="json")
     storage, auth = data.pop("storage"), data.pop("auth")

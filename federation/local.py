@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from federation.config import AuthConfig, Config, StorageConfig, render_config
 from federation.directory import new_token, token_hash
+from nvi.tls import KeyPair, client_context, ensure_ca, ensure_certificate
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -44,10 +46,10 @@ def wait_until(check: Callable[[], bool], timeout: float = 15, what: str = "cond
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def http_json(url: str) -> dict | None:
+def http_json(url: str, context: ssl.SSLContext | None = None) -> dict | None:
     """The JSON body of a 200 answer, or None if there is none (yet)."""
     try:
-        with urllib.request.urlopen(url, timeout=1) as reply:
+        with urllib.request.urlopen(url, timeout=1, context=context) as reply:
             return json.loads(reply.read()) if reply.status == 200 else None
     except (OSError, ValueError):
         return None
@@ -73,14 +75,58 @@ class EtcdMember:
     process: subprocess.Popen | None = None
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """Client TLS of a cluster on loopback: every member serves `member` and wants a client
+    certificate from the same CA, such as `client`."""
+
+    ca_file: Path
+    member: KeyPair
+    client: KeyPair
+
+    @classmethod
+    def make(cls, folder: Path) -> EtcdTls:
+        ca, _ = ensure_ca(folder, "etcd test CA")
+        # etcd's JSON gateway dials its own gRPC port with the member's certificate as a client.
+        member, _ = ensure_certificate(
+            ca, folder, "member", ["127.0.0.1", "localhost"], client=True
+        )
+        client, _ = ensure_certificate(ca, folder, "client", [], client=True)
+        return cls(ca.cert_file, member, client)
+
+    def arguments(self) -> list[str]:
+        return [
+            "--cert-file",
+            str(self.member.cert_file),
+            "--key-file",
+            str(self.member.key_file),
+            "--trusted-ca-file",
+            str(self.ca_file),
+            "--client-cert-auth",
+        ]
+
+
 @dataclass
 class EtcdCluster:
     members: list[EtcdMember]
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tls: EtcdTls | None = None
 
     @property
     def endpoints(self) -> list[str]:
         return [member.client_url for member in self.members]
+
+    def storage(self, prefix: str) -> StorageConfig:
+        """A directory's storage section for this cluster, under its own key prefix."""
+        tls = self.tls
+        return StorageConfig(
+            backend="etcd",
+            endpoints=self.endpoints,
+            prefix=prefix,
+            ca_file=tls.ca_file if tls else None,
+            cert_file=tls.client.cert_file if tls else None,
+            key_file=tls.client.key_file if tls else None,
+        )
 
     def start(self, member: EtcdMember) -> None:
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
@@ -119,6 +165,7 @@ class EtcdCluster:
                 "warn",
                 "--logger",
                 "zap",
+                *(self.tls.arguments() if self.tls else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -126,7 +173,11 @@ class EtcdCluster:
         log.close()
 
     def healthy(self, member: EtcdMember) -> bool:
-        return (http_json(member.client_url + "/health") or {}).get("health") == "true"
+        tls = self.tls
+        context = (
+            client_context(tls.ca_file, tls.client.cert_file, tls.client.key_file) if tls else None
+        )
+        return (http_json(member.client_url + "/health", context) or {}).get("health") == "true"
 
     def stop_all(self) -> None:
         for member in self.members:
@@ -134,17 +185,20 @@ class EtcdCluster:
                 stop(member.process)
 
 
-def start_etcd_cluster(root: Path, size: int = 3) -> EtcdCluster:
+def start_etcd_cluster(root: Path, size: int = 3, tls: bool = False) -> EtcdCluster:
+    """`size` members on loopback; with `tls`, clients speak HTTPS with a certificate from a
+    CA made in ROOT/tls (members talk to each other in plain HTTP, on loopback)."""
+    scheme = "https" if tls else "http"
     members = [
         EtcdMember(
             f"m{i}",
-            f"http://127.0.0.1:{free_port()}",
+            f"{scheme}://127.0.0.1:{free_port()}",
             f"http://127.0.0.1:{free_port()}",
             root / f"m{i}",
         )
         for i in range(size)
     ]
-    cluster = EtcdCluster(members)
+    cluster = EtcdCluster(members, tls=EtcdTls.make(root / "tls") if tls else None)
     try:
         for member in members:
             cluster.start(member)

@@ -443,7 +443,13 @@ async def openapi(request: web.Request) -> web.Response:
 def open_store(storage: StorageConfig) -> Store:
     """The backend a storage section names (not yet opened)."""
     if storage.backend == "etcd":
-        return EtcdStore(storage.endpoints, storage.prefix)
+        return EtcdStore(
+            storage.endpoints,
+            storage.prefix,
+            ca_file=storage.ca_file,
+            cert_file=storage.cert_file,
+            key_file=storage.key_file,
+        )
     return SqliteStore(storage.path)
 
 

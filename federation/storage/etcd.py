@@ -12,13 +12,16 @@ import asyncio
 import base64
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from federation.errors import Gone, Unavailable
 from federation.storage import Delete, Entry, Expect, LogPage, Put, Snapshot, Store, prefix_end
+from nvi.tls import client_context, tls_failure
 
+_CA_HINT = "set storage.ca_file to its CA"
 _MAX_TXN_OPS = 100
 """etcd refuses transactions with more than 128 operations unless started with --max-txn-ops."""
 
@@ -33,20 +36,33 @@ def _unb64(text: str) -> bytes:
 
 
 class EtcdStore(Store):
+    """`https://` endpoints are verified against `ca_file` (system trust when None); members
+    started with `--client-cert-auth` also want `cert_file` and `key_file`."""
+
     backend = "etcd"
 
-    def __init__(self, endpoints: list[str], prefix: str = "/nvi/directory/", timeout: float = 5):
+    def __init__(
+        self,
+        endpoints: list[str],
+        prefix: str = "/nvi/directory/",
+        timeout: float = 5,
+        *,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ):
         if not endpoints:
             raise ValueError("the etcd backend needs at least one endpoint")
         self.endpoints = [endpoint.rstrip("/") for endpoint in endpoints]
         self.prefix = prefix
         self.timeout = timeout
         self._current = 0
+        self._ssl = client_context(ca_file, cert_file, key_file)
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
-            connector=aiohttp.TCPConnector(limit=64),
+            connector=aiohttp.TCPConnector(limit=64, ssl=self._ssl),
         )
 
     async def close(self) -> None:
@@ -64,7 +80,9 @@ class EtcdStore(Store):
                         return data
                     message = f"etcd at {endpoint}: {data.get('message', response.status)}"
             except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as error:
-                message = f"etcd at {endpoint}: {error or type(error).__name__}"
+                message = tls_failure("etcd", endpoint, error, _CA_HINT) or (
+                    f"etcd at {endpoint}: {error or type(error).__name__}"
+                )
             self._current = (self._current + 1) % len(self.endpoints)
             if attempt >= len(self.endpoints) - 1:
                 await asyncio.sleep(0.2)  # e.g. a leader election after a member died
