@@ -19,7 +19,15 @@ import click
 from hostagent.client import DEFAULT_SOCKET, AgentClient
 from hostagent.models import NodeInfo
 from hostagent.terminal import attach
-from nvi.clitools import option_group, output_option, read_token, run_client, show_rows
+from nvi.clitools import (
+    ca_file,
+    ca_file_option,
+    option_group,
+    output_option,
+    read_token,
+    run_client,
+    show_rows,
+)
 from nvi.errors import NviError
 from nvi.output import ProgressLine
 
@@ -43,7 +51,7 @@ agent_option = click.option(
     envvar="NVI_AGENT",
     default=DEFAULT_SOCKET,
     show_default=True,
-    help="Agent socket path or http(s) URL [env NVI_AGENT]",
+    help="Agent socket path or https URL [env NVI_AGENT]",
 )
 operator_token_option = click.option(
     "--agent-token", envvar="NVI_AGENT_TOKEN", help="Operator token for TCP [env NVI_AGENT_TOKEN]"
@@ -57,8 +65,11 @@ def _run(
     operator_token: str | None = None,
     tenant_token: str | None = None,
 ) -> Any:
+    ca = ca_file()
     return run_client(
-        lambda: AgentClient(address, operator_token=operator_token, tenant_token=tenant_token),
+        lambda: AgentClient(
+            address, operator_token=operator_token, tenant_token=tenant_token, ca_file=ca
+        ),
         call,
     )
 
@@ -144,6 +155,7 @@ def serve(config_path: str) -> None:
 
 @agent.command()
 @agent_option
+@ca_file_option
 @operator_token_option
 @output_option
 def status(address: str, agent_token: str | None, output: str) -> None:
@@ -162,6 +174,7 @@ def status(address: str, agent_token: str | None, output: str) -> None:
     help="The directory's admin token [env NVI_DIRECTORY_TOKEN_FILE]",
 )
 @agent_option
+@ca_file_option
 @operator_token_option
 @output_option
 def drain(
@@ -198,6 +211,7 @@ _tenant_token_options = option_group(
 )
 _target_options = option_group(
     agent_option,
+    ca_file_option,
     operator_token_option,
     _tenant_token_options,
     click.option("--tenant", "-t", envvar="NVI_TENANT", help="[env NVI_TENANT]"),
@@ -385,7 +399,7 @@ def console(
     tenant: str | None,
 ) -> None:
     """Attach to the node's console: a shell in a container, a VM's serial console. Against
-    an agent's http(s) URL it runs on the agent and comes over a WebSocket (leave with
+    an agent's https URL it runs on the agent and comes over a WebSocket (leave with
     Ctrl-]; the exit status is the console command's, as with ssh); over the agent's Unix
     socket it runs here."""
     tenant, name = _split(name, tenant)

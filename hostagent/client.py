@@ -1,5 +1,5 @@
-"""Asyncio client of one agent, over its Unix socket or over TCP with an operator or a tenant
-token.
+"""Asyncio client of one agent, over its Unix socket or over HTTPS with an operator or a
+tenant token.
 
 Used by the CLI, the tests and the benchmark; an error answer raises an NviError carrying
 the answer's status and message.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ from pydantic import TypeAdapter
 
 from hostagent.errors import AgentError
 from hostagent.models import DIRECTORY_TOKEN, TENANT_TOKEN, AgentStatus, ImageInfo, NodeInfo
+from nvi.tls import client_context, tls_failure
 
 DEFAULT_SOCKET = "/run/nvi/agent.sock"
 # A create may build the default image first (the VM guest downloads a kernel package).
@@ -24,7 +26,9 @@ CREATE_TIMEOUT = aiohttp.ClientTimeout(total=900)
 
 class AgentClient:
     """`async with AgentClient("/run/nvi/agent.sock") as agent: ...`; `address` is a socket
-    path or an http(s) URL. Over a URL without an operator token, the tenant token is the
+    path or an https URL, whose certificate is verified against `ca_file` (default: the
+    system's trust); plain HTTP is for the Unix socket only, since tokens must not cross a
+    network in the clear. Over a URL without an operator token, the tenant token is the
     bearer token: the tenant speaks for itself."""
 
     def __init__(
@@ -34,17 +38,22 @@ class AgentClient:
         operator_token: str | None = None,
         tenant_token: str | None = None,
         timeout: float = 60,
+        ca_file: Path | None = None,
     ) -> None:
+        if address.startswith("http://"):
+            raise AgentError(f"agent at {address}: over TCP the agent speaks only https://")
         headers = {}
-        remote = address.startswith(("http://", "https://"))
+        remote = address.startswith("https://")
         if operator_token:
             headers["Authorization"] = f"Bearer {operator_token}"
         if tenant_token and remote and not operator_token:
             headers["Authorization"] = f"Bearer {tenant_token}"  # the tenant itself
         elif tenant_token:
             headers[TENANT_TOKEN] = tenant_token  # an operator, on the tenant's behalf
+        connector: aiohttp.BaseConnector
         if remote:
-            self.base, connector = address.rstrip("/"), None
+            self.base = address.rstrip("/")
+            connector = aiohttp.TCPConnector(ssl=client_context(ca_file))
         else:
             self.base, connector = "http://agent", aiohttp.UnixConnector(path=address)
         self.address = address
@@ -58,12 +67,17 @@ class AgentClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._session.close()
 
+    def _unreachable(self, error: BaseException) -> str:
+        return tls_failure("agent", self.address, error) or (
+            f"agent at {self.address} unreachable: {error}"
+        )
+
     async def _call(self, method: str, path: str, answer: Any = None, **kwargs: Any) -> Any:
         try:
             async with self._session.request(method, self.base + path, **kwargs) as response:
                 body = await response.read()
         except (aiohttp.ClientError, OSError) as error:
-            raise AgentError(f"agent at {self.address} unreachable: {error}") from None
+            raise AgentError(self._unreachable(error)) from None
         if response.status >= 400:
             try:
                 message = TypeAdapter(dict).validate_json(body)["error"]
@@ -122,7 +136,7 @@ class AgentClient:
             failure.status = error.status
             raise failure from None
         except (aiohttp.ClientError, OSError) as error:
-            raise AgentError(f"agent at {self.address} unreachable: {error}") from None
+            raise AgentError(self._unreachable(error)) from None
         try:
             yield ws
         finally:

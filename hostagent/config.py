@@ -81,9 +81,16 @@ class DirectoryConfig(_Section):
 
 
 class TcpConfig(_Section):
+    """The remote API; HTTPS only, since operator and tenant tokens cross the network."""
+
     host: str = "127.0.0.1"
     port: int = Field(7490, ge=0, le=65535)
     token_sha256: list[Sha256] = Field(min_length=1, description="Operator tokens (SHA-256)")
+    cert_file: Path = Field(
+        description="This endpoint's certificate (PEM); relative paths are "
+        "taken from the config file's folder"
+    )
+    key_file: Path = Field(description="The certificate's private key (PEM)")
 
 
 class Capacity(_Section):
@@ -137,6 +144,9 @@ def load_config(path: str | Path) -> AgentConfig:
     config.state_dir = base / config.state_dir
     config.socket = base / config.socket
     config.directory.credential_file = base / config.directory.credential_file
+    if config.tcp:
+        config.tcp.cert_file = base / config.tcp.cert_file
+        config.tcp.key_file = base / config.tcp.key_file
     return config
 
 

@@ -43,6 +43,7 @@ from hostagent.state import State
 from hostagent.tenants import TenantTokens, directory_whoami
 from nvi.errors import NviError
 from nvi.model import Name
+from nvi.tls import server_context
 from nvi.web import json_errors
 
 log = logging.getLogger(__name__)
@@ -313,6 +314,7 @@ def make_app(config: AgentConfig) -> web.Application:
 async def run(config: AgentConfig) -> None:
     """Serve until cancelled; the Unix socket appears only once the agent has reconciled, so
     its existence is the readiness signal."""
+    tls = server_context(config.tcp.cert_file, config.tcp.key_file) if config.tcp else None
     runner = web.AppRunner(make_app(config), access_log=None)
     await runner.setup()
     config.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +323,7 @@ async def run(config: AgentConfig) -> None:
     temporary.unlink(missing_ok=True)
     sites: list[web.BaseSite] = [web.UnixSite(runner, str(temporary))]
     if config.tcp:
-        sites.append(web.TCPSite(runner, config.tcp.host, config.tcp.port))
+        sites.append(web.TCPSite(runner, config.tcp.host, config.tcp.port, ssl_context=tls))
     try:
         for site in sites:
             await site.start()

@@ -21,6 +21,12 @@ T = TypeVar("T")
 output_option = click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+ca_file_option = click.option(
+    "--ca-file",
+    envvar="NVI_CA_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA of the service's HTTPS certificate; default: the system's trust [env NVI_CA_FILE]",
+)
 
 
 def option_group(*options: Callable[[C], C]) -> Callable[[C], C]:
