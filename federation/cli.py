@@ -9,12 +9,28 @@ from typing import Any
 import click
 
 from federation.client import DirectoryClient
-from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
+from federation.config import (
+    AuthConfig,
+    Config,
+    StorageConfig,
+    TlsConfig,
+    load_config,
+    render_config,
+)
 from federation.directory import new_token, token_hash
-from nvi.clitools import option_group, output_option, read_token, run_client, show_rows
+from nvi.clitools import (
+    ca_file,
+    ca_file_option,
+    option_group,
+    output_option,
+    read_token,
+    run_client,
+    show_rows,
+)
 from nvi.config import write_secret
 from nvi.errors import NviError
 from nvi.model import LinkKind
+from nvi.tls import ensure_ca, ensure_certificate
 
 NETWORK_COLUMNS = ["tenant", "name", "cidr", "gateway"]
 LINK_COLUMNS = ["tenant", "id", "kind", "a", "b"]
@@ -45,6 +61,18 @@ def serve(config_path: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=7480, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
+    "--cert-name",
+    "cert_names",
+    multiple=True,
+    metavar="NAME",
+    help="an address or DNS name clients use, for the certificate (repeat; default: --host)",
+)
+@click.option(
+    "--ca-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="sign with the CA in this folder (ca.crt, ca.key; made if missing); default: FOLDER",
+)
+@click.option(
     "--etcd",
     "etcd_endpoints",
     multiple=True,
@@ -52,8 +80,18 @@ def serve(config_path: str) -> None:
     help="use the etcd backend with this member (repeat for each member)",
 )
 @output_option
-def init(folder: str, host: str, port: int, etcd_endpoints: tuple[str, ...], output: str) -> None:
-    """Write FOLDER/directory.toml and a fresh admin token (mode 0600)."""
+def init(
+    folder: str,
+    host: str,
+    port: int,
+    cert_names: tuple[str, ...],
+    ca_dir: Path | None,
+    etcd_endpoints: tuple[str, ...],
+    output: str,
+) -> None:
+    """Write FOLDER/directory.toml, a fresh admin token (mode 0600), and the service's HTTPS
+    certificate, signed by a CA of its own unless --ca-dir names one: clients are given its
+    ca.crt (--ca-file)."""
     root = Path(folder)
     config = root / "directory.toml"
     if config.exists():
@@ -67,11 +105,19 @@ def init(folder: str, host: str, port: int, etcd_endpoints: tuple[str, ...], out
         else StorageConfig(backend="sqlite", path=Path("directory.db"))
     )
     auth = AuthConfig(admin_token_sha256=[token_hash(admin)])
-    config.write_text(render_config(Config(host=host, port=port, storage=storage, auth=auth)))
+    ca, _ = ensure_ca(ca_dir or root)
+    certificate, _ = ensure_certificate(ca, root, "directory", cert_names or [host])
+    tls = TlsConfig(
+        cert_file=Path(certificate.cert_file.name), key_file=Path(certificate.key_file.name)
+    )
+    config.write_text(
+        render_config(Config(host=host, port=port, storage=storage, tls=tls, auth=auth))
+    )
     row = {
         "config": str(config),
         "admin token": str(root / "admin.token"),
-        "url": f"http://{host}:{port}",
+        "ca file": str(ca.cert_file),
+        "url": f"https://{cert_names[0] if cert_names else host}:{port}",
     }
     show_rows(output, "directory", [row], list(row))
 
@@ -89,10 +135,11 @@ _client_options = option_group(
     click.option(
         "--url",
         envvar="NVI_DIRECTORY_URL",
-        default="http://127.0.0.1:7480",
+        default="https://127.0.0.1:7480",
         show_default=True,
         help="[env NVI_DIRECTORY_URL]",
     ),
+    ca_file_option,
     click.option("--token", envvar="NVI_DIRECTORY_TOKEN", help="[env NVI_DIRECTORY_TOKEN]"),
     click.option(
         "--token-file",
@@ -111,7 +158,8 @@ def _run(
     call: Callable[[DirectoryClient], Awaitable[Any]],
 ) -> Any:
     """Run one client call; a token file wins over nothing, a --token over a file."""
-    return run_client(lambda: DirectoryClient(url, read_token(token, token_file)), call)
+    secret, ca = read_token(token, token_file), ca_file()
+    return run_client(lambda: DirectoryClient(url, secret, ca_file=ca), call)
 
 
 @directory.command()

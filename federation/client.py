@@ -12,6 +12,7 @@ import inspect
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -30,7 +31,9 @@ from federation.models import (
     TokenCreated,
     TokenInfo,
 )
+from nvi.errors import NviError
 from nvi.model import Link, LinkKind, Network, Node, NodeKind, Server, Tenant
+from nvi.tls import client_context, tls_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,7 +49,8 @@ class DirectoryClient:
     """`async with DirectoryClient(url, token) as directory: ...`
 
     A server acting for a tenant passes its own credential as `token` and the tenant's token
-    as `tenant_token`.
+    as `tenant_token`. The directory speaks HTTPS only; its certificate is verified against
+    `ca_file`, or the system's trust store when None.
     """
 
     def __init__(
@@ -56,13 +60,18 @@ class DirectoryClient:
         *,
         tenant_token: str | None = None,
         timeout: float = 10,
+        ca_file: Path | None = None,
     ) -> None:
+        if not url.startswith("https://"):
+            raise NviError(f"directory at {url}: the directory speaks only https://")
         self.url = url.rstrip("/")
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if tenant_token:
             headers["X-Tenant-Token"] = tenant_token
-        self._session = aiohttp.ClientSession(headers=headers)
+        self._session = aiohttp.ClientSession(
+            headers=headers, connector=aiohttp.TCPConnector(ssl=client_context(ca_file))
+        )
 
     async def __aenter__(self) -> DirectoryClient:
         return self
@@ -101,7 +110,10 @@ class DirectoryClient:
                         message = body.decode(errors="replace")[:200] or response.reason
                     raise from_status(response.status, message)
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise Unavailable(f"directory at {self.url}: {error or type(error).__name__}") from None
+            reason = tls_failure("directory", self.url, error)
+            raise Unavailable(
+                reason or f"directory at {self.url}: {error or type(error).__name__}"
+            ) from None
         return _adapter(answer).validate_json(body) if answer is not None else None
 
     async def health(self) -> Health:

@@ -36,6 +36,13 @@ class StorageConfig(_Section):
         return self
 
 
+class TlsConfig(_Section):
+    """The service speaks HTTPS only: tokens cross the network."""
+
+    cert_file: Path = Field(description="its certificate (PEM); relative to the config file")
+    key_file: Path = Field(description="the certificate's private key (PEM, mode 0600)")
+
+
 class AuthConfig(_Section):
     """Only the admin credential is in the config; servers and tenants are in storage."""
 
@@ -53,11 +60,12 @@ class Config(_Section):
         Path("audit.log"), description="one JSON line per change; relative to the config file"
     )
     storage: StorageConfig = StorageConfig()
+    tls: TlsConfig
     auth: AuthConfig
 
 
 def load_config(path: str | Path) -> Config:
-    """Read FILE; relative storage paths are taken from the file's own directory."""
+    """Read FILE; relative paths are taken from the file's own directory."""
     path = Path(path)
     config = load_toml_model(path, Config)
     storage = config.storage
@@ -67,6 +75,8 @@ def load_config(path: str | Path) -> Config:
         if (value := getattr(storage, name)) is not None:
             setattr(storage, name, base / value)
     config.audit_log = base / config.audit_log
+    config.tls.cert_file = base / config.tls.cert_file
+    config.tls.key_file = base / config.tls.key_file
     if config.storage.backend == "etcd" and not config.storage.endpoints:
         raise NviError(f"invalid config {path}: the etcd backend needs storage.endpoints")
     return config
@@ -82,9 +92,10 @@ def render_config(config: Config) -> str:
         ]
 
     data = config.model_dump(mode="json")
-    storage, auth = data.pop("storage"), data.pop("auth")
+    storage, tls, auth = data.pop("storage"), data.pop("tls"), data.pop("auth")
     lines = ["# NVI federation directory (see docs/directory.md)", *section(data), "", "[storage]"]
     lines += section(storage)
+    lines += ["", "[tls]", *section(tls)]
     lines += ["", "[auth]", "# SHA-256 of each accepted token; the tokens are not stored here"]
     lines += section(auth)
     return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from federation.config import AuthConfig, Config, StorageConfig, render_config
+from federation.config import AuthConfig, Config, StorageConfig, TlsConfig, render_config
 from federation.directory import new_token, token_hash
 from nvi.tls import KeyPair, client_context, ensure_ca, ensure_certificate
 
@@ -222,7 +222,8 @@ class Credentials:
 
 @dataclass
 class ServiceProcess:
-    """`nvi directory serve` as a process of its own."""
+    """`nvi directory serve` as a process of its own, with a config from `write_config` (or
+    `nvi directory init`): its CA is next to the config file."""
 
     config_path: Path
     port: int
@@ -230,7 +231,11 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.config_path.parent / "ca.crt"
 
     def start(self) -> None:
         log = open(self.config_path.with_suffix(".log"), "ab")  # noqa: SIM115
@@ -253,7 +258,7 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 log_text = self.config_path.with_suffix(".log").read_text()[-2000:]
                 raise RuntimeError(f"the directory service exited: {log_text}")
-            return http_json(self.url + "/v1/health") is not None
+            return http_json(self.url + "/v1/health", client_context(self.ca_file)) is not None
 
         wait_until(ready, 30, "the directory service")
 
@@ -263,8 +268,12 @@ class ServiceProcess:
 
 
 def write_config(path: Path, credentials: Credentials, storage: StorageConfig, **settings) -> int:  # noqa: ANN003
-    """Write a config file the way an operator would; returns the chosen port."""
+    """Write a config file the way an operator would, with a certificate for 127.0.0.1 from a
+    CA next to it (made if missing); returns the chosen port."""
     port = free_port()
-    config = Config(port=port, auth=credentials.auth(), storage=storage, **settings)
+    ca, _ = ensure_ca(path.parent)
+    certificate, _ = ensure_certificate(ca, path.parent, "directory", ["127.0.0.1"])
+    tls = TlsConfig(cert_file=certificate.cert_file, key_file=certificate.key_file)
+    config = Config(port=port, auth=credentials.auth(), storage=storage, tls=tls, **settings)
     path.write_text(render_config(config))
     return port

@@ -43,6 +43,7 @@ from federation.storage import Store
 from federation.storage.etcd import EtcdStore
 from federation.storage.sqlite import SqliteStore
 from nvi.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Server, Tenant
+from nvi.tls import server_context
 from nvi.web import json_errors
 
 log = logging.getLogger(__name__)
@@ -509,6 +510,9 @@ def make_app(config: Config) -> web.Application:
 
 
 def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM."""
+    """Run until SIGINT or SIGTERM, over HTTPS only."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    web.run_app(make_app(config), host=config.host, port=config.port, access_log=None)
+    tls = server_context(config.tls.cert_file, config.tls.key_file)
+    web.run_app(
+        make_app(config), host=config.host, port=config.port, ssl_context=tls, access_log=None
+    )

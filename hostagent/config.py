@@ -61,12 +61,15 @@ class VmConfig(_Section):
 
 
 class DirectoryConfig(_Section):
-    url: str = Field(description="Base URL of the federation directory")
+    url: str = Field(description="Base URL of the federation directory (https://)")
     credential_file: Path = Field(
         description="This server's credential from `nvi directory server enroll`; relative "
         "to the config file"
     )
     timeout: float = Field(10, gt=0)
+    ca_file: Path | None = Field(
+        None, description="CA of the directory's certificate (default: system trust); relative"
+    )
 
     def credential(self) -> str:
         try:
@@ -144,6 +147,8 @@ def load_config(path: str | Path) -> AgentConfig:
     config.state_dir = base / config.state_dir
     config.socket = base / config.socket
     config.directory.credential_file = base / config.directory.credential_file
+    if config.directory.ca_file is not None:
+        config.directory.ca_file = base / config.directory.ca_file
     if config.tcp:
         config.tcp.cert_file = base / config.tcp.cert_file
         config.tcp.key_file = base / config.tcp.key_file

@@ -78,8 +78,10 @@ def agent_config(
     docker_url: str,
     labels: dict[str, str] | None = None,
     vm: VmConfig | None = None,
+    ca_file: Path | None = None,
 ) -> AgentConfig:
-    """The config of the agent of one lab server; its state lives in the server's run dir."""
+    """The config of the agent of one lab server; its state lives in the server's run dir;
+    `ca_file` is the CA of the directory's certificate (the lab's)."""
     return AgentConfig(
         name=server.name,
         underlay=server.address,
@@ -90,7 +92,9 @@ def agent_config(
         ovs=OvsConfig(db=f"unix:{ovs.db_socket}"),
         docker=DockerConfig(url=docker_url, labels=labels or {}),
         vm=vm or VmConfig(),
-        directory=DirectoryConfig(url=directory_url, credential_file=ovs.rundir / SERVER_TOKEN),
+        directory=DirectoryConfig(
+            url=directory_url, credential_file=ovs.rundir / SERVER_TOKEN, ca_file=ca_file
+        ),
     )
 
 
@@ -112,13 +116,14 @@ def write_config(config: AgentConfig, rundir: Path) -> None:
 
 
 def lab_agent(
-    lab: str, server: Server, ovs: OvsInstance, directory_url: str, netns: str
+    lab: str, server: Server, ovs: OvsInstance, directory_url: str, netns: str, ca_file: Path
 ) -> tuple[AgentConfig, Daemon]:
     """The agent of a lab server, using the lab's Docker engine, and VMs if the machine has
     the VM stack (scripts/setup-vm); otherwise containers only."""
     exec_root = lab_docker_root(lab) / "exec"
     vm = VmConfig(enabled=True, owner=lab_vm_owner(lab, server)) if vm_stack_available() else None
-    config = agent_config(server, ovs, directory_url, docker_url(exec_root), {LAB_LABEL: lab}, vm)
+    labels = {LAB_LABEL: lab}
+    config = agent_config(server, ovs, directory_url, docker_url(exec_root), labels, vm, ca_file)
     return config, agent_daemon(config, netns, ovs.rundir)
 
 

@@ -6,6 +6,7 @@ Behind a small protocol so the agent's logic does not depend on the directory's 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from federation.client import DirectoryClient
@@ -37,18 +38,25 @@ class Publisher(Protocol):
 class DirectoryPublisher:
     """The real directory, through its asyncio client, as this enrolled server."""
 
-    def __init__(self, url: str, credential: str, timeout: float = 10) -> None:
+    def __init__(
+        self, url: str, credential: str, timeout: float = 10, ca_file: Path | None = None
+    ) -> None:
         self.url = url
         self.timeout = timeout
-        self._server = DirectoryClient(url, credential, timeout=timeout)
+        self.ca_file = ca_file
+        self._server = DirectoryClient(url, credential, timeout=timeout, ca_file=ca_file)
         self._credential = credential
 
     def _client(self, token: str, on_behalf: bool = False) -> DirectoryClient:
         if on_behalf:
             return DirectoryClient(
-                self.url, self._credential, tenant_token=token, timeout=self.timeout
+                self.url,
+                self._credential,
+                tenant_token=token,
+                timeout=self.timeout,
+                ca_file=self.ca_file,
             )
-        return DirectoryClient(self.url, token, timeout=self.timeout)
+        return DirectoryClient(self.url, token, timeout=self.timeout, ca_file=self.ca_file)
 
     async def network(self, token: str, tenant: str, network: str) -> Network:
         async with self._client(token) as client:

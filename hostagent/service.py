@@ -267,7 +267,10 @@ async def agent_context(app: web.Application) -> AsyncIterator[None]:
 
         drivers.append(VmNodeDriver(config.vm, state.agent_id, config.state_dir / "vms"))
     publisher = DirectoryPublisher(
-        config.directory.url, config.directory.credential(), config.directory.timeout
+        config.directory.url,
+        config.directory.credential(),
+        config.directory.timeout,
+        config.directory.ca_file,
     )
     agent = Agent(
         config, state, drivers, Switch(config.ovs.db, config.bridge, state.agent_id), publisher

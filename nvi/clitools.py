@@ -21,12 +21,27 @@ T = TypeVar("T")
 output_option = click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+_CA_FILE = "nvi.ca_file"
+
+
+def _remember_ca_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    ctx.meta[_CA_FILE] = value
+
+
 ca_file_option = click.option(
     "--ca-file",
     envvar="NVI_CA_FILE",
     type=click.Path(dir_okay=False, path_type=Path),
+    expose_value=False,
+    callback=_remember_ca_file,
     help="CA of the service's HTTPS certificate; default: the system's trust [env NVI_CA_FILE]",
 )
+
+
+def ca_file() -> Path | None:
+    """The running command's --ca-file. Every client command has the option; reading it here
+    spares threading it through each command's signature."""
+    return click.get_current_context().meta.get(_CA_FILE)
 
 
 def option_group(*options: Callable[[C], C]) -> Callable[[C], C]:

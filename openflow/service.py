@@ -52,6 +52,9 @@ class ControllerConfig(BaseModel):
     address: str = Field(description="this server's own underlay address")
     directory: str = Field(description="URL of the federation directory")
     token_file: Path = Field(description="the server's credential; relative to this file")
+    ca_file: Path | None = Field(
+        None, description="CA of the directory's certificate (default: system trust); relative"
+    )
     ovsdb: str = Field(description="this server's OVSDB, e.g. unix:/run/.../db.sock")
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(6653, ge=1, le=65535)
@@ -77,6 +80,8 @@ def load_config(path: str | Path) -> ControllerConfig:
     config = load_toml_model(path, ControllerConfig, "controller config")
     base = path.parent.resolve()
     config.token_file = base / config.token_file
+    if config.ca_file is not None:
+        config.ca_file = base / config.ca_file
     config.state_dir = base / config.state_dir
     return config
 
@@ -187,7 +192,7 @@ class Runtime:
 
     async def _start(self) -> Controller:
         token = self.config.token_file.read_text().strip()
-        client = DirectoryClient(self.config.directory, token)
+        client = DirectoryClient(self.config.directory, token, ca_file=self.config.ca_file)
         resolver = CachedResolver(client)
         directory = await directory_addresses(self.config.directory)
         controller = Controller(

@@ -41,6 +41,7 @@ from nvi.lab import links
 from nvi.lab.ovs import BRIDGE, HOST_COOKIE, UPLINK, OvsInstance, host_flows
 from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
 from nvi.lab.spec import Lab, Server
+from nvi.tls import KeyPair, ensure_ca, ensure_certificate
 from openflow.service import ControllerConfig, render_config
 
 UNDERLAY_BRIDGE = "br0"
@@ -102,7 +103,8 @@ class LabNet:
         """The server's host agent (hostagent.lab); it needs the directory and the engine."""
         assert self.lab.directory is not None
         ns = self.netns(server.name)
-        return lab_agent(self.lab.name, server, self.ovs(server), self.lab.directory.url, ns)[1]
+        directory = self.lab.directory.url
+        return lab_agent(self.lab.name, server, self.ovs(server), directory, ns, self.ca_file)[1]
 
     def docker_daemon(self) -> Daemon:
         """The lab's one Docker engine, in the root namespaces, for every server's agent."""
@@ -130,6 +132,11 @@ class LabNet:
             ready=lambda: links.accepts_tcp(ns, directory.address, directory.port),
         )
 
+    @property
+    def ca_file(self) -> Path:
+        """The lab's CA: it signs every lab service's certificate; every lab client trusts it."""
+        return self.rundir / "ca.crt"
+
     def admin_token(self) -> str:
         """The directory's admin credential (the lab operator's)."""
         assert self.lab.directory is not None
@@ -153,7 +160,10 @@ class LabNet:
 
         async def session() -> T:
             async with DirectoryClient(
-                directory.url, token or self.admin_token(), tenant_token=tenant_token
+                directory.url,
+                token or self.admin_token(),
+                tenant_token=tenant_token,
+                ca_file=self.ca_file,
             ) as client:
                 return await work(client)
 
@@ -186,7 +196,9 @@ class LabNet:
         for router in self.lab.routers:
             changes += self._up_router(router.name)
         if self.lab.directory:
-            changes += self._up_directory()
+            ca, made = ensure_ca(self.rundir, f"NVI lab {self.lab.name}")
+            changes += [f"created the lab's CA {ca.cert_file}"] if made else []
+            changes += self._up_directory(ca)
             pid, started = ensure_running(self.docker_daemon(), timeout=30)
             changes += [f"started the lab's Docker engine (pid {pid})"] if started else []
         for server in self.lab.servers:
@@ -236,7 +248,7 @@ class LabNet:
                 changes.append(f"router {name}: route to {subnet} via {gateway}")
         return changes
 
-    def _up_directory(self) -> list[str]:
+    def _up_directory(self, ca: KeyPair) -> list[str]:
         directory = self.lab.directory
         assert directory is not None
         ns = self.netns(directory.name)
@@ -265,6 +277,8 @@ class LabNet:
                     directory.address,
                     "--port",
                     str(directory.port),
+                    "--ca-dir",
+                    str(self.rundir),
                     "-o",
                     "json",
                 ],
@@ -274,6 +288,9 @@ class LabNet:
             if init.returncode != 0:
                 raise NviError(f"directory init failed: {init.stderr.strip()}")
             changes.append("directory: created its configuration and credentials")
+        if ensure_certificate(ca, folder, "directory", [directory.address])[1]:
+            stop(self.directory_daemon())  # it reads its certificate only as it starts
+            changes.append("directory: issued its certificate")
         pid, started = ensure_running(self.directory_daemon())
         if started:
             changes.append(f"directory: started (pid {pid}) at {directory.url}")
@@ -290,6 +307,7 @@ class LabNet:
             address=server.address,
             directory=directory.url,
             token_file=Path(SERVER_TOKEN),
+            ca_file=self.ca_file,
             ovsdb=f"unix:{self.ovs(server).db_socket}",
             listen_port=CONTROLLER_PORT,
             idle_timeout=self.lab.controller.idle_timeout,
@@ -355,7 +373,7 @@ class LabNet:
             changes += self._ensure_running(server, self.controller_daemon(server))
             ovs.wait_for_controller()
             config, agent = lab_agent(
-                self.lab.name, server, ovs, self.lab.directory.url, self.netns(server.name)
+                self.lab.name, server, ovs, self.lab.directory.url, ns, self.ca_file
             )
             write_config(config, ovs.rundir)
             pid, started = ensure_running(agent, timeout=60)

@@ -78,7 +78,10 @@ async def add_node(
     locator = free_locator(net, server)
     mac = node_mac(tenant, name)
     async with DirectoryClient(
-        client.url, net.server_token(server), tenant_token=await tenant_token(net, client, tenant)
+        client.url,
+        net.server_token(server),
+        tenant_token=await tenant_token(net, client, tenant),
+        ca_file=net.ca_file,
     ) as publisher:
         published = await publisher.create_node(
             tenant, name=name, kind="container", network=network, ip=ip, mac=mac, locator=locator
@@ -109,7 +112,8 @@ async def tenant_token(net: LabNet, admin: DirectoryClient, tenant: str) -> str:
     with the tenant's token, as an agent does with the token its tenant gave it."""
     path = net.rundir / "tenants" / f"{tenant}.token"
     if path.exists():
-        async with DirectoryClient(admin.url, path.read_text().strip()) as client:
+        secret = path.read_text().strip()
+        async with DirectoryClient(admin.url, secret, ca_file=net.ca_file) as client:
             try:
                 if (await client.whoami()).tenant == tenant:
                     return path.read_text().strip()

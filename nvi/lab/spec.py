@@ -102,7 +102,7 @@ class Directory(_Strict):
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
 
 class ControllerSettings(_Strict):

@@ -1,5 +1,6 @@
 """Fixtures for the directory tests: a real 3-member etcd cluster on loopback, stores of both
-backends, the service in-process on a loopback port, and the service as its own process.
+backends, the service in-process on a loopback port, and the service as its own process; the
+service speaks HTTPS with a certificate from a CA made for the session.
 
 Test modules use them with `pytest_plugins = ["integration.directory_fixtures"]`.
 """
@@ -15,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from federation.client import DirectoryClient
-from federation.config import Config, StorageConfig
+from federation.config import Config, StorageConfig, TlsConfig
 from federation.directory import Directory
 from federation.local import (
     Credentials,
@@ -27,6 +28,7 @@ from federation.local import (
 )
 from federation.service import make_app, open_store
 from federation.storage import Store
+from nvi.tls import KeyPair, ensure_ca, ensure_certificate, server_context
 
 
 @pytest.fixture(scope="session")
@@ -59,15 +61,29 @@ async def directory(store: Store) -> Directory:
     return Directory(store)
 
 
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    """The session's CA, and the certificate it gives the service on 127.0.0.1."""
+    return ensure_ca(tmp_path_factory.mktemp("ca"))[0]
+
+
+@pytest.fixture(scope="session")
+def service_tls(tls_ca: KeyPair, tmp_path_factory: pytest.TempPathFactory) -> TlsConfig:
+    folder = tmp_path_factory.mktemp("service-tls")
+    files, _ = ensure_certificate(tls_ca, folder, "directory", ["127.0.0.1"])
+    return TlsConfig(cert_file=files.cert_file, key_file=files.key_file)
+
+
 @dataclass
 class Service:
     url: str
     credentials: Credentials
     audit_log: Path
+    ca_file: Path
     servers: dict[str, str] = field(default_factory=dict)
 
     def client(self, token: str | None, tenant_token: str | None = None) -> DirectoryClient:
-        return DirectoryClient(self.url, token, tenant_token=tenant_token)
+        return DirectoryClient(self.url, token, tenant_token=tenant_token, ca_file=self.ca_file)
 
     async def enroll(self, name: str, *pools: str) -> str:
         """Enroll a server as the directory's operator does; returns its credential."""
@@ -77,16 +93,23 @@ class Service:
 
 
 @pytest.fixture
-async def service(storage_config: StorageConfig, tmp_path: Path) -> AsyncIterator[Service]:
-    """The real aiohttp application, in this process, on a loopback port."""
+async def service(
+    storage_config: StorageConfig, tmp_path: Path, tls_ca: KeyPair, service_tls: TlsConfig
+) -> AsyncIterator[Service]:
+    """The real aiohttp application, in this process, on a loopback port, over HTTPS."""
     credentials = Credentials()
     audit_log = tmp_path / "audit.log"
     config = Config(
-        auth=credentials.auth(), storage=storage_config, max_wait=5, audit_log=audit_log
+        auth=credentials.auth(),
+        storage=storage_config,
+        tls=service_tls,
+        max_wait=5,
+        audit_log=audit_log,
     )
     server = TestServer(make_app(config), host="127.0.0.1", port=free_port())
-    await server.start_server()
-    yield Service(str(server.make_url("")).rstrip("/"), credentials, audit_log)
+    await server.start_server(ssl=server_context(service_tls.cert_file, service_tls.key_file))
+    url = str(server.make_url("")).rstrip("/")
+    yield Service(url, credentials, audit_log, tls_ca.cert_file)
     await server.close()
 
 

@@ -12,6 +12,7 @@ import pytest
 from federation.client import CachedResolver, DirectoryClient
 from federation.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from federation.models import Change, ChangeType
+from nvi.tls import client_context
 
 pytest_plugins = ["integration.directory_fixtures"]
 
@@ -65,7 +66,8 @@ async def raw(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if tenant_token:
         headers["X-Tenant-Token"] = tenant_token
-    async with aiohttp.ClientSession() as session:
+    tls = client_context(service.ca_file)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as session:
         async with session.request(method, service.url + path, headers=headers, **kwargs) as reply:
             assert reply.content_type == "application/json" or reply.status == 204
             return reply.status, (await reply.json() if reply.status != 204 else {})

@@ -35,7 +35,7 @@ async def test_sigkill_mid_writes_loses_no_acknowledged_node(service_process) ->
                 )
             )
 
-    async with DirectoryClient(process.url, credentials.admin) as admin:
+    async with DirectoryClient(process.url, credentials.admin, ca_file=process.ca_file) as admin:
         await admin.create_tenant("acme")
         await admin.create_network("acme", "net", "10.0.0.0/16")
         server = await admin.enroll_server("s1", ["198.16.0.0/12"])
@@ -75,7 +75,9 @@ async def test_etcd_directory_keeps_answering_with_one_member_killed(tmp_path: P
     process = ServiceProcess(tmp_path / "directory.toml", port)
     try:
         process.start()
-        async with DirectoryClient(process.url, credentials.admin) as admin:
+        async with DirectoryClient(
+            process.url, credentials.admin, ca_file=process.ca_file
+        ) as admin:
             await admin.create_tenant("acme")
             await admin.create_network("acme", "net", "10.0.0.0/24")
             server = await admin.enroll_server("s1", ["192.0.2.0/24"])
@@ -121,6 +123,7 @@ def test_operator_cli_initialises_serves_and_creates_a_tenant(tmp_path: Path) ->
         env = {
             "NVI_DIRECTORY_URL": files["url"],
             "NVI_DIRECTORY_TOKEN_FILE": files["admin token"],
+            "NVI_CA_FILE": files["ca file"],
             "PATH": "/usr/bin:/bin",
         }
         created = nvi("directory", "tenant", "create", "acme", "-o", "json", env=env)
@@ -149,6 +152,7 @@ def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
         admin = {
             "NVI_DIRECTORY_URL": files["url"],
             "NVI_DIRECTORY_TOKEN_FILE": files["admin token"],
+            "NVI_CA_FILE": files["ca file"],
         }
         tokens = {
             name: json.loads(
@@ -158,7 +162,11 @@ def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
         }
 
         def as_tenant(tenant: str, *args: str) -> subprocess.CompletedProcess:
-            env = {"NVI_DIRECTORY_URL": files["url"], "NVI_DIRECTORY_TOKEN": tokens[tenant]}
+            env = {
+                "NVI_DIRECTORY_URL": files["url"],
+                "NVI_DIRECTORY_TOKEN": tokens[tenant],
+                "NVI_CA_FILE": files["ca file"],
+            }
             return nvi("directory", *args, env=env)
 
         for network, cidr in (("web", "10.0.0.0/24"), ("db", "10.0.1.0/24")):

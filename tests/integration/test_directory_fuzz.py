@@ -33,6 +33,8 @@ def test_fuzzing_the_api_finds_no_server_error_and_no_schema_violation(tmp_path:
                 st,
                 "run",
                 f"{process.url}/v1/openapi.json",
+                "--tls-verify",
+                str(process.ca_file),
                 "--header",
                 f"Authorization: Bearer {credentials.admin}",
                 "--checks",

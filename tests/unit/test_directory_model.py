@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
+from federation.config import (
+    AuthConfig,
+    Config,
+    StorageConfig,
+    TlsConfig,
+    load_config,
+    render_config,
+)
 from federation.models import (
     LinkCreate,
     NetworkCreate,
@@ -95,7 +102,11 @@ def test_cross_field_rules() -> None:
 
 
 def config(**storage) -> Config:  # noqa: ANN003
-    return Config(auth=AuthConfig(admin_token_sha256=["a" * 64]), storage=StorageConfig(**storage))
+    return Config(
+        auth=AuthConfig(admin_token_sha256=["a" * 64]),
+        storage=StorageConfig(**storage),
+        tls=TlsConfig(cert_file=Path("d.crt"), key_file=Path("d.key")),
+    )
 
 
 def test_a_rendered_config_loads_back(tmp_path: Path) -> None:
@@ -104,6 +115,7 @@ def test_a_rendered_config_loads_back(tmp_path: Path) -> None:
     loaded = load_config(path)
     assert loaded.storage.path == tmp_path / "x.db"  # relative to the file
     assert loaded.auth.admin_token_sha256 == ["a" * 64]
+    assert (loaded.tls.cert_file, loaded.tls.key_file) == (tmp_path / "d.crt", tmp_path / "d.key")
     path.write_text(render_config(config(backend="etcd", endpoints=["http://127.0.0.1:2379"])))
     assert load_config(path).storage.endpoints == ["http://127.0.0.1:2379"]
 
@@ -114,7 +126,8 @@ def test_a_rendered_config_loads_back(tmp_path: Path) -> None:
         ("port = 1\n", "auth: Field required"),
         ('[auth]\nadmin_token_sha256 = ["nothex"]\n', "admin_token_sha256"),
         (
-            f'[storage]\nbackend = "etcd"\n[auth]\nadmin_token_sha256 = ["{"a" * 64}"]\n',
+            f'[storage]\nbackend = "etcd"\n[tls]\ncert_file = "c"\nkey_file = "k"\n'
+            f'[auth]\nadmin_token_sha256 = ["{"a" * 64}"]\n',
             "endpoints",
         ),
         ("port = \n", "invalid config"),

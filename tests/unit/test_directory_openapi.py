@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
-from federation.config import AuthConfig, Config
+from federation.config import AuthConfig, Config, TlsConfig
 from federation.service import OPENAPI, make_app
 
 
 def document() -> dict:
-    app = make_app(Config(auth=AuthConfig(admin_token_sha256=["a" * 64])))
+    tls = TlsConfig(cert_file=Path("d.crt"), key_file=Path("d.key"))
+    app = make_app(Config(auth=AuthConfig(admin_token_sha256=["a" * 64]), tls=tls))
     return app[OPENAPI], app
 
 

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from federation.config import AuthConfig, Config, StorageConfig, load_config, render_config
+from federation.config import (
+    AuthConfig,
+    Config,
+    StorageConfig,
+    TlsConfig,
+    load_config,
+    render_config,
+)
 from nvi.errors import NviError
 
 ETCD = "https://127.0.0.1:2379"
@@ -16,6 +23,7 @@ def _write(path: Path, **storage: object) -> None:
     config = Config(
         auth=AuthConfig(admin_token_sha256=["a" * 64]),
         storage=StorageConfig(backend="etcd", endpoints=[ETCD], **storage),
+        tls=TlsConfig(cert_file=Path("d.crt"), key_file=Path("d.key")),
     )
     path.write_text(render_config(config))
 
@@ -41,6 +49,7 @@ def test_a_client_certificate_needs_its_key(tmp_path: Path) -> None:
     path = tmp_path / "d.toml"
     path.write_text(
         f'[storage]\nbackend = "etcd"\nendpoints = ["{ETCD}"]\ncert_file = "c.crt"\n'
+        f'[tls]\ncert_file = "d.crt"\nkey_file = "d.key"\n'
         f'[auth]\nadmin_token_sha256 = ["{"a" * 64}"]\n'
     )
     with pytest.raises(NviError, match="cert_file and key_file go together"):

@@ -150,7 +150,7 @@ async def test_https_to_a_plain_http_server_says_so(ca: KeyPair) -> None:
         await server.close()
     message = tls_failure("directory", url, caught.value)
     assert message is not None
-    assert message == f"directory at {url}: TLS failed (wrong version number); is it HTTPS?"
+    assert message == f"directory at {url}: TLS failed (wrong version number); does it serve HTTPS?"
 
 
 def test_other_failures_are_not_tls_failures() -> None:
