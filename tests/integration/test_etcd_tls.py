@@ -103,7 +103,9 @@ async def test_the_service_reads_tls_paths_relative_to_its_config(
     process = ServiceProcess(config_path, write_config(config_path, credentials, relative))
     try:
         process.start()
-        async with DirectoryClient(process.url, credentials.admin) as admin:
+        async with DirectoryClient(
+            process.url, credentials.admin, ca_file=process.ca_file
+        ) as admin:
             await admin.create_tenant("acme")
             assert [tenant.name for tenant in await admin.list_tenants()] == ["acme"]
     finally:
