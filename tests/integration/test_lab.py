@@ -281,3 +281,30 @@ def test_probing_a_missing_namespace_does_not_create_it() -> None:
     name = "nvi-t" + uuid.uuid4().hex[:7] + "-gone"
     assert links.accepts_tcp(name, "127.0.0.1", 1) is False
     assert name not in links.list_netns()
+
+
+def test_the_directory_answers_only_https_with_the_labs_ca(lab_net: LabNet) -> None:
+    """From a server's namespace: verified with the lab's CA; refused without it, in one line
+    naming the URL; and a plain http:// request gets no answer."""
+    assert lab_net.lab.directory is not None
+    url = lab_net.lab.directory.url
+    assert url.startswith("https://")
+    ns = lab_net.netns(lab_net.lab.servers[0].name)
+    nvi = ["ip", "netns", "exec", ns, sys.executable, "-m", "nvi", "directory", "health"]
+    verified = subprocess.run(
+        [*nvi, "--url", url, "--ca-file", str(lab_net.ca_file)], capture_output=True, text=True
+    )
+    assert verified.returncode == 0, verified.stderr
+    unverified = subprocess.run([*nvi, "--url", url], capture_output=True, text=True)
+    assert unverified.returncode == 1
+    assert unverified.stderr == (
+        f"nvi: directory at {url}: certificate does not verify "
+        "(unable to get local issuer certificate): pass its CA with --ca-file\n"
+    )
+    plain = url.replace("https://", "http://") + "/v1/health"
+    probe = f"import urllib.request; urllib.request.urlopen({plain!r}, timeout=5)"
+    refused = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", probe], capture_output=True, text=True
+    )
+    assert refused.returncode != 0
+    assert "RemoteDisconnected" in refused.stderr or "reset" in refused.stderr, refused.stderr
