@@ -111,7 +111,7 @@ async def timed(
 
 
 async def measure(
-    url: str, credentials: dict[str, str], nodes: list[Node], count: int
+    url: str, credentials: dict[str, str], nodes: list[Node], count: int, ca_file: Path
 ) -> list[dict]:
     """Each lookup is made by the server hosting the node it is made for (a resolve's source,
     a locate's locator holder), as its controller would: the directory answers a server only
@@ -125,7 +125,9 @@ async def measure(
         source = rng.choice(nodes)
         pairs.append((source, rng.choice(by_tenant[source.tenant])))
     rows = []
-    clients = {name: DirectoryClient(url, token) for name, token in credentials.items()}
+    clients = {
+        name: DirectoryClient(url, token, ca_file=ca_file) for name, token in credentials.items()
+    }
     try:
 
         def resolve(i: int) -> Awaitable[object]:
@@ -170,7 +172,7 @@ async def bench_backend(
     service = ServiceProcess(root / f"{backend}.toml", port)
     service.start()
     try:
-        rows = await measure(service.url, servers, nodes, args.lookups)
+        rows = await measure(service.url, servers, nodes, args.lookups, service.ca_file)
     finally:
         service.stop()
     for row in rows:

@@ -238,7 +238,12 @@ class NviNet:
 
     @property
     def directory_url(self) -> str:
-        return f"http://127.0.0.1:{DIRECTORY_PORT}"
+        return f"https://127.0.0.1:{DIRECTORY_PORT}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA `nvi directory init` made for the run's directory."""
+        return self.rundir / "directory" / "ca.crt"
 
     def __enter__(self) -> NviNet:
         try:
@@ -316,7 +321,7 @@ class NviNet:
         admin = (self.rundir / "directory" / "admin.token").read_text().strip()
         pools = {s: iter(parse_pool(self.topo.nodeInfo(s)["locators"])) for s in self._servers}
         members = {}
-        async with DirectoryClient(self.directory_url, admin) as client:
+        async with DirectoryClient(self.directory_url, admin, ca_file=self.ca_file) as client:
             networks, tenant_tokens = {}, {}
             for tenant, tenant_networks in self.topo.tenants.items():
                 await client.create_tenant(tenant)
@@ -334,6 +339,7 @@ class NviNet:
                 self.directory_url,
                 credentials[node["server"]],
                 tenant_token=tenant_tokens[node["tenant"]],
+                ca_file=self.ca_file,
             ) as server:
                 record = await server.create_node(
                     node["tenant"],
@@ -383,6 +389,7 @@ class NviNet:
             f'address = "{facts["address"]}"\n'
             f'directory = "{self.directory_url}"\n'
             f'token_file = "{SERVER_TOKEN}"\n'
+            f'ca_file = "{self.ca_file}"\n'
             f'ovsdb = "unix:{self.ovs.db_socket}"\n'
             f"listen_port = {port}\n"
             f'uplink = "{self.intf(server, UPLINK_PORT)}"\n' + routes
@@ -801,6 +808,7 @@ def show(run: NviNet, checks: list[Check]) -> None:
         f"  OVS_RUNDIR={run.ovs.rundir} ovs-ofctl -O OpenFlow13 dump-flows {run.name(first)}\n"
         "or in the CLI: `dpctl dump-flows -O OpenFlow13` (every switch). The directory:\n"
         f"  ip netns exec {run.tag} {Path(sys.executable).parent / 'nvi'} directory nodes {tenant}"
-        f" --url {run.directory_url} --token-file {run.rundir / 'directory' / 'admin.token'}\n"
+        f" --url {run.directory_url} --ca-file {run.ca_file}"
+        f" --token-file {run.rundir / 'directory' / 'admin.token'}\n"
         f"Controller logs: {run.rundir}/<server>/controller.log. Files: {run.rundir}\n"
     )

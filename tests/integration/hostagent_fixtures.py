@@ -48,6 +48,7 @@ from nvi.lab.nodes import with_directory
 from nvi.lab.ovs import OvsInstance
 from nvi.lab.process import Daemon, ensure_running, running_pid, terminate
 from nvi.lab.spec import Lab, Server, load_lab
+from nvi.tls import ensure_ca, ensure_certificate
 from tests.conftest import EXAMPLE_LAB, REPO
 
 T = TypeVar("T")
@@ -55,6 +56,7 @@ TEST_ID = uuid.uuid4().hex[:7]
 LABELS = {"nvi.test": TEST_ID}
 DIRECTORY_PORT = 7480
 AGENT_PORT = 7490
+DIRECTORY_URL = f"https://127.0.0.1:{DIRECTORY_PORT}"
 NETWORK_CIDR = "10.1.0.0/24"
 
 
@@ -172,12 +174,13 @@ class Site:
     @property
     def url(self) -> str:
         """The agent's TCP endpoint, reachable inside the server's namespace."""
-        return f"http://127.0.0.1:{AGENT_PORT}"
+        return f"https://127.0.0.1:{AGENT_PORT}"
 
     def remote(self, token: str | None = None, **kwargs: Any) -> AgentClient:
         """A client over TCP with a tenant's token (or an operator's: operator_token=...);
-        use it inside `over_tcp`."""
-        return AgentClient(self.url, tenant_token=token, **kwargs)
+        use it inside `over_tcp`. The site's one CA signed the agent's certificate too."""
+        ca_file = self.config.directory.ca_file
+        return AgentClient(self.url, tenant_token=token, ca_file=ca_file, **kwargs)
 
     def over_tcp(self, factory: Callable[[], Awaitable[T]]) -> T:
         """Run a coroutine where the agent's TCP endpoint is: in the server's namespace."""
@@ -185,7 +188,8 @@ class Site:
 
     def directory_call(self, token: str, use: Callable[[DirectoryClient], Awaitable[T]]) -> T:
         async def go() -> T:
-            async with DirectoryClient(f"http://127.0.0.1:{DIRECTORY_PORT}", token) as client:
+            ca_file = self.config.directory.ca_file
+            async with DirectoryClient(DIRECTORY_URL, token, ca_file=ca_file) as client:
                 return await use(client)
 
         return in_netns(self.ns, go)
@@ -268,12 +272,16 @@ def one_server_lab(name: str) -> Lab:
 
 
 def directory_daemon(ns: str, rundir: Path, admin_token: str) -> Daemon:
+    """The directory on the server's loopback, with a certificate from a CA in its folder
+    (FOLDER/ca.crt)."""
     folder = rundir / "directory"
-    folder.mkdir(parents=True, exist_ok=True)
+    ca, _ = ensure_ca(folder)
+    ensure_certificate(ca, folder, "directory", ["127.0.0.1"])
     config = folder / "directory.toml"
     config.write_text(
         f'host = "127.0.0.1"\nport = {DIRECTORY_PORT}\n\n[storage]\nbackend = "sqlite"\n'
-        f'path = "directory.db"\n\n[auth]\nadmin_token_sha256 = ["{token_hash(admin_token)}"]\n'
+        'path = "directory.db"\n\n[tls]\ncert_file = "directory.crt"\nkey_file = "directory.key"\n'
+        f'\n[auth]\nadmin_token_sha256 = ["{token_hash(admin_token)}"]\n'
     )
     return Daemon(
         name="directory",
@@ -286,12 +294,11 @@ def directory_daemon(ns: str, rundir: Path, admin_token: str) -> Daemon:
     )
 
 
-async def _set_up_tenants(admin_token: str, server: Server) -> dict[str, str]:
+async def _set_up_tenants(admin_token: str, server: Server, ca_file: Path) -> dict[str, str]:
     """The tenants, and the server's credential (under the key "server"), as the directory's
     operator enrolls it."""
-    url = f"http://127.0.0.1:{DIRECTORY_PORT}"
     deadline = time.monotonic() + 20
-    async with DirectoryClient(url, admin_token) as admin:
+    async with DirectoryClient(DIRECTORY_URL, admin_token, ca_file=ca_file) as admin:
         while True:
             try:
                 await admin.health()
@@ -319,14 +326,21 @@ def site(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) 
         admin_token = new_token()
         directory = directory_daemon(ns, rundir, admin_token)
         ensure_running(directory, timeout=30)
-        tokens = in_netns(ns, lambda: _set_up_tenants(admin_token, server))
+        ca_file = rundir / "directory" / "ca.crt"
+        tokens = in_netns(ns, lambda: _set_up_tenants(admin_token, server, ca_file))
         write_secret(rundir / SERVER_TOKEN, tokens["server"])
         operator_token = new_token()
+        ca, _ = ensure_ca(ca_file.parent)  # the directory's: it signs the agent's certificate
+        agent_tls, _ = ensure_certificate(ca, rundir, "agent", ["127.0.0.1"])
         tcp = TcpConfig(
-            host="127.0.0.1", port=AGENT_PORT, token_sha256=[token_hash(operator_token)]
+            host="127.0.0.1",
+            port=AGENT_PORT,
+            token_sha256=[token_hash(operator_token)],
+            cert_file=agent_tls.cert_file,
+            key_file=agent_tls.key_file,
         )
         config = agent_config(
-            server, net.ovs(server), f"http://127.0.0.1:{DIRECTORY_PORT}", docker_engine.url, LABELS
+            server, net.ovs(server), DIRECTORY_URL, docker_engine.url, LABELS, ca_file=ca_file
         ).model_copy(update={"tcp": tcp})
         write_config(config, rundir)
         site = Site(

@@ -40,7 +40,9 @@ async def test_sigkill_mid_writes_loses_no_acknowledged_node(service_process) ->
         await admin.create_network("acme", "net", "10.0.0.0/16")
         server = await admin.enroll_server("s1", ["198.16.0.0/12"])
         tenant = await admin.create_token("acme")
-        publisher = DirectoryClient(process.url, server.token, tenant_token=tenant.token)
+        publisher = DirectoryClient(
+            process.url, server.token, tenant_token=tenant.token, ca_file=process.ca_file
+        )
         writers = [asyncio.create_task(writer(publisher, worker)) for worker in range(4)]
         while len(acknowledged) < 100:
             await asyncio.sleep(0.02)
@@ -82,7 +84,9 @@ async def test_etcd_directory_keeps_answering_with_one_member_killed(tmp_path: P
             await admin.create_network("acme", "net", "10.0.0.0/24")
             server = await admin.enroll_server("s1", ["192.0.2.0/24"])
             tenant = await admin.create_token("acme")
-            publisher = DirectoryClient(process.url, server.token, tenant_token=tenant.token)
+            publisher = DirectoryClient(
+                process.url, server.token, tenant_token=tenant.token, ca_file=process.ca_file
+            )
             first = await publisher.create_node(
                 "acme", "a", kind="vm", network="net", locator="192.0.2.1"
             )

@@ -174,6 +174,7 @@ def vm(lab: Lab) -> Iterator[Vm]:
             admin.url,
             lab.net.server_token(server),
             tenant_token=await tenant_token(lab.net, admin, TENANT),
+            ca_file=lab.net.ca_file,
         ) as s1:
             return await s1.create_node(
                 TENANT, VM_NAME, kind="vm", network=NETWORK, ip=VM_IP, mac=mac, locator=locator
