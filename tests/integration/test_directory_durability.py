@@ -14,6 +14,7 @@ from federation.client import DirectoryClient
 from federation.config import StorageConfig
 from federation.errors import DirectoryError
 from nvi.model import Node
+from nvi.tls import client_context
 
 pytest_plugins = ["integration.directory_fixtures"]
 
@@ -215,7 +216,11 @@ def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) ->
     process = ServiceProcess(Path(files["config"]), port)
     process.start()
     try:
-        env = {"NVI_DIRECTORY_URL": files["url"], "NVI_DIRECTORY_TOKEN_FILE": files["admin token"]}
+        env = {
+            "NVI_DIRECTORY_URL": files["url"],
+            "NVI_DIRECTORY_TOKEN_FILE": files["admin token"],
+            "NVI_CA_FILE": files["ca file"],
+        }
         credential = tmp_path / "s1.token"
         enrolled = nvi(
             "directory", "server", "enroll", "s1", "--pool", "198.51.100.64/27",
@@ -232,7 +237,8 @@ def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) ->
         request = urllib.request.Request(
             whoami, headers={"Authorization": f"Bearer {credential.read_text().strip()}"}
         )
-        with urllib.request.urlopen(request, timeout=5) as reply:
+        tls = client_context(process.ca_file)
+        with urllib.request.urlopen(request, timeout=5, context=tls) as reply:
             assert json.loads(reply.read())["server"] == "s1"
         overlapping = nvi(
             "directory", "server", "enroll", "s2", "--pool", "198.51.100.90/31", env=env
