@@ -46,8 +46,8 @@ def enroll(service: ServiceProcess, name: str, pool: str) -> subprocess.Complete
     )
 
 
-async def whoami(url: str, token: str) -> str | None:
-    async with DirectoryClient(url, token) as client:
+async def whoami(service: ServiceProcess, token: str) -> str | None:
+    async with DirectoryClient(service.url, token, ca_file=service.ca_file) as client:
         try:
             identity = await client.whoami()
         except Unauthorized:
@@ -60,16 +60,16 @@ def test_enroll_server_prints_only_that_servers_credential(service: ServiceProce
     assert first.returncode == 0, first.stderr
     s1 = first.stdout.strip()
     assert first.stdout == s1 + "\n", "stdout is the credential and nothing else"
-    assert asyncio.run(whoami(service.url, s1)) == "server s1"
+    assert asyncio.run(whoami(service, s1)) == "server s1"
     second = enroll(service, "s2", "10.250.2.0/24")
     s2 = second.stdout.strip()
     assert second.returncode == 0 and s2 != s1
-    assert asyncio.run(whoami(service.url, s2)) == "server s2"
+    assert asyncio.run(whoami(service, s2)) == "server s2"
     overlapping = enroll(service, "s3", "10.250.2.128/25")
     assert overlapping.returncode != 0 and overlapping.stdout == ""
     assert "overlaps" in overlapping.stderr
     again = enroll(service, "s1", "10.250.1.0/24")  # s1's credential was lost
     assert again.returncode == 0, again.stderr
     assert "revoked" in again.stderr
-    assert asyncio.run(whoami(service.url, s1)) is None
-    assert asyncio.run(whoami(service.url, again.stdout.strip())) == "server s1"
+    assert asyncio.run(whoami(service, s1)) is None
+    assert asyncio.run(whoami(service, again.stdout.strip())) == "server s1"
