@@ -77,7 +77,11 @@ class FakeCommunicator
 
   def sudo(command)
     Vagrant::SUDO << { "machine" => @name, "command" => command }
-    yield :stdout, "nvi_#{SecureRandom.hex(16)}\n"
+    if command.start_with?("cat ")
+      yield :stdout, "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"
+    else
+      yield :stdout, "nvi_#{SecureRandom.hex(16)}\n"
+    end
   end
 end
 
@@ -292,7 +296,7 @@ def test_each_server_is_given_only_its_own_facts(tmp_path: Path) -> None:
         assert args["--name"] == server["name"]
         assert args["--address"] == f"{net['ip']}/{underlay.prefixlen}"
         assert args["--uplink"] == net["mac"]
-        assert args["--directory"] == f"http://{addresses['directory']}:7480"
+        assert args["--directory"] == f"https://{addresses['directory']}:7480"
         pool = netaddr.IPSet(netaddr.IPNetwork(args["--locators"]))
         assert pool.issubset(netaddr.IPSet([str(underlay)])), "locators on the underlay segment"
         assert not pool & netaddr.IPSet(addresses.values()), "no locator is a machine's address"
@@ -317,9 +321,12 @@ def test_each_server_is_enrolled_once_with_its_pool_and_gets_its_own_credential(
     data = recorded(tmp_path, NVI_SERVERS="3", STUB_FIRE="before:up")
     directory, *servers = data["machines"]
     credentials = tmp_path / ".vagrant" / "nvi"
-    # The operator's step runs on the directory VM, where provisioning left the admin token.
-    assert [e["machine"] for e in data["sudo"]] == ["directory"] * 3
-    for server, enrolment in zip(servers, data["sudo"], strict=True):
+    # The operator's step runs on the directory VM, where provisioning left the admin token;
+    # its CA is fetched from there once.
+    assert [e["machine"] for e in data["sudo"]] == ["directory"] * 4
+    state = provision_args(directory, "provision-directory")["--state-dir"]
+    assert data["sudo"][0]["command"] == f"cat {state}/ca.crt"
+    for server, enrolment in zip(servers, data["sudo"][1:], strict=True):
         words = shlex.split(enrolment["command"])
         assert words[0] == f"{REPO_IN_VM}/scripts/enroll-server"
         args = dict(zip(words[1::2], words[2::2], strict=True))
@@ -332,23 +339,25 @@ def test_each_server_is_enrolled_once_with_its_pool_and_gets_its_own_credential(
         )
         (trigger,) = calls(server["calls"], "trigger.before")
         assert sorted(trigger["args"][0]) == ["provision", "reload", "up"]
-    tokens = {path.name: path.read_text().strip() for path in sorted(credentials.iterdir())}
+    tokens = {path.name: path.read_text().strip() for path in sorted(credentials.glob("*.token"))}
     assert list(tokens) == ["s1.token", "s2.token", "s3.token"]
     assert len(set(tokens.values())) == 3, "two servers never share a credential"
-    for path in credentials.iterdir():
+    for path in credentials.glob("*.token"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert uploads(directory) == []
     for server in servers:
-        (upload,) = uploads(server)
-        assert upload["source"] == str(credentials / f"{server['name']}.token")
+        credential, ca = uploads(server)
+        assert credential["source"] == str(credentials / f"{server['name']}.token")
+        assert ca["source"] == str(credentials / "ca.crt")
         args = provision_args(server, "provision-server")
-        assert args["--credential-file"] == upload["destination"]
+        assert args["--credential-file"] == credential["destination"]
+        assert args["--ca-file"] == ca["destination"]
     # A kept credential is reused: no second enrolment, the same secrets.
     assert recorded(tmp_path, NVI_SERVERS="3", STUB_FIRE="before:up")["sudo"] == []
-    assert {p.name: p.read_text().strip() for p in sorted(credentials.iterdir())} == tokens
-    # A destroyed directory forgets every server: their credentials go too.
+    assert {p.name: p.read_text().strip() for p in sorted(credentials.glob("*.token"))} == tokens
+    # A destroyed directory forgets every server and its CA: their files go too.
     recorded(tmp_path, NVI_SERVERS="3", STUB_FIRE="after:destroy")
-    assert list(credentials.glob("*.token")) == []
+    assert list(credentials.iterdir()) == []
 
 
 def provision_server(args: dict[str, str], out: Path) -> None:
@@ -400,6 +409,7 @@ def test_provisioning_writes_configs_nvi_accepts(tmp_path: Path) -> None:
         name = server["name"]
         args = provision_args(server, "provision-server")
         args["--credential-file"] = str(lab / ".vagrant" / "nvi" / f"{name}.token")
+        args["--ca-file"] = str(state / "ca.crt")  # the directory's, as the VM fetched it
         args["--uplink"] = "eth1"  # a MAC is resolved on the server itself
         out = tmp_path / name
         provision_server(args, out)
@@ -413,10 +423,15 @@ def test_provisioning_writes_configs_nvi_accepts(tmp_path: Path) -> None:
         assert agent.directory.url == args["--directory"]
         assert agent.vm.enabled is False
         assert controller.token_file == agent.directory.credential_file == out / "server.token"
+        assert controller.ca_file == agent.directory.ca_file == out / "ca.crt"
+        assert (out / "ca.crt").read_bytes() == (state / "ca.crt").read_bytes()
         assert stat.S_IMODE(controller.token_file.stat().st_mode) == 0o600
         assert agent.directory.credential() == Path(args["--credential-file"]).read_text().strip()
         assert "NVI_ADDRESS=" + args["--address"] in (out / "server.env").read_text()
-        written[name] = "\n".join(path.read_text() for path in sorted(out.iterdir()))
+        # The CA is the same public file for every server.
+        written[name] = "\n".join(
+            path.read_text() for path in sorted(out.iterdir()) if path.name != "ca.crt"
+        )
     (s1, s1_args), (s2, s2_args) = (
         (m["name"], provision_args(m, "provision-server")) for m in servers
     )
@@ -438,7 +453,7 @@ def test_provision_server_refuses_bad_facts(tmp_path: Path) -> None:
         "--name": "s1",
         "--address": "10.250.0.11/16",
         "--locators": "10.250.1.0/24",
-        "--directory": "http://10.250.0.2:7480",
+        "--directory": "https://10.250.0.2:7480",
         "--credential-file": str(token),
         "--uplink": "eth1",
     }
@@ -448,7 +463,7 @@ def test_provision_server_refuses_bad_facts(tmp_path: Path) -> None:
         "--credential-file": (str(empty), "enroll the server first"),
         "--address": ("10.250.0.11", "give the underlay prefix"),
         "--locators": ("10.250.0.0/24", "contains the server's own address"),
-        "--directory": ("10.250.0.2:7480", "an http(s) URL"),
+        "--directory": ("http://10.250.0.2:7480", "the directory speaks HTTPS only"),
     }
     env = {**os.environ, "NVI_PYTHON": sys.executable}
     for key, (value, reason) in cases.items():
