@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from federation.local import free_port
 from hostagent.client import AgentClient
 from nvi.errors import NviError
 from nvi.tls import KeyPair, ensure_ca, ensure_certificate, server_context
@@ -54,3 +57,44 @@ async def test_another_ca_is_one_line_naming_the_url(agent_url: str, tmp_path: P
 async def test_plain_http_is_refused_before_any_token_is_sent() -> None:
     with pytest.raises(NviError, match="speaks only https://"):
         AgentClient("http://127.0.0.1:7490", operator_token="secret")
+
+
+async def test_the_agents_tcp_endpoint_serves_https_only(
+    ca: KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hostagent.service.run` with [tcp] listens with its certificate (the agent behind it
+    is stood in for: this is about the listener), and its socket stays plain HTTP."""
+    from hostagent import service
+    from hostagent.config import AgentConfig, DirectoryConfig, TcpConfig
+
+    files, _ = ensure_certificate(ca, tmp_path, "agent", ["127.0.0.1"])
+    port = free_port()
+    config = AgentConfig(
+        name="s1",
+        underlay="192.0.2.1",
+        locators="192.0.2.64/27",
+        socket=tmp_path / "agent.sock",
+        state_dir=tmp_path,
+        directory=DirectoryConfig(url="https://192.0.2.2:7480", credential_file=tmp_path / "t"),
+        tcp=TcpConfig(
+            port=port, token_sha256=["a" * 64], cert_file=files.cert_file, key_file=files.key_file
+        ),
+    )
+    app = web.Application()
+    app.router.add_get("/v1/images", _images)
+    monkeypatch.setattr(service, "make_app", lambda _config: app)
+    running = asyncio.create_task(service.run(config))
+    try:
+        while not config.socket.exists():
+            await asyncio.sleep(0.01)
+        async with AgentClient(f"https://127.0.0.1:{port}", ca_file=ca.cert_file) as agent:
+            assert await agent.images() == []
+        async with AgentClient(str(config.socket)) as agent:
+            assert await agent.images() == []
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/v1/images") as reply:
+                    await reply.read()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
