@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from nvi.errors import NviError
 from nvi.tls import KeyPair, ensure_ca, ensure_certificate, server_context
 
 
-async def _images(request: web.Request) -> web.Response:
+async def _empty(request: web.Request) -> web.Response:
     return web.json_response([])
 
 
@@ -31,7 +33,8 @@ async def agent_url(ca: KeyPair, tmp_path: Path) -> AsyncIterator[str]:
     """A stand-in for the agent's TCP endpoint, with a certificate from `ca`."""
     files, _ = ensure_certificate(ca, tmp_path, "agent", ["127.0.0.1"])
     app = web.Application()
-    app.router.add_get("/v1/images", _images)
+    app.router.add_get("/v1/images", _empty)
+    app.router.add_get("/v1/nodes", _empty)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(ssl=server_context(files.cert_file, files.key_file))
     yield f"https://127.0.0.1:{server.port}"
@@ -81,7 +84,7 @@ async def test_the_agents_tcp_endpoint_serves_https_only(
         ),
     )
     app = web.Application()
-    app.router.add_get("/v1/images", _images)
+    app.router.add_get("/v1/images", _empty)
     monkeypatch.setattr(service, "make_app", lambda _config: app)
     running = asyncio.create_task(service.run(config))
     try:
@@ -98,3 +101,37 @@ async def test_the_agents_tcp_endpoint_serves_https_only(
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def _nvi(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """The `nvi` command in a subprocess, without blocking this loop's server."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nvi",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_cli_takes_the_ca_file_and_says_in_one_line_when_it_is_wrong(
+    agent_url: str, ca: KeyPair, tmp_path: Path
+) -> None:
+    listed = await _nvi("node", "list", "--agent", agent_url, "--ca-file", str(ca.cert_file))
+    assert listed[0] == 0, listed[2]
+    from_env = await _nvi(
+        "node", "list", "--agent", agent_url, env={"NVI_CA_FILE": str(ca.cert_file)}
+    )
+    assert from_env[0] == 0, from_env[2]
+    other = ensure_ca(tmp_path / "other")[0].cert_file
+    refused = await _nvi("node", "list", "--agent", agent_url, "--ca-file", str(other))
+    assert refused == (
+        1,
+        "",
+        f"nvi: agent at {agent_url}: certificate does not verify "
+        "(unable to get local issuer certificate): pass its CA with --ca-file\n",
+    )
