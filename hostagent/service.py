@@ -301,7 +301,10 @@ def make_app(config: AgentConfig) -> web.Application:
         middlewares=[json_errors(NviError, log, "the agent's log")], client_max_size=65536
     )
     app[CONFIG] = config
-    app[TOKENS] = TenantTokens(directory_whoami(config.directory.url, config.directory.timeout))
+    directory = config.directory
+    app[TOKENS] = TenantTokens(
+        directory_whoami(directory.url, directory.timeout, directory.ca_file)
+    )
     app[OPENAPI] = api.openapi(
         "NVI host agent", VERSION, "One server's nodes. See docs/hostagent.md."
     )

@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from federation.client import DirectoryClient
 from federation.errors import DirectoryError, Forbidden, Unauthorized
@@ -24,11 +25,11 @@ TTL = 2.0  # revocation must take effect within 5 s: 2 s of cache plus a directo
 MAX_ENTRIES = 4096
 
 
-def directory_whoami(url: str, timeout: float) -> Whoami:
-    """Ask the directory at `url` who a token is."""
+def directory_whoami(url: str, timeout: float, ca_file: Path | None = None) -> Whoami:
+    """Ask the directory at `url` (verified with `ca_file`) who a token is."""
 
     async def whoami(token: str) -> Identity:
-        async with DirectoryClient(url, token, timeout=timeout) as client:
+        async with DirectoryClient(url, token, timeout=timeout, ca_file=ca_file) as client:
             return await client.whoami()
 
     return whoami
