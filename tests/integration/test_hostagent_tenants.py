@@ -260,10 +260,12 @@ def test_a_tenant_console_over_a_websocket_runs_a_command_in_its_container(clean
 
 
 def cli(site: Site, token_file: Path, *args: str) -> list[str]:
-    """`nvi` elsewhere than the agent: only its URL and the tenant's token file."""
+    """`nvi` elsewhere than the agent: only its URL, the CA of its certificate and the
+    tenant's token file."""
     return [
         *("ip", "netns", "exec", site.ns, sys.executable, "-m", "nvi", *args),
-        *("--agent", site.url, "--token-file", str(token_file)),
+        *("--agent", site.url, "--ca-file", str(site.config.directory.ca_file)),
+        *("--token-file", str(token_file)),
     ]
 
 
