@@ -114,6 +114,31 @@ class Flow:
         return (self.key, self.actions, self.cookie)
 
 
+@dataclass(frozen=True)
+class Add:
+    """Add (or replace) an entry."""
+
+    flow: Flow
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete exactly this entry (table, priority, match)."""
+
+    flow: Flow
+
+
+@dataclass(frozen=True)
+class DeleteCookie:
+    """Delete, in every table, the entries whose cookie matches under the mask."""
+
+    cookie: int
+    mask: int
+
+
+FlowMod = Add | Delete | DeleteCookie
+
+
 # -- the pipeline as data ------------------------------------------------------------------
 
 # OpenFlow prerequisites: a field may be matched or set only when the match pins these.

@@ -1,6 +1,6 @@
 """The controller's decisions against an in-memory switch and an in-memory directory.
 
-The switch is `openflow.simulate.Switch` behind the controller's `Channel` interface, so every
+The switch is `openflow.simulate.Switch` behind its `Connection` (the controller's `Channel`), so every
 flow the controller installs is then exercised by packets; the directory is a table of nodes
 with the directory's answer types. The real switch and directory are in the integration tests.
 """
@@ -20,7 +20,7 @@ from nvi.model import Node
 from nvi.ports import NodePort
 from openflow import flows as f
 from openflow.controller import Controller
-from openflow.simulate import Switch
+from openflow.simulate import Connection, Switch
 
 UPLINK, LOCAL_MAC, ROUTER = 1, "aa:00:00:00:00:0a", "aa:00:00:00:00:01"
 SERVER_ADDRESS, DIRECTORY_ADDRESS = "198.51.100.11", "198.51.100.2"
@@ -67,39 +67,6 @@ class Directory:
         raise NotFound("no such node")
 
 
-class Channel:
-    """The controller's switch connection, backed by the in-memory switch."""
-
-    def __init__(self, switch: Switch, ports: dict[str, tuple[int, str]]) -> None:
-        self.switch, self._ports = switch, ports
-        self.resubmitted: list[tuple[int, bytes]] = []
-        self.sent: list[tuple[int, bytes]] = []
-        self.deleted: list[f.Flow] = []
-
-    def install(self, entries: list[f.Flow]) -> None:
-        self.switch.install(entries)
-
-    def delete_strict(self, entries: list[f.Flow]) -> None:
-        self.deleted += entries
-        for entry in entries:
-            self.switch.flows.pop(entry.key, None)
-
-    def delete_cookie(self, cookie: int, mask: int) -> None:
-        self.switch.remove(cookie, mask)
-
-    def resubmit(self, in_port: int, data: bytes) -> None:
-        self.resubmitted.append((in_port, data))
-
-    def send_packet(self, port: int, data: bytes) -> None:
-        self.sent.append((port, data))
-
-    async def dump_flows(self) -> list[f.Flow]:
-        return list(self.switch.flows.values())
-
-    async def ports(self) -> dict[str, tuple[int, str]]:
-        return self._ports
-
-
 def port_of(node: Node) -> NodePort:
     return NodePort(
         node_id=node.id,
@@ -141,11 +108,11 @@ class Server:
             infrastructure=self.infrastructure,
             idle_timeout=self.idle_timeout,
         )
-        controller.arp_cache[ROUTER_IP] = ROUTER
+        controller.arp.cache[ROUTER_IP] = ROUTER
         return controller
 
-    def connect(self) -> Channel:
-        channel = Channel(self.switch, self.ports)
+    def connect(self) -> Connection:
+        channel = Connection(self.switch, self.ports)
         asyncio.run(self.controller.connected(channel))
         return channel
 
