@@ -19,7 +19,8 @@ from federation.models import Change, ChangeType, Resolution
 from nvi.model import Node
 from nvi.ports import NodePort
 from openflow import flows as f
-from openflow.controller import Controller
+from openflow.controller import OUTCOME_COUNTERS, Controller
+from openflow.decide import Outcome
 from openflow.simulate import Connection, Switch
 
 UPLINK, LOCAL_MAC, ROUTER = 1, "aa:00:00:00:00:0a", "aa:00:00:00:00:01"
@@ -360,3 +361,62 @@ def test_pair_flows_take_the_configured_idle_timeout_and_are_forgotten_when_they
     assert [e.notify_removal for e in pair if e.table == f.T_EGRESS] == [True]
     server.controller.flow_removed(f.cookie(f.PAIR, A.locator, B.locator))
     assert server.controller.pairs == {}
+
+
+# -- the egress path: one batch, a barrier, then the packet ----------------------------------
+
+
+def test_a_decisions_flows_go_as_one_batch_and_the_packet_follows_the_barrier(
+    server: Server,
+) -> None:
+    """The in-memory switch applies flow mods only at a barrier, so a packet-out sent before
+    it would meet the old table and come back to the controller."""
+    channel = server.connect()
+    channel.journal.clear()
+    server.first_packet(A, B.ip)
+    assert channel.journal == ["flow_mod", "flow_mod", "barrier", "packet_out"]
+    ((in_port, result),) = channel.resubmitted
+    assert in_port == server.ports["a"][0]
+    assert [(port, out["ipv4_dst"]) for port, out in result.outputs] == [(UPLINK, B.locator)]
+
+
+def test_packets_that_share_a_decision_all_wait_for_its_barrier(server: Server) -> None:
+    channel = server.connect()
+    channel.journal.clear()
+    port, frame = server.ports["a"][0], ip_frame(A, C.ip)
+
+    async def burst() -> None:
+        await asyncio.gather(
+            *(server.controller.packet_in(port, f.T_EGRESS, frame) for _ in range(3))
+        )
+
+    asyncio.run(burst())
+    assert channel.journal == ["flow_mod", "flow_mod", "barrier", *["packet_out"] * 3]
+    assert all(r.outputs[0][0] == server.ports["c"][0] for _, r in channel.resubmitted)
+
+
+def test_every_outcome_is_counted() -> None:
+    assert set(OUTCOME_COUNTERS) == set(Outcome)
+
+
+# -- fail fast ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["port request fails", "no uplink"])
+def test_a_connection_whose_setup_fails_is_dropped_and_the_next_one_works(
+    server: Server, broken: str
+) -> None:
+    """Never half-alive: the switch reconnects (as OVS does) and set-up runs again."""
+    ports = {name: port for name, port in server.ports.items() if name != "uplink"}
+    first = Connection(server.switch, ports if broken == "no uplink" else server.ports)
+    if broken == "port request fails":
+        first.fail = RuntimeError("switch went away")
+    asyncio.run(server.controller.connected(first))
+    assert first.closed
+    assert server.controller.channel is None and server.controller.server is None
+    assert server.controller.stats["errors_connect"] == 1
+    second = server.connect()
+    assert not second.closed and server.controller.stats["connects"] == 1
+    server.first_packet(A, B.ip)
+    assert server.send(A, B.ip)[0][0] == UPLINK
+    assert server.controller.stats["dropped_unexpected"] == 0
