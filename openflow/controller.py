@@ -1,8 +1,10 @@
-"""The controller's decisions, on asyncio: first packets, directory answers, reconciliation.
+"""The controller on asyncio: resolve what a decision needs, decide, install, keep books.
 
-It computes flows with `openflow.flows` and hands them to a `Channel`: the thin adapter to the
-switch (os-ken in production, an in-memory switch in tests). Every entry point catches,
-logs and counts its errors: one bad packet or one directory hiccup never stops the controller.
+Decisions are pure (`openflow.decide`); next-hop MACs come from `openflow.arp`. Everything the
+controller changes on the switch leaves through one path (`_push`): one batch of flow mods and
+a barrier, so whatever follows (the resubmitted first packet) meets the new table. Every entry
+point catches, logs and counts its errors: one bad packet or one directory hiccup never stops
+the controller; a connection it could not set up is dropped, so the switch reconnects.
 """
 
 from __future__ import annotations
@@ -12,47 +14,53 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict
 from typing import Any, Protocol
 
-from os_ken.lib.packet import arp, ether_types, ethernet, ipv4, packet
+from os_ken.lib.packet import arp, ipv4, packet
 
 from federation.errors import DirectoryError, NotFound
 from federation.models import Change, ChangeType
 from nvi.ports import NodePort
-from openflow import dhcp
+from openflow import arp as next_hops
+from openflow import decide, dhcp
 from openflow import flows as f
+from openflow.decide import Outcome, Pair
 
 log = logging.getLogger(__name__)
 
-ARP_TIMEOUT = 1.0
-ARP_TRIES = 3
+# The counters each outcome adds to (`controller.stats.json`, `nvi lab status`).
+OUTCOME_COUNTERS = {
+    Outcome.ALLOWED: "conversations",
+    Outcome.NOT_IN_TENANT: "denied",
+    Outcome.POLICY: "denied",
+    Outcome.INFRASTRUCTURE: "refused_infrastructure",
+    Outcome.DIRECTORY_UNAVAILABLE: "directory_unavailable",
+    Outcome.UNKNOWN_LOCATOR: "dropped_unknown_locator",
+}
 
 
 class Channel(Protocol):
     """What the controller needs from its switch connection."""
 
-    def install(self, entries: list[f.Flow]) -> None: ...
-    def delete_strict(self, entries: list[f.Flow]) -> None: ...
-    def delete_cookie(self, cookie: int, mask: int) -> None: ...
+    def send(self, mods: Sequence[f.FlowMod]) -> None:
+        """Send flow mods as one batch, in order."""
+
+    async def barrier(self) -> None:
+        """Return once the switch has processed everything sent before."""
+
     def resubmit(self, in_port: int, data: bytes) -> None: ...
     def send_packet(self, port: int, data: bytes) -> None: ...
     async def dump_flows(self) -> list[f.Flow]: ...
     async def ports(self) -> dict[str, tuple[int, str]]: ...
 
+    def close(self) -> None:
+        """Drop the connection; the switch reconnects and set-up starts again."""
+
 
 class Resolver(Protocol):
     async def resolve(self, ip: str, **source: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A conversation this controller installed (or found installed after a restart)."""
-
-    local: f.LocalNode
-    remote_ip: str
-    remote_locator: str
 
 
 class Controller:
@@ -69,7 +77,7 @@ class Controller:
     ) -> None:
         self.resolver = resolver
         self.read_ports = read_ports
-        self.next_hop = next_hop
+        self.arp = next_hops.NextHopMacs(next_hop)
         self.server_address = server_address
         self.uplink_name = uplink
         self.infrastructure = tuple(infrastructure)
@@ -78,16 +86,32 @@ class Controller:
         self.server: f.Server | None = None
         self.nodes: dict[int, f.LocalNode] = {}
         self.pairs: dict[tuple[str, str], Pair] = {}
-        self.arp_cache: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
         self.decision_ms: dict[str, list[float]] = {"egress": [], "ingress": []}
-        self._arp_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._pending: dict[tuple, asyncio.Future[None]] = {}
+
+    # -- the one way to the switch ------------------------------------------------------------
+
+    def _connection(self) -> Channel:
+        if self.channel is None:
+            raise RuntimeError("no switch connection")
+        return self.channel
+
+    async def _push(self, mods: Sequence[f.FlowMod]) -> None:
+        """Send the flow mods as one batch, then wait for the switch to have applied them."""
+        if not mods:
+            return
+        channel = self._connection()
+        channel.send(mods)
+        await channel.barrier()
 
     # -- switch connection --------------------------------------------------------------------
 
     async def connected(self, channel: Channel) -> None:
-        """Reconcile, never flush: flows the switch already holds keep forwarding throughout."""
+        """Reconcile, never flush: flows the switch already holds keep forwarding throughout.
+
+        A set-up that fails drops the connection: the switch reconnects and this runs again,
+        instead of a controller that holds a connection it knows nothing about."""
         self.channel = channel
         try:
             ports = await channel.ports()
@@ -103,7 +127,7 @@ class Controller:
             )
             self.nodes = await self._local_nodes(ports)
             present = await channel.dump_flows()
-            self._reconcile_base(present)
+            await self._push(self._reconcile_base(present))
             self._adopt_pairs(present)
             self.stats["connects"] += 1
             log.info(
@@ -113,6 +137,8 @@ class Controller:
             )
         except Exception:
             self._failed("connect")
+            self.channel = self.server = None
+            channel.close()
             return
         await asyncio.gather(*(self._revalidate(p) for p in list(self.pairs.values())))
 
@@ -126,18 +152,18 @@ class Controller:
             if name in ports
         }
 
-    def _reconcile_base(self, present: list[f.Flow]) -> None:
-        assert self.channel and self.server
+    def _reconcile_base(self, present: list[f.Flow]) -> list[f.FlowMod]:
+        """Delete the base flows that should not exist, add the missing ones."""
+        assert self.server
         desired = f.desired_base_flows(self.server, list(self.nodes.values()))
         ours = [e for e in present if e.cookie >> f.COOKIE_CLASS_SHIFT == f.BASE]
         held = {p.identity for p in ours}
         missing = [d for d in desired if d.identity not in held]
         desired_keys = {d.key for d in desired}
         stale = [p for p in ours if p.key not in desired_keys]
-        self.channel.delete_strict(stale)
-        self.channel.install(missing)
         self.stats["base_flows_added"] += len(missing)
         self.stats["base_flows_removed"] += len(stale)
+        return [*map(f.Delete, stale), *map(f.Add, missing)]
 
     def _adopt_pairs(self, present: list[f.Flow]) -> None:
         """Rebuild the conversation index from the egress flows the switch holds."""
@@ -158,7 +184,7 @@ class Controller:
             else:
                 continue
             pair = Pair(local, str(match["ipv4_dst"]), remote_locator)
-            self.pairs[(local.locator, remote_locator)] = pair
+            self.pairs[pair.key] = pair
 
     async def ports_changed(self) -> None:
         """A port came or went: install or remove that node's flows (and its conversations)."""
@@ -166,22 +192,27 @@ class Controller:
             return
         try:
             nodes = await self._local_nodes(await self.channel.ports())
+            mods: list[f.FlowMod] = []
             for number, node in self.nodes.items():
                 if nodes.get(number) != node:
-                    self._forget_node(node)
+                    mods += self._forget_node(node)
             for number, node in nodes.items():
                 if self.nodes.get(number) != node:
-                    self.channel.install(f.port_flows(self.server, node))
+                    mods += map(f.Add, f.port_flows(self.server, node))
             self.nodes = nodes
+            await self._push(mods)
         except Exception:
             self._failed("ports")
 
-    def _forget_node(self, node: f.LocalNode) -> None:
-        assert self.channel
-        for kind in (f.BASE, f.PAIR, f.DENY):
-            self.channel.delete_cookie(f.cookie(kind, node.locator), f.CLASS_MASK | f.LOCAL_MASK)
-        self.channel.delete_cookie(f.cookie(f.PAIR, "", node.locator), f.CLASS_MASK | f.REMOTE_MASK)
+    def _forget_node(self, node: f.LocalNode) -> list[f.FlowMod]:
         self.pairs = {k: p for k, p in self.pairs.items() if node.locator not in k}
+        return [
+            *(
+                f.DeleteCookie(f.cookie(kind, node.locator), f.CLASS_MASK | f.LOCAL_MASK)
+                for kind in (f.BASE, f.PAIR, f.DENY)
+            ),
+            f.DeleteCookie(f.cookie(f.PAIR, "", node.locator), f.CLASS_MASK | f.REMOTE_MASK),
+        ]
 
     def flow_removed(self, cookie: int) -> None:
         """An egress flow idled out: the conversation is over."""
@@ -204,7 +235,7 @@ class Controller:
         arp_packet = parsed.get_protocol(arp.arp)
         if arp_packet is not None:
             if arp_packet.opcode == arp.ARP_REPLY:
-                self._learn(arp_packet.src_ip, arp_packet.src_mac)
+                self.arp.learn(arp_packet.src_ip, arp_packet.src_mac)
             return
         ip = parsed.get_protocol(ipv4.ipv4)
         if ip is None or self.server is None:
@@ -218,160 +249,76 @@ class Controller:
             return
         if table_id == f.T_EGRESS and in_port in self.nodes:
             key = ("egress", in_port, ip.dst)
-            work = lambda: self._first_egress(self.nodes[in_port], ip.dst)  # noqa: E731
+            local = self.nodes[in_port]
+            step = lambda *known: decide.egress(self._facts(), local, ip.dst, *known)  # noqa: E731
         elif table_id == f.T_INGRESS and in_port == self.server.uplink:
             key = ("ingress", ip.src, ip.dst)
-            work = lambda: self._first_ingress(ip.src, ip.dst)  # noqa: E731
+            step = lambda *known: decide.ingress(self._facts(), ip.src, ip.dst, *known)  # noqa: E731
         else:
             self.stats["dropped_unexpected"] += 1
             return
         # Packets of one new conversation that arrive together share one decision.
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = asyncio.ensure_future(self._timed(key[0], work))
+            work = self._timed(key[0], self._first_packet(step))
+            pending = self._pending[key] = asyncio.ensure_future(work)
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         await asyncio.shield(pending)
+        # The decision's flows are in the table (barrier): the packet now takes them.
         if self.channel:
             self.channel.resubmit(in_port, data)
 
-    async def _timed(self, kind: str, work: Callable[[], Awaitable[None]]) -> None:
+    async def _timed(self, kind: str, work: Awaitable[None]) -> None:
         """Run one decision and keep its duration (the last few hundred, per kind)."""
         started = time.perf_counter()
         try:
-            await work()
+            await work
         finally:
             durations = self.decision_ms[kind]
             durations.append((time.perf_counter() - started) * 1000)
             del durations[:-500]
 
-    async def _first_egress(self, local: f.LocalNode, destination_ip: str) -> None:
-        assert self.channel and self.server
-        try:
-            answer = await self.resolver.resolve(destination_ip, source=local.node_id)
-        except NotFound:
-            answer = None
-        except DirectoryError as error:
-            self._directory_unavailable(
-                f.deny_egress(local, destination_ip, f.BACKOFF_HARD_TIMEOUT), error
-            )
-            return
-        destination = answer.destination if answer else None
-        if destination is None or not answer.allowed or destination.tenant != local.tenant:
-            self.channel.install([f.deny_egress(local, destination_ip)])
-            self.stats["denied"] += 1
-            return
-        if f.is_infrastructure(self.server, destination.locator):
-            self._refuse_infrastructure(f.deny_egress(local, destination_ip), destination.locator)
-            return
-        remote = f.Remote(destination.id, destination.ip, destination.mac, destination.locator)
-        peer = next((n for n in self.nodes.values() if n.locator == destination.locator), None)
-        if peer is not None:
-            entries = self._conversation(f.Conversation(local, remote, peer.port))
-            back = f.Remote(local.node_id, local.ip, local.mac, local.locator)
-            entries += self._conversation(f.Conversation(peer, back, local.port))
-            self.pairs[(peer.locator, local.locator)] = Pair(peer, local.ip, local.locator)
-        else:
-            mac = await self.resolve_mac(destination.locator)
-            entries = self._conversation(f.Conversation(local, remote, next_hop_mac=mac))
-        self.channel.install(entries)
-        self.pairs[(local.locator, remote.locator)] = Pair(local, remote.ip, remote.locator)
-        self.stats["conversations"] += 1
-
-    async def _first_ingress(self, source_locator: str, local_locator: str) -> None:
-        assert self.channel and self.server
-        local = next((n for n in self.nodes.values() if n.locator == local_locator), None)
-        if local is None:
-            self.stats["dropped_unknown_locator"] += 1
-            return
-        if f.is_infrastructure(self.server, source_locator):
-            self._refuse_infrastructure(
-                f.deny_ingress(local_locator, source_locator), source_locator
-            )
-            return
-        try:
-            answer = await self.resolver.resolve(locator=source_locator, source=local.node_id)
-            source = answer.destination
-            allowed = answer.allowed and source.tenant == local.tenant
-        except NotFound:
-            allowed = False
-        except DirectoryError as error:
-            self._directory_unavailable(
-                f.deny_ingress(local_locator, source_locator, f.BACKOFF_HARD_TIMEOUT), error
-            )
-            return
-        if not allowed:
-            self.channel.install([f.deny_ingress(local_locator, source_locator)])
-            self.stats["denied"] += 1
-            return
-        mac = await self.resolve_mac(source_locator)
-        remote = f.Remote(source.id, source.ip, source.mac, source_locator)
-        self.channel.install(self._conversation(f.Conversation(local, remote, next_hop_mac=mac)))
-        self.pairs[(local.locator, source_locator)] = Pair(local, source.ip, source_locator)
-        self.stats["conversations"] += 1
-
-    def _conversation(self, pair: f.Conversation) -> list[f.Flow]:
+    def _facts(self) -> decide.Facts:
         assert self.server
-        return f.conversation_flows(self.server, pair, self.idle_timeout)
+        return decide.Facts(self.server, tuple(self.nodes.values()), self.idle_timeout)
 
-    def _refuse_infrastructure(self, deny: f.Flow, address: str) -> None:
-        """Never rewrite towards (or accept from) the underlay's own infrastructure, whatever
-        the directory answered: a wrong or forged record must not make tenant traffic reach
-        this server, the directory or a router."""
-        assert self.channel
-        self.channel.install([deny])
-        self.stats["refused_infrastructure"] += 1
-        log.warning("refused a conversation with infrastructure address %s", address)
+    async def _first_packet(self, step: Callable[..., decide.Result]) -> None:
+        """Resolve what the decision asks for (the directory, the next hop's MAC), decide,
+        install, and keep the books."""
+        answer: decide.Answer = decide.NOT_ASKED
+        mac: str | None = None
+        result = step(answer, mac)
+        while not isinstance(result, decide.Decision):
+            if isinstance(result, decide.Lookup):
+                answer = await self._lookup(result)
+            else:
+                mac = await self.arp.resolve(result.locator, self._send_arp_request)
+            result = step(answer, mac)
+        self.stats[OUTCOME_COUNTERS[result.outcome]] += 1
+        if result.outcome == Outcome.INFRASTRUCTURE:
+            # A wrong or forged record must never make tenant traffic reach this server, the
+            # directory or a router: only the deny flow is installed.
+            log.warning("refused a conversation with infrastructure address %s", result.detail)
+        elif result.outcome == Outcome.DIRECTORY_UNAVAILABLE:
+            log.warning("directory lookup failed (%s); retrying this pair shortly", result.detail)
+        await self._push([f.Add(entry) for entry in result.flows])
+        for pair in result.pairs:
+            self.pairs[pair.key] = pair
 
-    def _directory_unavailable(self, backoff: f.Flow, error: DirectoryError) -> None:
-        """The directory could not answer: drop this pair briefly instead of sending every
-        packet to the controller, and ask again once the short drop expires."""
-        assert self.channel
-        self.channel.install([backoff])
-        self.stats["directory_unavailable"] += 1
-        log.warning("directory lookup failed (%s); retrying this pair shortly", error)
-
-    # -- next hops on the underlay --------------------------------------------------------------
-
-    async def resolve_mac(self, locator: str) -> str:
-        """The MAC of the next hop towards a locator: that server, or the router on the way."""
-        hop = await self.next_hop(locator)
-        if hop in self.arp_cache:
-            return self.arp_cache[hop]
-        for _ in range(ARP_TRIES):
-            waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self._arp_waiters.setdefault(hop, []).append(waiter)
-            self._send_arp_request(hop)
-            try:
-                return await asyncio.wait_for(waiter, ARP_TIMEOUT)
-            except TimeoutError:
-                continue
-        raise RuntimeError(f"no ARP answer from next hop {hop} towards {locator}")
+    async def _lookup(self, question: decide.Lookup) -> decide.Answer:
+        """The directory's answer; "not found" is an answer, any other failure is none."""
+        try:
+            if question.ip is not None:
+                return await self.resolver.resolve(question.ip, source=question.source)
+            return await self.resolver.resolve(locator=question.locator, source=question.source)
+        except NotFound:
+            return None
+        except DirectoryError as error:
+            return decide.Unavailable(str(error))
 
     def _send_arp_request(self, target: str) -> None:
-        assert self.channel and self.server
-        request = packet.Packet()
-        request.add_protocol(
-            ethernet.ethernet(
-                dst="ff:ff:ff:ff:ff:ff", src=self.server.mac, ethertype=ether_types.ETH_TYPE_ARP
-            )
-        )
-        request.add_protocol(
-            arp.arp(
-                opcode=arp.ARP_REQUEST,
-                src_mac=self.server.mac,
-                src_ip=self.server.address,
-                dst_mac="00:00:00:00:00:00",
-                dst_ip=target,
-            )
-        )
-        request.serialize()
-        self.channel.send_packet(self.server.uplink, bytes(request.data))
-
-    def _learn(self, ip: str, mac: str) -> None:
-        self.arp_cache[ip] = mac
-        for waiter in self._arp_waiters.pop(ip, []):
-            if not waiter.done():
-                waiter.set_result(mac)
+        assert self.server
+        self._connection().send_packet(self.server.uplink, next_hops.request(self.server, target))
 
     # -- directory changes ---------------------------------------------------------------------
 
@@ -385,15 +332,17 @@ class Controller:
         if not self.channel:
             return
         self.stats["changes"] += 1
+        mods: list[f.FlowMod] = []
         if change.type in (ChangeType.NODE_MOVED, ChangeType.NODE_DELETED):
             gone = change.previous or change.node
             assert gone is not None
-            self.channel.delete_cookie(
-                f.cookie(f.PAIR, "", gone.locator), f.CLASS_MASK | f.REMOTE_MASK
+            mods.append(
+                f.DeleteCookie(f.cookie(f.PAIR, "", gone.locator), f.CLASS_MASK | f.REMOTE_MASK)
             )
             self.pairs = {k: p for k, p in self.pairs.items() if k[1] != gone.locator}
         if change.type in (ChangeType.NODE_CREATED, ChangeType.LINK_CREATED, ChangeType.NODE_MOVED):
-            self.channel.delete_cookie(f.cookie(f.DENY), f.CLASS_MASK)
+            mods.append(f.DeleteCookie(f.cookie(f.DENY), f.CLASS_MASK))
+        await self._push(mods)
         if change.type == ChangeType.LINK_REMOVED:
             affected = [p for p in self.pairs.values() if p.local.tenant == change.tenant]
             await asyncio.gather(*(self._revalidate(p) for p in affected))
@@ -413,12 +362,10 @@ class Controller:
             self._failed("revalidate")
             return
         if not valid and self.channel:
-            key = (pair.local.locator, pair.remote_locator)
-            self.channel.delete_cookie(
-                f.cookie(f.PAIR, *key), f.CLASS_MASK | f.LOCAL_MASK | f.REMOTE_MASK
-            )
-            self.pairs.pop(key, None)
+            self.pairs.pop(pair.key, None)
             self.stats["conversations_revoked"] += 1
+            mask = f.CLASS_MASK | f.LOCAL_MASK | f.REMOTE_MASK
+            await self._push([f.DeleteCookie(f.cookie(f.PAIR, *pair.key), mask)])
 
     def _failed(self, where: str) -> None:
         self.stats[f"errors_{where}"] += 1

@@ -12,6 +12,9 @@ Tables (OpenFlow 1.3, one bridge per server):
      controller.
   2  ingress, keyed by (source locator, destination locator): restore tenant headers and
      deliver; a miss asks the controller.
+
+`PIPELINE` declares each table's matchable and writable fields and its next tables; `flow`, the
+only builder, refuses a flow outside its table's declaration.
 """
 
 from __future__ import annotations
@@ -111,6 +114,111 @@ class Flow:
         return (self.key, self.actions, self.cookie)
 
 
+@dataclass(frozen=True)
+class Add:
+    """Add (or replace) an entry."""
+
+    flow: Flow
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete exactly this entry (table, priority, match)."""
+
+    flow: Flow
+
+
+@dataclass(frozen=True)
+class DeleteCookie:
+    """Delete, in every table, the entries whose cookie matches under the mask."""
+
+    cookie: int
+    mask: int
+
+
+FlowMod = Add | Delete | DeleteCookie
+
+
+# -- the pipeline as data ------------------------------------------------------------------
+
+# OpenFlow prerequisites: a field may be matched or set only when the match pins these.
+_PREREQUISITES: dict[str, tuple[str, int]] = {
+    **{name: ("eth_type", ETH_IP) for name in ("ipv4_src", "ipv4_dst", "ip_proto")},
+    **{name: ("eth_type", ETH_ARP) for name in ("arp_op", "arp_spa", "arp_tpa", "arp_sha")},
+    "arp_tha": ("eth_type", ETH_ARP),
+    "udp_src": ("ip_proto", UDP),
+    "udp_dst": ("ip_proto", UDP),
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    """What one table is for, as data (faucet's ValveTable is the model): the fields its flows
+    may match, the fields their actions may write, the tables they may continue to. A flow
+    outside its table's declaration is a bug in this module, so building it raises."""
+
+    number: int
+    name: str
+    match_fields: frozenset[str]
+    set_fields: frozenset[str] = frozenset()
+    next_tables: frozenset[int] = frozenset()
+
+    def check(self, match: dict[str, MatchValue], actions: list[Action]) -> None:
+        """Raise ValueError naming the table and the field if the flow breaks the declaration."""
+        for name in match:
+            if name not in self.match_fields:
+                raise ValueError(f"table {self.name} may not match {name}")
+        written = [a.field for a in actions if isinstance(a, SetField)]
+        written += [a.dst for a in actions if isinstance(a, Move)]
+        for name in written:
+            if name not in self.set_fields:
+                raise ValueError(f"table {self.name} may not set {name}")
+        read = [a.src for a in actions if isinstance(a, Move)]
+        for name in [*match, *written, *read]:
+            needed = _PREREQUISITES.get(name)
+            if needed is not None and match.get(needed[0]) != needed[1]:
+                raise ValueError(
+                    f"table {self.name}: {name} needs {needed[0]}={needed[1]:#x} in the match"
+                )
+        for action in actions:
+            if isinstance(action, Goto) and action.table not in self.next_tables:
+                raise ValueError(f"table {self.name} may not go to table {action.table}")
+
+
+_ARP_ANSWER_FIELDS = frozenset(
+    {"eth_src", "eth_dst", "arp_op", "arp_spa", "arp_sha", "arp_tpa", "arp_tha"}
+)
+_REWRITE_FIELDS = frozenset({"eth_src", "eth_dst", "ipv4_src", "ipv4_dst"})
+
+PIPELINE: dict[int, Table] = {
+    T_CLASSIFY: Table(
+        T_CLASSIFY,
+        "classify",
+        # the port, its MAC, DHCP, ARP and IPv4 addresses; answers ARP in place
+        match_fields=frozenset(
+            {"in_port", "eth_src", "eth_type", "ip_proto", "udp_src", "udp_dst"}
+            | {"arp_op", "arp_spa", "arp_sha", "arp_tpa", "ipv4_src", "ipv4_dst"}
+        ),
+        set_fields=_ARP_ANSWER_FIELDS,
+        next_tables=frozenset({T_EGRESS, T_INGRESS}),
+    ),
+    T_EGRESS: Table(
+        T_EGRESS,
+        "egress",
+        # keyed by (node port, tenant destination); never by L4: conversations are per pair
+        match_fields=frozenset({"in_port", "eth_type", "ipv4_dst"}),
+        set_fields=_REWRITE_FIELDS,
+    ),
+    T_INGRESS: Table(
+        T_INGRESS,
+        "ingress",
+        # keyed by the locator pair only
+        match_fields=frozenset({"eth_type", "ipv4_src", "ipv4_dst"}),
+        set_fields=_REWRITE_FIELDS,
+    ),
+}
+
+
 def flow(
     table: int,
     priority: int,
@@ -119,6 +227,11 @@ def flow(
     cookie: int,
     **timers: int | bool,
 ) -> Flow:
+    """The one way this module builds a flow: checked against its table's declaration."""
+    declared = PIPELINE.get(table)
+    if declared is None:
+        raise ValueError(f"no table {table} in the pipeline")
+    declared.check(match, actions)
     return Flow(table, priority, tuple(match.items()), tuple(actions), cookie, **timers)
 
 

@@ -17,7 +17,10 @@ from openflow.flows import (
     LOCAL,
     TABLE,
     Action,
+    Add,
+    Delete,
     Flow,
+    FlowMod,
     Goto,
     Move,
     Output,
@@ -119,6 +122,15 @@ def flow_delete_cookie(datapath: Any, cookie: int, mask: int) -> parser.OFPFlowM
         out_group=ofp.OFPG_ANY,
         match=parser.OFPMatch(),
     )
+
+
+def flow_mod(datapath: Any, mod: FlowMod) -> parser.OFPFlowMod:
+    """The OpenFlow message for a plain flow mod."""
+    if isinstance(mod, Add):
+        return flow_add(datapath, mod.flow)
+    if isinstance(mod, Delete):
+        return flow_delete_strict(datapath, mod.flow)
+    return flow_delete_cookie(datapath, mod.cookie, mod.mask)
 
 
 def packet_out_to_table(datapath: Any, in_port: int, data: bytes) -> parser.OFPPacketOut:

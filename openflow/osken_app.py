@@ -3,14 +3,17 @@ carries its flows back. No decision is made here.
 
 os-ken runs handlers on its own threads; the controller lives on an asyncio loop in another
 thread. Events cross with `run_coroutine_threadsafe`, messages go back through a lock around
-`send_msg`, and request/reply pairs (flow dump, port list) are matched by xid.
+`send_msg` (a batch of flow mods under one hold of it), and request/reply pairs (flow dump, port
+list, barrier) are matched by xid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -22,7 +25,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from openflow import ofmsg
 from openflow.controller import Controller
-from openflow.flows import Flow
+from openflow.flows import Flow, FlowMod
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +43,23 @@ class OsKenChannel:
         with self._lock:
             self.datapath.send_msg(message)
 
-    def install(self, entries: list[Flow]) -> None:
-        for entry in entries:
-            self._send(ofmsg.flow_add(self.datapath, entry))
+    def send(self, mods: Sequence[FlowMod]) -> None:
+        """One batch: no other message of this controller goes between its flow mods."""
+        messages = [ofmsg.flow_mod(self.datapath, mod) for mod in mods]
+        with self._lock:
+            for message in messages:
+                self.datapath.send_msg(message)
 
-    def delete_strict(self, entries: list[Flow]) -> None:
-        for entry in entries:
-            self._send(ofmsg.flow_delete_strict(self.datapath, entry))
+    async def barrier(self) -> None:
+        await self._request(parser.OFPBarrierRequest(self.datapath))
 
-    def delete_cookie(self, cookie: int, mask: int) -> None:
-        self._send(ofmsg.flow_delete_cookie(self.datapath, cookie, mask))
+    def close(self) -> None:
+        """Shut the socket down: os-ken's receive loop ends, it reports the switch gone and
+        the switch connects again."""
+        try:
+            self.datapath.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            log.warning("switch connection was already closed")
 
     def resubmit(self, in_port: int, data: bytes) -> None:
         self._send(ofmsg.packet_out_to_table(self.datapath, in_port, data))
@@ -81,13 +91,14 @@ class OsKenChannel:
         return await asyncio.wait_for(future, 10)
 
     def reply(self, message: Any) -> None:
-        """Called on os-ken's thread for each part of a multipart reply."""
+        """Called on os-ken's thread for each part of a multipart reply, and for a barrier
+        reply (no body, never more to come)."""
         waiting = self._replies.get(message.xid)
         if waiting is None:
             return
         future, parts = waiting
-        parts.extend(message.body)
-        if not message.flags & ofp.OFPMPF_REPLY_MORE:
+        parts.extend(getattr(message, "body", ()))
+        if not getattr(message, "flags", 0) & ofp.OFPMPF_REPLY_MORE:
             del self._replies[message.xid]
             self.loop.call_soon_threadsafe(_resolve, future, parts)
 
@@ -154,7 +165,12 @@ class NviSwitchApp(app_manager.OSKenApp):
             log.exception("flow-removed handler failed")
 
     @set_ev_cls(
-        [ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPPortDescStatsReply], MAIN_DISPATCHER
+        [
+            ofp_event.EventOFPFlowStatsReply,
+            ofp_event.EventOFPPortDescStatsReply,
+            ofp_event.EventOFPBarrierReply,
+        ],
+        MAIN_DISPATCHER,
     )
     def stats_reply(self, event: Any) -> None:
         try:

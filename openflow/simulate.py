@@ -3,19 +3,25 @@
 It runs the plain flows of `openflow.flows` the way OVS runs their OpenFlow form: highest
 priority match per table, actions in order, `Goto` continues, outputs collected. Tests use it
 to follow a packet across servers, and to check that the OVS traces `nvi trace` is tested
-with still match what these flows do.
+with still match what these flows do. `Connection` is the controller's channel to such a
+switch, with OpenFlow's weak ordering: flow mods count only from the next barrier on.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from os_ken.lib.packet import ethernet, ipv4, packet
 
 from openflow.flows import (
     CONTROLLER,
     IN_PORT,
+    Add,
+    Delete,
     Flow,
+    FlowMod,
     Goto,
     MatchValue,
     Move,
@@ -58,6 +64,14 @@ class Switch:
 
     def remove(self, cookie: int, mask: int) -> None:
         self.flows = {k: f for k, f in self.flows.items() if (f.cookie ^ cookie) & mask}
+
+    def apply(self, mod: FlowMod) -> None:
+        if isinstance(mod, Add):
+            self.install([mod.flow])
+        elif isinstance(mod, Delete):
+            self.flows.pop(mod.flow.key, None)
+        else:
+            self.remove(mod.cookie, mod.mask)
 
     def lookup(self, table: int, packet: Packet) -> Flow | None:
         candidates = [f for f in self.flows.values() if f.table == table and matches(f, packet)]
@@ -103,3 +117,67 @@ def _field_matches(value: int | str | None, want: MatchValue) -> bool:
     if isinstance(want, str) and isinstance(value, str):
         return want.lower() == value.lower()
     return want == value
+
+
+class Connection:
+    """`openflow.controller.Channel` to an in-memory switch.
+
+    Like a real switch may, it applies flow mods late: only a barrier guarantees they are in
+    the table, so a packet-out sent before the barrier meets the old table. `journal` lists the
+    messages in the order they were sent; `fail` makes the next port request raise (a switch
+    that breaks during connection set-up).
+    """
+
+    def __init__(self, switch: Switch, ports: dict[str, tuple[int, str]]) -> None:
+        self.switch = switch
+        self._ports = ports
+        self.journal: list[str] = []
+        self.unapplied: list[FlowMod] = []
+        self.deleted: list[Flow] = []
+        self.resubmitted: list[tuple[int, Result]] = []
+        self.sent: list[tuple[int, bytes]] = []
+        self.closed = False
+        self.fail: Exception | None = None
+
+    def send(self, mods: Sequence[FlowMod]) -> None:
+        self.journal += ["flow_mod"] * len(mods)
+        self.unapplied += mods
+        self.deleted += [mod.flow for mod in mods if isinstance(mod, Delete)]
+
+    async def barrier(self) -> None:
+        self.journal.append("barrier")
+        for mod in self.unapplied:
+            self.switch.apply(mod)
+        self.unapplied = []
+
+    def resubmit(self, in_port: int, data: bytes) -> None:
+        """Run the packet through the table as it is now (OFPP_TABLE)."""
+        self.journal.append("packet_out")
+        self.resubmitted.append((in_port, self.switch.process(in_port, headers(data))))
+
+    def send_packet(self, port: int, data: bytes) -> None:
+        self.journal.append("packet")
+        self.sent.append((port, data))
+
+    async def dump_flows(self) -> list[Flow]:
+        return list(self.switch.flows.values())
+
+    async def ports(self) -> dict[str, tuple[int, str]]:
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            raise error
+        return self._ports
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def headers(data: bytes) -> Packet:
+    """The fields the flows match, from an Ethernet/IPv4 frame."""
+    parsed = packet.Packet(data)
+    eth = parsed.get_protocol(ethernet.ethernet)
+    fields: Packet = {"eth_src": eth.src, "eth_dst": eth.dst, "eth_type": eth.ethertype}
+    ip = parsed.get_protocol(ipv4.ipv4)
+    if ip is not None:
+        fields.update(ipv4_src=ip.src, ipv4_dst=ip.dst, ip_proto=ip.proto)
+    return fields

@@ -4,20 +4,23 @@ The ground truth is Open vSwitch's own `ofproto/trace`: it runs a packet through
 switch really holds, without sending it or touching counters. This module is the pure part of
 `nvi trace`: it builds the packet to trace, parses the trace's text, names each flow from its
 cookie (`openflow.flows`' layout) and says in words what became of the packet, and what the
-controller would decide for a first packet given the directory's answer. `nvi.lab.trace` runs
-the traces and asks the directory; unit tests feed this module captured real outputs.
+controller would decide for a first packet given the directory's answer: the controller's own
+decision functions (`openflow.decide`) decide, this module only puts their verdict in words.
+`nvi.lab.trace` runs the traces and asks the directory; unit tests feed this module captured
+real outputs.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 from federation.models import Resolution
+from openflow import decide
 from openflow import flows as f
 
 # The lab's host flows (nvi.lab.ovs.HOST_COOKIE): the server's own traffic, not the controller's.
@@ -289,8 +292,8 @@ def _why_dropped(hit: Hit | None) -> str:
 
 @dataclass(frozen=True)
 class Decision:
-    """The controller's decision, as `openflow.controller` takes it, for the directory's answer
-    (None: the directory does not know the destination in the source's tenant)."""
+    """The controller's decision in words: `openflow.decide`'s verdict for the directory's
+    answer (None: the directory does not know the destination in the source's tenant)."""
 
     allowed: bool
     reason: str
@@ -301,6 +304,26 @@ class Decision:
 
 
 _DENY = f"the controller would drop it and install a drop flow for {f.DENY_HARD_TIMEOUT} s"
+_BACKOFF = (
+    f"the directory could not answer: the controller would drop the pair for "
+    f"{f.BACKOFF_HARD_TIMEOUT} s and ask again"
+)
+# Without the server's own facts no address is known as infrastructure but this placeholder's
+# (no locator is ever 0.0.0.0), so a refusal of infrastructure is not predicted.
+_UNKNOWN_SERVER = f.Server(address="0.0.0.0", mac="00:00:00:00:00:00", uplink=0)
+
+Step = Callable[[decide.Answer], decide.Result]
+
+
+def _ask(step: Step, answer: decide.Answer, me: str) -> tuple[str, decide.Result]:
+    """Run the decision as the controller does: the question it asks (if any), then the
+    verdict for the directory's answer."""
+    question = step(decide.NOT_ASKED)
+    if not isinstance(question, decide.Lookup):
+        return "", question
+    if question.ip is not None:
+        return f"resolve {question.ip} for {me}", step(answer)
+    return f"resolve locator {question.locator} for {me}", step(answer)
 
 
 def egress_decision(
@@ -309,36 +332,44 @@ def egress_decision(
     answer: Resolution | None,
     nodes: Sequence[f.LocalNode],
     labels: Mapping[str, str],
+    *,
+    server: f.Server | None = None,
 ) -> Decision:
-    """Mirror of Controller._first_egress."""
+    """What `decide.egress` makes of a first packet from `local` to `destination_ip`."""
+    facts = decide.Facts(server or _UNKNOWN_SERVER, tuple(nodes))
     me = labels.get(local.locator) or local.node_id
-    asked = f"resolve {destination_ip} for {me}"
-    if answer is None or answer.destination.tenant != local.tenant:
-        unknown = f"no node has {destination_ip} in tenant {local.tenant}"
-        return Decision(False, f"{unknown}: {_DENY}", f"denied ({unknown})", asked)
-    target = answer.destination
-    name = f"{target.tenant}/{target.name}"
-    if not answer.allowed:
-        refused = f"policy does not allow {me} → {name} (another network, no link)"
-        return Decision(False, f"{refused}: {_DENY}", "denied by policy", asked)
-    peer = next((n for n in nodes if n.locator == target.locator), None)
-    if peer is not None:
+    asked, result = _ask(
+        lambda known: decide.egress(facts, local, destination_ip, known), answer, me
+    )
+    target = answer.destination if answer is not None else None
+    name = f"{target.tenant}/{target.name}" if target is not None else destination_ip
+    if isinstance(result, decide.NextHop):
+        return Decision(
+            True,
+            f"{name} is at locator {result.locator} and policy allows it: the controller would "
+            f"install the conversation {local.locator} ⇄ {result.locator} and send the packet on",
+            f"would install the conversation to {name}",
+            asked,
+            remote_locator=result.locator,
+        )
+    assert isinstance(result, decide.Decision)
+    if result.outcome == decide.Outcome.ALLOWED:
+        peer = facts.node_at(result.pairs[0].remote_locator)
         return Decision(
             True,
             f"{name} is on this server and policy allows it: the controller would install the "
             "conversation and deliver to its port",
             f"would install the conversation and deliver to {name}",
             asked,
-            local_port=peer.port,
+            local_port=peer.port if peer else None,
         )
-    return Decision(
-        True,
-        f"{name} is at locator {target.locator} and policy allows it: the controller would "
-        f"install the conversation {local.locator} ⇄ {target.locator} and send the packet on",
-        f"would install the conversation to {name}",
-        asked,
-        remote_locator=str(target.locator),
-    )
+    if result.outcome == decide.Outcome.NOT_IN_TENANT:
+        unknown = f"no node has {destination_ip} in tenant {local.tenant}"
+        return Decision(False, f"{unknown}: {_DENY}", f"denied ({unknown})", asked)
+    if result.outcome == decide.Outcome.POLICY:
+        refused = f"policy does not allow {me} → {name} (another network, no link)"
+        return Decision(False, f"{refused}: {_DENY}", "denied by policy", asked)
+    return _refused(result, asked)
 
 
 def ingress_decision(
@@ -347,28 +378,48 @@ def ingress_decision(
     local_locator: str,
     answer: Resolution | None,
     labels: Mapping[str, str],
+    *,
+    server: f.Server | None = None,
 ) -> Decision:
-    """Mirror of Controller._first_ingress."""
-    if local is None:
+    """What `decide.ingress` makes of a first packet from `source_locator` to `local_locator`
+    (`local`: the node of this server that holds it, if any)."""
+    facts = decide.Facts(server or _UNKNOWN_SERVER, (local,) if local else ())
+    me = (labels.get(local.locator) or local.node_id) if local else local_locator
+    asked, result = _ask(
+        lambda known: decide.ingress(facts, source_locator, local_locator, known), answer, me
+    )
+    source = f"{answer.destination.tenant}/{answer.destination.name}" if answer else source_locator
+    if isinstance(result, decide.NextHop):
+        return Decision(
+            True,
+            f"{source} is at locator {source_locator} and policy allows it: the controller would "
+            f"install the conversation {local_locator} ⇄ {source_locator} and deliver to {me}",
+            f"would install the return half and deliver to {me}",
+            asked,
+            local_port=local.port if local else None,
+        )
+    assert isinstance(result, decide.Decision)
+    if result.outcome == decide.Outcome.UNKNOWN_LOCATOR:
         unknown = f"no node of this server holds locator {local_locator}"
         return Decision(False, f"{unknown}: the controller drops it", f"dropped ({unknown})")
-    me = labels.get(local.locator) or local.node_id
-    asked = f"resolve locator {source_locator} for {me}"
-    if answer is None or answer.destination.tenant != local.tenant:
-        unknown = f"locator {source_locator} is no node of tenant {local.tenant}"
+    if result.outcome == decide.Outcome.NOT_IN_TENANT:
+        tenant = local.tenant if local else "?"
+        unknown = f"locator {source_locator} is no node of tenant {tenant}"
         return Decision(False, f"{unknown}: {_DENY}", f"denied ({unknown})", asked)
-    source = f"{answer.destination.tenant}/{answer.destination.name}"
-    if not answer.allowed:
+    if result.outcome == decide.Outcome.POLICY:
         refused = f"policy does not allow {source} → {me}"
         return Decision(False, f"{refused}: {_DENY}", "denied by policy", asked)
-    return Decision(
-        True,
-        f"{source} is at locator {source_locator} and policy allows it: the controller would "
-        f"install the conversation {local_locator} ⇄ {source_locator} and deliver to {me}",
-        f"would install the return half and deliver to {me}",
-        asked,
-        local_port=local.port,
-    )
+    return _refused(result, asked)
+
+
+def _refused(result: decide.Decision, asked: str) -> Decision:
+    """The outcomes egress and ingress word alike: infrastructure, no directory."""
+    if result.outcome == decide.Outcome.INFRASTRUCTURE:
+        why = f"{result.detail} is an infrastructure address (this server, the directory, a router)"
+        return Decision(False, f"{why}: {_DENY}", "refused (infrastructure)", asked)
+    if result.outcome == decide.Outcome.DIRECTORY_UNAVAILABLE:
+        return Decision(False, _BACKOFF, "backing off (directory unavailable)", asked)
+    raise ValueError(f"unexpected outcome {result.outcome}")
 
 
 # -- the whole path -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The controller's decisions against an in-memory switch and an in-memory directory.
 
-The switch is `openflow.simulate.Switch` behind the controller's `Channel` interface, so every
+The switch is `openflow.simulate.Switch` behind its `Connection` (the controller's `Channel`), so every
 flow the controller installs is then exercised by packets; the directory is a table of nodes
 with the directory's answer types. The real switch and directory are in the integration tests.
 """
@@ -19,8 +19,9 @@ from federation.models import Change, ChangeType, Resolution
 from nvi.model import Node
 from nvi.ports import NodePort
 from openflow import flows as f
-from openflow.controller import Controller
-from openflow.simulate import Switch
+from openflow.controller import OUTCOME_COUNTERS, Controller
+from openflow.decide import Outcome
+from openflow.simulate import Connection, Switch
 
 UPLINK, LOCAL_MAC, ROUTER = 1, "aa:00:00:00:00:0a", "aa:00:00:00:00:01"
 SERVER_ADDRESS, DIRECTORY_ADDRESS = "198.51.100.11", "198.51.100.2"
@@ -67,39 +68,6 @@ class Directory:
         raise NotFound("no such node")
 
 
-class Channel:
-    """The controller's switch connection, backed by the in-memory switch."""
-
-    def __init__(self, switch: Switch, ports: dict[str, tuple[int, str]]) -> None:
-        self.switch, self._ports = switch, ports
-        self.resubmitted: list[tuple[int, bytes]] = []
-        self.sent: list[tuple[int, bytes]] = []
-        self.deleted: list[f.Flow] = []
-
-    def install(self, entries: list[f.Flow]) -> None:
-        self.switch.install(entries)
-
-    def delete_strict(self, entries: list[f.Flow]) -> None:
-        self.deleted += entries
-        for entry in entries:
-            self.switch.flows.pop(entry.key, None)
-
-    def delete_cookie(self, cookie: int, mask: int) -> None:
-        self.switch.remove(cookie, mask)
-
-    def resubmit(self, in_port: int, data: bytes) -> None:
-        self.resubmitted.append((in_port, data))
-
-    def send_packet(self, port: int, data: bytes) -> None:
-        self.sent.append((port, data))
-
-    async def dump_flows(self) -> list[f.Flow]:
-        return list(self.switch.flows.values())
-
-    async def ports(self) -> dict[str, tuple[int, str]]:
-        return self._ports
-
-
 def port_of(node: Node) -> NodePort:
     return NodePort(
         node_id=node.id,
@@ -141,11 +109,11 @@ class Server:
             infrastructure=self.infrastructure,
             idle_timeout=self.idle_timeout,
         )
-        controller.arp_cache[ROUTER_IP] = ROUTER
+        controller.arp.cache[ROUTER_IP] = ROUTER
         return controller
 
-    def connect(self) -> Channel:
-        channel = Channel(self.switch, self.ports)
+    def connect(self) -> Connection:
+        channel = Connection(self.switch, self.ports)
         asyncio.run(self.controller.connected(channel))
         return channel
 
@@ -393,3 +361,62 @@ def test_pair_flows_take_the_configured_idle_timeout_and_are_forgotten_when_they
     assert [e.notify_removal for e in pair if e.table == f.T_EGRESS] == [True]
     server.controller.flow_removed(f.cookie(f.PAIR, A.locator, B.locator))
     assert server.controller.pairs == {}
+
+
+# -- the egress path: one batch, a barrier, then the packet ----------------------------------
+
+
+def test_a_decisions_flows_go_as_one_batch_and_the_packet_follows_the_barrier(
+    server: Server,
+) -> None:
+    """The in-memory switch applies flow mods only at a barrier, so a packet-out sent before
+    it would meet the old table and come back to the controller."""
+    channel = server.connect()
+    channel.journal.clear()
+    server.first_packet(A, B.ip)
+    assert channel.journal == ["flow_mod", "flow_mod", "barrier", "packet_out"]
+    ((in_port, result),) = channel.resubmitted
+    assert in_port == server.ports["a"][0]
+    assert [(port, out["ipv4_dst"]) for port, out in result.outputs] == [(UPLINK, B.locator)]
+
+
+def test_packets_that_share_a_decision_all_wait_for_its_barrier(server: Server) -> None:
+    channel = server.connect()
+    channel.journal.clear()
+    port, frame = server.ports["a"][0], ip_frame(A, C.ip)
+
+    async def burst() -> None:
+        await asyncio.gather(
+            *(server.controller.packet_in(port, f.T_EGRESS, frame) for _ in range(3))
+        )
+
+    asyncio.run(burst())
+    assert channel.journal == ["flow_mod", "flow_mod", "barrier", *["packet_out"] * 3]
+    assert all(r.outputs[0][0] == server.ports["c"][0] for _, r in channel.resubmitted)
+
+
+def test_every_outcome_is_counted() -> None:
+    assert set(OUTCOME_COUNTERS) == set(Outcome)
+
+
+# -- fail fast ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["port request fails", "no uplink"])
+def test_a_connection_whose_setup_fails_is_dropped_and_the_next_one_works(
+    server: Server, broken: str
+) -> None:
+    """Never half-alive: the switch reconnects (as OVS does) and set-up runs again."""
+    ports = {name: port for name, port in server.ports.items() if name != "uplink"}
+    first = Connection(server.switch, ports if broken == "no uplink" else server.ports)
+    if broken == "port request fails":
+        first.fail = RuntimeError("switch went away")
+    asyncio.run(server.controller.connected(first))
+    assert first.closed
+    assert server.controller.channel is None and server.controller.server is None
+    assert server.controller.stats["errors_connect"] == 1
+    second = server.connect()
+    assert not second.closed and server.controller.stats["connects"] == 1
+    server.first_packet(A, B.ip)
+    assert server.send(A, B.ip)[0][0] == UPLINK
+    assert server.controller.stats["dropped_unexpected"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,16 +14,25 @@ from openflow.flows import (
     ETH_ARP,
     ETH_IP,
     PAIR,
+    PIPELINE,
+    PRIO_CONVERSATION,
     REMOTE_MASK,
+    T_CLASSIFY,
+    T_EGRESS,
+    T_INGRESS,
     Conversation,
+    Goto,
     LocalNode,
+    Move,
     Remote,
     Server,
+    SetField,
     conversation_flows,
     cookie,
     deny_egress,
     deny_ingress,
     desired_base_flows,
+    flow,
     gateway_mac,
 )
 from openflow.simulate import Switch
@@ -309,3 +319,55 @@ def tenant_free(packet: dict, *nodes: LocalNode) -> bool:
     return {packet["ipv4_src"], packet["ipv4_dst"]}.isdisjoint(
         {n.ip for n in nodes} - {n.locator for n in nodes}
     )
+
+
+# -- the pipeline's declaration ---------------------------------------------------------------
+
+
+def test_every_flow_the_controller_builds_keeps_to_its_tables_declaration() -> None:
+    """Building them is the check; this names the tables they use, so none is left out."""
+    built = desired_base_flows(SERVER_A, [A, C])
+    built += conversation_flows(SERVER_A, Conversation(A, remote(B), next_hop_mac=ROUTER_MAC))
+    built += conversation_flows(SERVER_A, Conversation(A, remote(C), remote_port=C.port))
+    built += [deny_egress(A, B.ip), deny_ingress(A.locator, B.locator)]
+    assert {entry.table for entry in built} == set(PIPELINE)
+
+
+@pytest.mark.parametrize(
+    ("table", "match", "actions", "message"),
+    [
+        (
+            T_EGRESS,
+            {"eth_type": ETH_IP, "ip_proto": 6, "tcp_dst": 80},
+            [],
+            "may not match ip_proto",
+        ),
+        (T_EGRESS, {"eth_type": ETH_IP, "ipv4_dst": "10.0.0.3"}, [Goto(T_INGRESS)], "go to"),
+        (T_INGRESS, {"in_port": UPLINK}, [], "ingress may not match in_port"),
+        (T_CLASSIFY, {"in_port": 2}, [SetField("ipv4_dst", "10.0.0.9")], "may not set ipv4_dst"),
+        (T_CLASSIFY, {"eth_type": ETH_ARP}, [Move("arp_spa", "ipv4_src")], "may not set ipv4_src"),
+        (T_CLASSIFY, {"in_port": 2, "ipv4_src": "10.0.0.2"}, [], "ipv4_src needs eth_type"),
+        (T_INGRESS, {}, [SetField("ipv4_dst", "10.0.0.2")], "ipv4_dst needs eth_type"),
+        (7, {}, [], "no table 7"),
+    ],
+    ids=[
+        "egress-l4",
+        "egress-goto",
+        "ingress-in_port",
+        "classify-set-ip",
+        "classify-move",
+        "prerequisite-match",
+        "prerequisite-set",
+        "unknown-table",
+    ],
+)
+def test_a_flow_outside_its_tables_declaration_is_refused(
+    table: int, match: dict, actions: list, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        flow(table, PRIO_CONVERSATION, match, actions, cookie(PAIR))
+
+
+def test_matching_tcp_dst_in_the_egress_table_is_refused() -> None:
+    with pytest.raises(ValueError, match="table egress may not match tcp_dst"):
+        flow(T_EGRESS, PRIO_CONVERSATION, {"tcp_dst": 80}, [], cookie(PAIR))

@@ -4,6 +4,9 @@ names, verdicts and the controller's decisions for the directory's answers."""
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import replace
+
 import pytest
 
 from federation.models import Resolution
@@ -524,3 +527,18 @@ def test_one_line_verdicts() -> None:
     assert hop.to_json()["controller"]["allowed"] is False
     assert hop.to_json()["flows"][1]["role"] == "miss: to the controller"
     assert t.final_outcome([delivered[0]]) == "uplink"
+
+
+def test_given_the_servers_facts_trace_predicts_the_refusal_of_infrastructure() -> None:
+    """The verdict is the controller's own (`openflow.decide`): with the server's facts,
+    `nvi trace` refuses what the controller refuses."""
+    server = replace(S1, infrastructure=(ipaddress.IPv4Network("203.0.113.1"),))
+    rogue = record(local("rogue", 9, "10.0.0.9", "52:54:00:00:00:09", "203.0.113.1"))
+    egress = t.egress_decision(
+        RED11, "10.0.0.9", answer(RED11, rogue), [RED11], LABELS, server=server
+    )
+    assert not egress.allowed and egress.short == "refused (infrastructure)"
+    assert egress.asked == "resolve 10.0.0.9 for red/red11"
+    ingress = t.ingress_decision(RED11, "203.0.113.1", RED11.locator, None, LABELS, server=server)
+    assert not ingress.allowed and ingress.short == "refused (infrastructure)"
+    assert ingress.asked == ""  # refused before any question to the directory

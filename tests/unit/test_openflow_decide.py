@@ -1,0 +1,178 @@
+"""`openflow.decide` as pure functions: every outcome of a first packet, from plain facts."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from federation.models import Resolution
+from nvi.model import Node, NodeKind
+from openflow import decide
+from openflow import flows as f
+from openflow.decide import Decision, Lookup, NextHop, Outcome, Pair, Unavailable
+
+ROUTER_MAC = "aa:00:00:00:00:01"
+SERVER = f.Server(
+    address="198.51.100.11",
+    mac="aa:00:00:00:00:0a",
+    uplink=1,
+    infrastructure=(ipaddress.IPv4Network("198.51.100.2"), ipaddress.IPv4Network("192.0.2.0/24")),
+)
+
+
+def local(name: str, port: int, ip: str, locator: str, tenant: str = "red") -> f.LocalNode:
+    return f.LocalNode(
+        port=port,
+        node_id=f"id-{name}",
+        tenant=tenant,
+        network="net",
+        ip=ip,
+        mac=f"52:54:00:00:00:{port:02x}",
+        locator=locator,
+        cidr="10.0.0.0/24",
+        gateway="10.0.0.1",
+    )
+
+
+A = local("a", 2, "10.0.0.2", "198.51.100.64")
+C = local("c", 3, "10.0.0.3", "198.51.100.65")
+FACTS = decide.Facts(SERVER, (A, C), idle_timeout=9)
+
+
+def node(name: str, ip: str, locator: str, tenant: str = "red") -> Node:
+    return Node(
+        id=f"id-{name}",
+        tenant=tenant,
+        name=name,
+        kind=NodeKind.CONTAINER,
+        network="net",
+        ip=ip,
+        mac="52:54:00:00:01:01",
+        locator=locator,
+        server="s",
+    )
+
+
+B = node("b", "10.0.0.4", "203.0.113.64")  # on another server
+
+
+def answer(destination: Node, allowed: bool = True) -> Resolution:
+    return Resolution(
+        source=node("a", A.ip, A.locator), destination=destination, allowed=allowed, revision=1
+    )
+
+
+def deny(result: decide.Result) -> f.Flow:
+    assert isinstance(result, Decision)
+    (flow,) = result.flows
+    assert flow.actions == () and flow.cookie >> f.COOKIE_CLASS_SHIFT == f.DENY
+    assert result.pairs == ()
+    return flow
+
+
+# -- egress ------------------------------------------------------------------------------------
+
+
+def test_egress_first_asks_the_directory_on_behalf_of_the_node() -> None:
+    assert decide.egress(FACTS, A, B.ip) == Lookup(A.node_id, ip=B.ip)
+
+
+def test_egress_to_another_server_asks_for_the_next_hop_then_installs_the_pair() -> None:
+    assert decide.egress(FACTS, A, B.ip, answer(B)) == NextHop(B.locator)
+    result = decide.egress(FACTS, A, B.ip, answer(B), ROUTER_MAC)
+    assert isinstance(result, Decision) and result.outcome == Outcome.ALLOWED
+    remote = f.Remote(B.id, B.ip, B.mac, B.locator)
+    expected = f.conversation_flows(SERVER, f.Conversation(A, remote, next_hop_mac=ROUTER_MAC), 9)
+    assert list(result.flows) == expected
+    assert result.pairs == (Pair(A, B.ip, B.locator),)
+
+
+def test_egress_to_a_node_of_this_server_installs_both_halves_without_a_next_hop() -> None:
+    result = decide.egress(FACTS, A, C.ip, answer(node("c", C.ip, C.locator)))
+    assert isinstance(result, Decision) and result.outcome == Outcome.ALLOWED
+    assert {(e.table, dict(e.match)["in_port"]) for e in result.flows} == {
+        (f.T_EGRESS, A.port),
+        (f.T_EGRESS, C.port),
+    }
+    assert result.pairs == (Pair(A, C.ip, C.locator), Pair(C, A.ip, A.locator))
+
+
+@pytest.mark.parametrize(
+    ("resolution", "outcome"),
+    [
+        (None, Outcome.NOT_IN_TENANT),
+        (answer(node("b", B.ip, B.locator, tenant="blue")), Outcome.NOT_IN_TENANT),
+        (answer(B, allowed=False), Outcome.POLICY),
+    ],
+    ids=["unknown", "other-tenant", "policy"],
+)
+def test_egress_denied_gets_the_deny_flow(resolution: Resolution | None, outcome: Outcome) -> None:
+    result = decide.egress(FACTS, A, B.ip, resolution, ROUTER_MAC)
+    assert isinstance(result, Decision) and result.outcome == outcome
+    assert deny(result) == f.deny_egress(A, B.ip)
+
+
+@pytest.mark.parametrize("locator", [SERVER.address, "198.51.100.2", "192.0.2.9"])
+def test_egress_towards_infrastructure_is_refused_whatever_the_directory_says(
+    locator: str,
+) -> None:
+    result = decide.egress(FACTS, A, "10.0.0.9", answer(node("x", "10.0.0.9", locator)))
+    assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE
+    assert result.detail == locator
+    assert deny(result) == f.deny_egress(A, "10.0.0.9")
+
+
+def test_egress_without_a_directory_answer_backs_off_briefly() -> None:
+    result = decide.egress(FACTS, A, B.ip, Unavailable("directory down"))
+    assert isinstance(result, Decision) and result.outcome == Outcome.DIRECTORY_UNAVAILABLE
+    assert deny(result).hard_timeout == f.BACKOFF_HARD_TIMEOUT
+    assert result.detail == "directory down"
+
+
+# -- ingress -----------------------------------------------------------------------------------
+
+
+def test_ingress_for_a_locator_no_node_holds_is_dropped_without_asking() -> None:
+    result = decide.ingress(FACTS, B.locator, "198.51.100.99")
+    assert result == Decision(Outcome.UNKNOWN_LOCATOR, detail="198.51.100.99")
+
+
+def test_ingress_from_infrastructure_is_refused_without_asking() -> None:
+    result = decide.ingress(FACTS, "192.0.2.1", A.locator)
+    assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE
+    assert deny(result) == f.deny_ingress(A.locator, "192.0.2.1")
+
+
+def test_ingress_asks_for_the_source_locator_then_the_next_hop_then_installs() -> None:
+    assert decide.ingress(FACTS, B.locator, A.locator) == Lookup(A.node_id, locator=B.locator)
+    assert decide.ingress(FACTS, B.locator, A.locator, answer(B)) == NextHop(B.locator)
+    result = decide.ingress(FACTS, B.locator, A.locator, answer(B), ROUTER_MAC)
+    assert isinstance(result, Decision) and result.outcome == Outcome.ALLOWED
+    assert {e.table for e in result.flows} == {f.T_EGRESS, f.T_INGRESS}
+    assert result.pairs == (Pair(A, B.ip, B.locator),)
+
+
+@pytest.mark.parametrize(
+    ("resolution", "outcome"),
+    [
+        (None, Outcome.NOT_IN_TENANT),
+        (answer(node("b", B.ip, B.locator, tenant="blue")), Outcome.NOT_IN_TENANT),
+        (answer(B, allowed=False), Outcome.POLICY),
+        (Unavailable("down"), Outcome.DIRECTORY_UNAVAILABLE),
+    ],
+    ids=["unknown", "other-tenant", "policy", "unavailable"],
+)
+def test_ingress_refusals_get_a_drop_flow_for_the_locator_pair(
+    resolution: decide.Answer, outcome: Outcome
+) -> None:
+    result = decide.ingress(FACTS, B.locator, A.locator, resolution, ROUTER_MAC)
+    assert isinstance(result, Decision) and result.outcome == outcome
+    flow = deny(result)
+    assert dict(flow.match) == {
+        "eth_type": f.ETH_IP,
+        "ipv4_src": B.locator,
+        "ipv4_dst": A.locator,
+    }
+    backoff = outcome == Outcome.DIRECTORY_UNAVAILABLE
+    assert flow.hard_timeout == (f.BACKOFF_HARD_TIMEOUT if backoff else f.DENY_HARD_TIMEOUT)
