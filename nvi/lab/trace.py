@@ -31,6 +31,7 @@ from nvi.output import console, print_json, print_table
 from nvi.ports import NodePort
 from openflow import flows as f
 from openflow import trace as t
+from openflow.service import load_config as load_controller_config
 
 T = TypeVar("T")
 AGENT_NAME = "nvi-name"  # the host agent also writes the node's name on its ports
@@ -56,6 +57,12 @@ class ServerView:
 
     def node_at(self, locator: str) -> NodeOnPort | None:
         return next((n for n in self.nodes.values() if n.node.locator == locator), None)
+
+    def facts(self, net: LabNet) -> f.Server:
+        """The server as its controller sees it: with the infrastructure from its own config
+        (the directory's address, written there as the lab writes it, included)."""
+        config = load_controller_config(net.rundir / self.server.name / "controller.toml")
+        return f.Server(self.server.address, self.mac, self.uplink, tuple(config.infrastructure))
 
 
 def trace(
@@ -151,13 +158,17 @@ def _decide(
         local = view.nodes[in_port].node
         answer = _resolve(net, view.server, probe.ip_dst, source=local.node_id)
         others = [n.node for n in view.nodes.values()]
-        return t.egress_decision(local, probe.ip_dst, answer, others, labels)
+        facts = view.facts(net)
+        return t.egress_decision(local, probe.ip_dst, answer, others, labels, server=facts)
     if table == f.T_INGRESS:
         owner = view.node_at(probe.ip_dst)
+        facts = view.facts(net)
         if owner is None:
-            return t.ingress_decision(None, probe.ip_src, probe.ip_dst, None, labels)
+            return t.ingress_decision(None, probe.ip_src, probe.ip_dst, None, labels, server=facts)
         answer = _resolve(net, view.server, locator=probe.ip_src, source=owner.node.node_id)
-        return t.ingress_decision(owner.node, probe.ip_src, probe.ip_dst, answer, labels)
+        return t.ingress_decision(
+            owner.node, probe.ip_src, probe.ip_dst, answer, labels, server=facts
+        )
     return None
 
 
