@@ -170,10 +170,17 @@ class ContainerDriver:
         if pid is None:
             pid = await self._start(node)
             done.append("started its container")
-        if not await plumbed(pid, node.port):
-            assert node.ip and node.mac and node.gateway and node.prefixlen is not None
-            await plumb(pid, node.port, node.mac, node.ip, node.prefixlen, node.gateway)
-            done.append("plumbed its interface")
+        try:
+            if not await plumbed(pid, node.port):
+                assert node.ip and node.mac and node.gateway and node.prefixlen is not None
+                await plumb(pid, node.port, node.mac, node.ip, node.prefixlen, node.gateway)
+                done.append("plumbed its interface")
+        except Failed:
+            # The process may have exited between Docker's answer and opening its namespace.
+            info = await self._inspect(node)
+            if info is not None and not info["State"]["Running"]:
+                raise _stopped_at_once(info["State"]) from None
+            raise
         return done
 
     async def _start(self, node: NodeInfo) -> int:
@@ -187,10 +194,7 @@ class ContainerDriver:
         state = info["State"]
         if not state["Running"] or not state["Pid"]:
             # With --init, Docker starts its init even when the image's command cannot run.
-            raise Failed(
-                f"docker start: the container stopped at once (exit code {state['ExitCode']}, "
-                f"{state.get('Error') or 'see its log'})"
-            )
+            raise _stopped_at_once(state)
         return int(state["Pid"])
 
     async def stop(self, node: NodeInfo) -> None:
@@ -261,3 +265,10 @@ class ContainerDriver:
         except Exception as error:  # noqa: BLE001 - a status line, not a failure
             return f"unreachable ({error})"
         return f"ok ({version.get('Version', '?')})"
+
+
+def _stopped_at_once(state: dict) -> Failed:
+    return Failed(
+        f"docker start: the container stopped at once (exit code {state['ExitCode']}, "
+        f"{state.get('Error') or 'see its log'})"
+    )
