@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ovsdbapp.backend.ovs_idl import command, connection, idlutils
-from ovsdbapp.backend.ovs_idl import event as row_event
-from ovsdbapp.schema.open_vswitch import impl_idl
+with warnings.catch_warnings():
+    # ovs.poller imports eventlet only to ask whether it is monkey-patched (it never is here);
+    # eventlet's import-time deprecation notice would land on every `nvi` command's stderr.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    from ovsdbapp.backend.ovs_idl import command, connection, idlutils
+    from ovsdbapp.backend.ovs_idl import event as row_event
+    from ovsdbapp.schema.open_vswitch import impl_idl
 
 log = logging.getLogger(__name__)
 
