@@ -1,83 +1,92 @@
-"""The node ports on this server's Open vSwitch bridge, through OVSDB (ovs-vsctl).
+"""The node ports on this server's Open vSwitch bridge, through one OVSDB connection.
 
 Each port's Interface `external_ids` are exactly what `nvi/ports.py` defines (the controller
-learns its local nodes from those and nothing else), plus keys of the agent's own: its id,
-so reconciliation removes exactly the ports it made, and the node's local id and name.
+learns its local nodes from those and nothing else), plus the agent's own (`AgentPort`): its
+id, so reconciliation removes exactly the ports it made, and the node's local id and name.
+A port and its `external_ids` are written in one transaction, so no reader ever sees a node
+port without its identity.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 
+from ovsdbapp.backend.ovs_idl.command import BaseCommand
+
+from hostagent.errors import Failed
 from hostagent.models import NodeInfo
-from hostagent.plumbing import run
-from nvi.ports import LOCATOR, NodePort
-
-AGENT_KEY = "nvi-agent"
+from nvi.ovsdb import Interface, Ovsdb, OvsdbError
+from nvi.ports import LOCATOR, AgentPort, NodePort
 
 
 class Switch:
     def __init__(self, db: str, bridge: str, agent_id: str) -> None:
-        self.db = db
+        self.ovsdb = Ovsdb(db)
         self.bridge = bridge
         self.agent_id = agent_id
 
-    async def vsctl(self, *args: str) -> str:
-        return await run("ovs-vsctl", f"--db={self.db}", "--timeout=10", *args)
+    async def start(self) -> None:
+        try:
+            await self.ovsdb.start()
+        except OvsdbError as error:
+            raise Failed(str(error)) from None
+
+    async def close(self) -> None:
+        await self.ovsdb.close()
 
     async def plug(self, node: NodeInfo) -> None:
-        """Add the node's port afresh: vswitchd keeps reading from a vanished veth otherwise."""
+        """Add the node's port afresh: vswitchd keeps reading from a vanished veth otherwise
+        (so the removal is a transaction of its own, which vswitchd applies first)."""
         await self.unplug(node.port)
         external = {
-            AGENT_KEY: self.agent_id,
-            "nvi-node": node.id,
-            "nvi-name": node.name,
+            **AgentPort(self.agent_id, node.id, node.name).external_ids(),
             **node_port(node).external_ids(),
         }
-        await self.vsctl(
-            "add-port",
-            self.bridge,
-            node.port,
-            "--",
-            "set",
-            "interface",
-            node.port,
-            *(f'external_ids:"{key}"="{value}"' for key, value in external.items()),
+        add = self.ovsdb.api.add_port(
+            self.bridge, node.port, may_exist=False, external_ids=external
         )
+        await self._transact(add)
 
     async def unplug(self, port: str) -> None:
-        await self.vsctl("--if-exists", "del-port", self.bridge, port)
+        await self._transact(self.ovsdb.api.del_port(port, self.bridge, if_exists=True))
 
     async def ports(self) -> dict[str, int]:
         """This agent's ports on the bridge, with the kernel ifindex vswitchd opened."""
-        answer = await self.vsctl(
-            "--format=json",
-            "--columns=name,ifindex",
-            "find",
-            "interface",
-            f'external_ids:"{AGENT_KEY}"="{self.agent_id}"',
-        )
-        rows = json.loads(answer)["data"]
-        return {name: ifindex if isinstance(ifindex, int) else 0 for name, ifindex in rows}
+        return {
+            interface.name: interface.ifindex or 0
+            for interface in await self._interfaces()
+            if (owner := AgentPort.from_external_ids(interface.external_ids))
+            and owner.agent == self.agent_id
+        }
 
     async def locators(self) -> set[str]:
         """Locators held by any port on the bridge, the agent's or not (in the lab, namespace
         nodes share the server's pool)."""
-        answer = await self.vsctl("--format=json", "--columns=external_ids", "list", "interface")
         return {
-            value
-            for ((_, pairs),) in json.loads(answer)["data"]
-            for key, value in pairs
-            if key == LOCATOR
+            locator
+            for interface in await self._interfaces()
+            if (locator := interface.external_ids.get(LOCATOR))
         }
 
     async def health(self) -> str:
         try:
-            await self.vsctl("br-exists", self.bridge)
+            if not await self.ovsdb.bridge_exists(self.bridge):
+                return f"no bridge {self.bridge}"
         except Exception as error:  # noqa: BLE001 - a status line, not a failure
             return f"unreachable ({error})"
         return "ok"
+
+    async def _transact(self, *commands: BaseCommand) -> None:
+        try:
+            await self.ovsdb.transact(*commands)
+        except OvsdbError as error:
+            raise Failed(str(error)) from None
+
+    async def _interfaces(self) -> list[Interface]:
+        try:
+            return await self.ovsdb.interfaces()
+        except OvsdbError as error:
+            raise Failed(str(error)) from None
 
 
 def node_port(node: NodeInfo) -> NodePort:

@@ -272,11 +272,11 @@ async def agent_context(app: web.Application) -> AsyncIterator[None]:
         config.directory.timeout,
         config.directory.ca_file,
     )
-    agent = Agent(
-        config, state, drivers, Switch(config.ovs.db, config.bridge, state.agent_id), publisher
-    )
+    switch = Switch(config.ovs.db, config.bridge, state.agent_id)
+    agent = Agent(config, state, drivers, switch, publisher)
     app[AGENT] = agent
     try:
+        await switch.start()
         for each in agent.drivers.values():
             await each.prepare()
         await agent.reconcile()
@@ -284,6 +284,7 @@ async def agent_context(app: web.Application) -> AsyncIterator[None]:
     finally:
         for each in agent.drivers.values():
             await each.close()
+        await switch.close()
         await publisher.close()
         state.close()
 

@@ -1,13 +1,17 @@
-"""What a node's port on a server's bridge says about the node (OVSDB `external_ids`).
+"""The OVS port contract: what a node's port on a server's bridge says about the node
+(OVSDB Interface `external_ids`), and the cookie of the flows that are not the controller's.
 
 Whoever plugs a node into the bridge (the host agent, or the lab's namespace nodes) writes
 these keys on the OVS Interface; the server's controller reads them to know its local nodes.
-It is the only channel between the two, so both sides use this one definition.
+It is the only channel between the two, so every side (agent, controller, lab, trace, tests)
+spells the keys and decodes them through this one module.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 NODE_ID = "nvi-node-id"
 TENANT = "nvi-tenant"
@@ -18,6 +22,15 @@ GATEWAY = "nvi-gateway"  # the network's gateway address (the directory's Networ
 LOCATOR = "nvi-locator"
 MAC = "attached-mac"  # the OVS convention for the MAC behind the port
 KEYS = (NODE_ID, TENANT, NETWORK, IP, CIDR, GATEWAY, LOCATOR, MAC)
+
+# The host agent's own keys: whose port it is (reconciliation removes exactly its own ports),
+# and the node's local id and name (for people reading the bridge, and for `nvi trace`).
+AGENT = "nvi-agent"
+AGENT_NODE = "nvi-node"
+NAME = "nvi-name"
+
+# Flows the lab installs so the server itself reaches the underlay; the controller owns the rest.
+HOST_COOKIE = 0x4E56490000000001
 
 
 @dataclass(frozen=True)
@@ -58,3 +71,49 @@ class NodePort:
             locator=ids[LOCATOR],
             mac=ids[MAC].lower(),
         )
+
+
+@dataclass(frozen=True)
+class AgentPort:
+    """Which agent made a port, for which of its nodes: written next to the `NodePort` keys."""
+
+    agent: str
+    node: str
+    name: str
+
+    def external_ids(self) -> dict[str, str]:
+        return {AGENT: self.agent, AGENT_NODE: self.node, NAME: self.name}
+
+    @classmethod
+    def from_external_ids(cls, ids: dict[str, str]) -> AgentPort | None:
+        """None for ports no agent made (the lab's namespace nodes, the uplink)."""
+        if not all(ids.get(key) for key in (AGENT, AGENT_NODE)):
+            return None
+        return cls(agent=ids[AGENT], node=ids[AGENT_NODE], name=ids.get(NAME, ""))
+
+
+def vsctl_set_args(ids: dict[str, str]) -> list[str]:
+    """`ovs-vsctl set interface PORT ...` arguments writing `ids` (quoted: values hold colons
+    and slashes, which ovs-vsctl would otherwise parse)."""
+    return [f"external_ids:{json.dumps(key)}={json.dumps(value)}" for key, value in ids.items()]
+
+
+def vsctl_rows(answer: str) -> list[dict[str, Any]]:
+    """The rows of `ovs-vsctl --format=json list|find ...`, column name -> plain Python value
+    (maps as dicts, sets as lists, uuids as strings); the lab and tests read OVSDB this way."""
+    table = json.loads(answer)
+    return [
+        dict(zip(table["headings"], map(_ovsdb_value, row), strict=True)) for row in table["data"]
+    ]
+
+
+def _ovsdb_value(value: Any) -> Any:
+    """OVSDB's JSON encoding (RFC 7047 5.1): atoms stay, ["map"|"set"|"uuid", ...] decode."""
+    if not isinstance(value, list):
+        return value
+    kind, inner = value
+    if kind == "map":
+        return {_ovsdb_value(k): _ovsdb_value(v) for k, v in inner}
+    if kind == "set":
+        return [_ovsdb_value(v) for v in inner]
+    return inner  # "uuid" and "named-uuid"

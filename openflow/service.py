@@ -28,6 +28,7 @@ from pyroute2 import IPRoute
 
 from federation.client import CachedResolver, DirectoryClient
 from nvi.config import load_toml_model
+from nvi.ovsdb import Ovsdb
 from nvi.ports import NodePort
 from openflow.controller import Controller
 from openflow.flows import PAIR_IDLE_TIMEOUT
@@ -113,28 +114,28 @@ async def directory_addresses(url: str) -> list[ipaddress.IPv4Network]:
     return [ipaddress.IPv4Network(literal)]
 
 
-async def read_node_ports(ovsdb: str) -> dict[str, NodePort]:
-    """Interface name -> node, for the bridge's ports that carry NVI's external_ids."""
-    process = await asyncio.create_subprocess_exec(
-        "ovs-vsctl",
-        f"--db={ovsdb}",
-        "--timeout=5",
-        "--format=json",
-        "--columns=name,external_ids",
-        "list",
-        "Interface",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"ovs-vsctl failed: {err.decode().strip()}")
-    ports = {}
-    for name, (_, pairs) in json.loads(out)["data"]:
-        node = NodePort.from_external_ids(dict(pairs))
-        if node is not None:
-            ports[name] = node
-    return ports
+async def read_node_ports(ovsdb: Ovsdb) -> dict[str, NodePort]:
+    """Interface name -> node, for the bridge's ports that carry NVI's external_ids (from the
+    OVSDB connection's replica: no round trip)."""
+    return {
+        interface.name: port
+        for interface in await ovsdb.interfaces()
+        if (port := NodePort.from_external_ids(interface.external_ids)) is not None
+    }
+
+
+async def follow_ports(ovsdb: Ovsdb, controller: Controller) -> None:
+    """Tell the controller whenever an Interface row changes: ports are plugged with their
+    external_ids in one transaction, but the OpenFlow port status and this connection's
+    replica arrive in either order, so both trigger `ports_changed`. Changes during a
+    refresh set the flag again: none is lost, a burst costs one or two refreshes."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    ovsdb.watch_interfaces(lambda _: loop.call_soon_threadsafe(changed.set))
+    while True:
+        await changed.wait()
+        changed.clear()
+        await controller.ports_changed()
 
 
 class NextHops:
@@ -185,6 +186,7 @@ class Runtime:
             target=self.loop.run_forever, name="nvi-asyncio", daemon=True
         )
         self.controller: Controller | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # referenced, so never collected mid-run
 
     def start(self) -> Controller:
         self._thread.start()
@@ -195,9 +197,11 @@ class Runtime:
         client = DirectoryClient(self.config.directory, token, ca_file=self.config.ca_file)
         resolver = CachedResolver(client)
         directory = await directory_addresses(self.config.directory)
+        ovsdb = Ovsdb(self.config.ovsdb)
+        await ovsdb.start()
         controller = Controller(
             resolver,
-            lambda: read_node_ports(self.config.ovsdb),
+            functools.partial(read_node_ports, ovsdb),
             NextHops(routes=self.config.routes),
             self.config.address,
             self.config.uplink,
@@ -207,7 +211,10 @@ class Runtime:
         resolver.on_change = controller.on_change
         resolver.on_resync = controller.on_resync
         await _start_following(resolver)
-        asyncio.create_task(self._write_stats(controller))
+        self._tasks = [
+            asyncio.create_task(follow_ports(ovsdb, controller)),
+            asyncio.create_task(self._write_stats(controller)),
+        ]
         self.controller = controller
         return controller
 

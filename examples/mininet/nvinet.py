@@ -61,7 +61,7 @@ from nvi.lab import links, process
 from nvi.lab.nodes import node_mac
 from nvi.lab.ovs import OvsInstance
 from nvi.model import parse_pool
-from nvi.ports import NodePort
+from nvi.ports import NodePort, vsctl_set_args
 
 TAG = re.compile(r"nm[0-9a-f]{4}")
 DIRECTORY_PORT = 7480
@@ -155,10 +155,8 @@ class NviSwitch(OVSSwitch):
 
     def intfOpts(self, intf: Any) -> str:
         port = self.node_ports.get(intf.name)
-        ids = port.external_ids().items() if port else ()
-        return super().intfOpts(intf) + "".join(
-            " " + shlex.quote(f'external_ids:"{key}"="{value}"') for key, value in ids
-        )
+        ids = vsctl_set_args(port.external_ids()) if port else []
+        return super().intfOpts(intf) + "".join(" " + shlex.quote(arg) for arg in ids)
 
 
 class NviMininet(Mininet):

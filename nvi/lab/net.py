@@ -38,9 +38,10 @@ from hostagent.lab import (
 from nvi.config import write_secret
 from nvi.errors import NviError
 from nvi.lab import links
-from nvi.lab.ovs import BRIDGE, HOST_COOKIE, UPLINK, OvsInstance, host_flows
+from nvi.lab.ovs import BRIDGE, UPLINK, OvsInstance, host_flows
 from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
 from nvi.lab.spec import Lab, Server
+from nvi.ports import HOST_COOKIE, vsctl_rows
 from nvi.tls import KeyPair, ensure_ca, ensure_certificate
 from openflow.service import ControllerConfig, render_config
 
@@ -449,16 +450,15 @@ class LabNet:
         if BRIDGE not in ovs.vsctl("list-br").split():
             return None
         columns = "datapath_type,fail_mode,protocols,external_ids,other_config"
-        table = json.loads(
+        (row,) = vsctl_rows(
             ovs.vsctl("--format=json", f"--columns={columns}", "list", "bridge", BRIDGE)
         )
-        row = dict(zip(table["headings"], table["data"][0], strict=True))
         flat = {}
         for column, value in row.items():
-            if isinstance(value, list) and value[0] == "map":
-                flat.update({f"{column}:{k}": v for k, v in value[1]})
-            elif isinstance(value, list) and value[0] == "set":
-                flat[column] = ",".join(value[1])
+            if isinstance(value, dict):
+                flat.update({f"{column}:{k}": v for k, v in value.items()})
+            elif isinstance(value, list):
+                flat[column] = ",".join(value)
             else:
                 flat[column] = value
         return flat

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -24,7 +23,7 @@ from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.ovs import BRIDGE
 from nvi.lab.spec import Server
-from nvi.ports import LOCATOR, NodePort
+from nvi.ports import LOCATOR, NodePort, vsctl_rows, vsctl_set_args
 
 INSIDE = "eth0"
 T = TypeVar("T")
@@ -51,10 +50,8 @@ def node_mac(tenant: str, name: str) -> str:
 
 def free_locator(net: LabNet, server: Server) -> str:
     """The first locator of the server's pool that no port on its bridge holds."""
-    table = json.loads(
-        net.ovs(server).vsctl("--format=json", "--columns=external_ids", "list", "Interface")
-    )
-    used = {dict(ids).get(LOCATOR) for ((_, ids),) in table["data"]}
+    answer = net.ovs(server).vsctl("--format=json", "--columns=external_ids", "list", "Interface")
+    used = {row["external_ids"].get(LOCATOR) for row in vsctl_rows(answer)}
     for address in server.locator_pool:
         if str(address) not in used:
             return str(address)
@@ -175,7 +172,7 @@ def _plug(
         "set",
         "interface",
         node.port,
-        *(f'external_ids:"{key}"="{value}"' for key, value in ids.items()),
+        *vsctl_set_args(ids),
     )
 
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 from nvi.errors import NviError
 from nvi.lab.process import Daemon
+from nvi.ports import HOST_COOKIE
 
 BRIDGE = "br-int"
 UPLINK = "uplink"
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
-# Flows the lab installs so the server itself reaches the underlay; the controller owns the rest.
-HOST_COOKIE = 0x4E56490000000001
 
 
 @dataclass(frozen=True)

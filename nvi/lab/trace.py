@@ -28,13 +28,12 @@ from nvi.lab.net import LabNet
 from nvi.lab.ovs import BRIDGE, UPLINK, OvsInstance
 from nvi.lab.spec import Server, load_lab
 from nvi.output import console, print_json, print_table
-from nvi.ports import NodePort
+from nvi.ports import NAME, NodePort, vsctl_rows
 from openflow import flows as f
 from openflow import trace as t
 from openflow.service import load_config as load_controller_config
 
 T = TypeVar("T")
-AGENT_NAME = "nvi-name"  # the host agent also writes the node's name on its ports
 
 
 @dataclass(frozen=True)
@@ -180,17 +179,17 @@ def _read_server(net: LabNet, server: Server) -> ServerView:
     if ns not in links.list_netns():
         raise NviError(f"lab {net.lab.name} is not up ({ns} does not exist)")
     ovs = net.ovs(server)
-    table = json.loads(
+    rows = vsctl_rows(
         ovs.vsctl("--format=json", "--columns=name,ofport,external_ids", "list", "Interface")
     )
     mac = ovs.vsctl("get", "interface", BRIDGE, "mac_in_use").strip().strip('"')
     uplink, found = 0, []
-    for name, ofport, (_, pairs) in table["data"]:
-        ids = dict(pairs)
+    for row in rows:
+        name, ofport, ids = row["name"], row["ofport"], row["external_ids"]
         if name == UPLINK:
             uplink = ofport
         elif isinstance(ofport, int) and (port := NodePort.from_external_ids(ids)) is not None:
-            found.append((name, ofport, port, ids.get(AGENT_NAME)))
+            found.append((name, ofport, port, ids.get(NAME)))
     names = _names(net, server, [p.locator for _, _, p, given in found if not given])
     nodes = {
         ofport: NodeOnPort(

@@ -10,7 +10,6 @@ Test modules use them with `pytest_plugins = ["tests.integration.hostagent_fixtu
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -48,6 +47,7 @@ from nvi.lab.nodes import with_directory
 from nvi.lab.ovs import OvsInstance
 from nvi.lab.process import Daemon, ensure_running, running_pid, terminate
 from nvi.lab.spec import Lab, Server, load_lab
+from nvi.ports import vsctl_rows
 from nvi.tls import ensure_ca, ensure_certificate
 from tests.conftest import EXAMPLE_LAB, REPO
 
@@ -202,9 +202,9 @@ class Site:
         """Interfaces on the bridge with their external_ids."""
         answer = self.ovs.vsctl("--format=json", "--columns=name,external_ids", "list", "interface")
         return {
-            name: dict(external[1])
-            for name, external in json.loads(answer)["data"]
-            if name not in ("uplink", "br-int")
+            row["name"]: row["external_ids"]
+            for row in vsctl_rows(answer)
+            if row["name"] not in ("uplink", "br-int")
         }
 
 
