@@ -20,11 +20,10 @@ from enum import StrEnum
 from typing import Any
 
 from federation.models import Resolution
+from nvi.ports import HOST_COOKIE
 from openflow import decide
 from openflow import flows as f
 
-# The lab's host flows (nvi.lab.ovs.HOST_COOKIE): the server's own traffic, not the controller's.
-HOST_COOKIE = 0x4E56490000000001
 # The source port of traced TCP and UDP packets: any ephemeral port; no NVI flow matches L4.
 EPHEMERAL_PORT = 40000
 
