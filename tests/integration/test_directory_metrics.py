@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from federation.errors import NotFound
+from nvi.tls import client_context
 from tests.scrape import samples, value
 
 pytest_plugins = ["integration.directory_fixtures"]
@@ -16,8 +17,13 @@ pytest_plugins = ["integration.directory_fixtures"]
 POOL = "192.0.1.0/24"
 
 
-async def scrape(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+async def scrape(service) -> str:  # noqa: ANN001
+    """GET /metrics over HTTPS, verified with the fixture's CA, with no credentials."""
+    tls = client_context(service.ca_file)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{service.url}/metrics", ssl=tls) as response,
+    ):
         assert response.status == 200
         assert response.content_type == "text/plain"
         return await response.text()
@@ -34,7 +40,7 @@ async def test_lookups_count_by_outcome_and_requests_by_route(service, storage_c
         web = await s1.create_node("acme", "web", kind="vm", network="front", locator="192.0.1.1")
         await s1.create_node("acme", "app", kind="vm", network="front", locator="192.0.1.2")
         await s1.create_node("acme", "db", kind="vm", network="back", locator="192.0.1.3")
-    before = await scrape(service.url)
+    before = await scrape(service)
     async with service.client(credential) as s1:
         for _ in range(3):
             assert (await s1.resolve("10.0.0.3", source=web.id)).allowed
@@ -46,9 +52,9 @@ async def test_lookups_count_by_outcome_and_requests_by_route(service, storage_c
         head = (await s1.changes(None)).revision
         tail = asyncio.create_task(s1.changes(head, wait=1))
         await asyncio.sleep(0.3)
-        waiting = await scrape(service.url)
+        waiting = await scrape(service)
         await tail
-    after = await scrape(service.url)
+    after = await scrape(service)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)

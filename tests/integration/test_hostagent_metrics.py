@@ -1,12 +1,13 @@
 """The agent's `GET /metrics` on a lab server (real Docker, OVS and directory): node counts
 by kind, phase and desired state, create/delete durations, requests by route; no tenant or
-node name in any label. Scraped over the agent's TCP endpoint without credentials."""
+node name in any label. Scraped over the agent's HTTPS endpoint, without credentials."""
 
 from __future__ import annotations
 
 import aiohttp
 import pytest
 
+from nvi.tls import client_context
 from tests.integration.hostagent_fixtures import Site
 from tests.scrape import samples, value
 
@@ -20,7 +21,8 @@ DURATIONS = "nvi_agent_operation_duration_seconds_count"
 def scrape(site: Site) -> str:
     async def get() -> str:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{site.url}/metrics") as response:
+            tls = client_context(site.config.directory.ca_file)
+            async with session.get(f"{site.url}/metrics", ssl=tls) as response:
                 assert response.status == 200
                 return await response.text()
 
