@@ -43,7 +43,7 @@ from federation.models import (
 from federation.storage import Store
 from federation.storage.etcd import EtcdStore
 from federation.storage.sqlite import SqliteStore
-from nvi.metrics import METRICS_PATH, metrics_handler
+from nvi.metrics import METRICS_PATH, metrics_handler, openapi_path
 from nvi.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Server, Tenant
 from nvi.tls import server_context
 from nvi.web import json_errors
@@ -527,6 +527,7 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(pruning_context)
     api.add_routes(app)
     app.router.add_get("/v1/openapi.json", openapi)
+    app[OPENAPI]["paths"][METRICS_PATH] = openapi_path()
     app.router.add_get(METRICS_PATH, metrics_handler(metrics.registry))
     return app
 

@@ -43,7 +43,7 @@ from hostagent.publisher import DirectoryPublisher
 from hostagent.state import State
 from hostagent.tenants import TenantTokens, directory_whoami
 from nvi.errors import NviError
-from nvi.metrics import METRICS_PATH, metrics_handler
+from nvi.metrics import METRICS_PATH, metrics_handler, openapi_path
 from nvi.model import Name
 from nvi.tls import server_context
 from nvi.web import json_errors
@@ -320,6 +320,7 @@ def make_app(config: AgentConfig) -> web.Application:
     api.add_routes(app)
     app.router.add_get(CONSOLE_SOCKET, console_socket)
     app.router.add_get("/v1/openapi.json", openapi)
+    app[OPENAPI]["paths"][METRICS_PATH] = openapi_path()
     app.router.add_get(METRICS_PATH, metrics_handler(metrics.registry))
     return app
 

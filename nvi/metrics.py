@@ -9,6 +9,7 @@ values, so no tenant, node or address reaches a metric (docs/decisions.md).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -65,6 +66,30 @@ def _route(request: web.Request) -> str:
     """The matched route's template, so label values stay few and carry no request data."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else UNMATCHED
+
+
+def openapi_path() -> dict[str, Any]:
+    """The `/metrics` entry of a service's OpenAPI document, beside the JSON operations."""
+    return {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (text format; no credentials, no tenant data)",
+            "parameters": [],
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The service's metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "default": {
+                    "description": "An error, with a message saying why",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                },
+            },
+        }
+    }
 
 
 def metrics_handler(registry: CollectorRegistry) -> web.Handler:
