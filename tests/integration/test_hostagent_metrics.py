@@ -4,9 +4,14 @@ node name in any label. Scraped over the agent's HTTPS endpoint, without credent
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+
 import aiohttp
 import pytest
 
+from nvi.lab.process import running_pid
 from nvi.tls import client_context
 from tests.integration.hostagent_fixtures import Site
 from tests.scrape import samples, value
@@ -59,3 +64,18 @@ async def test_node_counts_and_durations_follow_create_stop_and_delete(clean: Si
     assert value(after, requests, **stop) - value(before, requests, **stop) == 1
     labels = {v for _, pairs in samples(halted) for _, v in pairs}
     assert not labels & {"acme", "m1", "m2", "web"}
+
+
+async def test_reconcile_repairs_are_counted_after_a_restart(clean: Site) -> None:
+    """A port lost while the agent was down is one repair of the reconciliation at start."""
+    site = clean
+    async with site.client(site.acme) as agent:
+        node = await agent.create(name="m3", tenant="acme", network="web")
+    os.kill(running_pid(site.agent), signal.SIGKILL)
+    while running_pid(site.agent) is not None:
+        await asyncio.sleep(0.01)
+    site.ovs.vsctl("del-port", "br-int", node.port)
+    site.start_agent()
+    restarted = scrape(site)
+    assert value(restarted, "nvi_agent_reconcile_repairs_total") == 1
+    assert value(restarted, "nvi_agent_reconciliations_total") >= 1
