@@ -11,6 +11,7 @@ import pytest
 
 from federation.client import CachedResolver
 from federation.errors import Unavailable
+from nvi.lab.net import controller_summary
 from openflow.metrics import ControllerMetrics, serve_metrics
 from tests.scrape import samples, value
 from tests.unit.test_openflow_controller import (
@@ -105,3 +106,25 @@ def test_refusals_and_directory_backoffs_are_outcomes_of_their_own(server: Serve
     assert decisions(text, "directory_unavailable") == 1
     assert decisions(text, "allowed") == 0
     assert value(text, "nvi_controller_handler_errors_total", handler="packet_in") == 0
+
+
+def test_lab_status_summarises_a_controller_scrape(server: Server) -> None:
+    """What `nvi lab status` shows is read from the controller's scrape, not its JSON file."""
+    server.connect()
+    server.first_packet(A, B.ip)
+    server.first_packet(A, D.ip)
+    summary = controller_summary(scrape(server))
+    assert summary == {
+        "nodes": 2,
+        "pairs": 1,
+        "packet_in": 2,
+        "connected": True,
+        "decisions": {
+            "allowed": 1,
+            "denied": 1,
+            "refused_infrastructure": 0,
+            "directory_unavailable": 0,
+            "unknown_locator": 0,
+        },
+        "lookups": {"hit": 0, "miss": 2, "bypass": 0},
+    }
