@@ -10,7 +10,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -341,6 +341,9 @@ class CachedResolver:
         self.on_resync = on_resync
         self.wait = wait
         self.cache = LookupCache()
+        # Lookups answered from the cache (hit), asked of the directory (miss), or asked
+        # uncached because the change stream is not followed (bypass): for the metrics.
+        self.lookups: Counter[str] = Counter()
         self.live = False
         self._task: asyncio.Task | None = None
 
@@ -371,7 +374,9 @@ class CachedResolver:
 
     async def _cached(self, key: tuple, fetch: Callable[[], Awaitable[T]]) -> T:
         if self.live and (answer := self.cache.get(key)) is not None:
+            self.lookups["hit"] += 1
             return answer
+        self.lookups["miss" if self.live else "bypass"] += 1
         answer = await fetch()
         if self.live:
             self.cache.store(key, answer)

@@ -17,6 +17,7 @@ from federation.api import Api, Call, Operation, Principal, Role
 from federation.config import Config, StorageConfig
 from federation.directory import Directory, token_hash
 from federation.errors import DirectoryError, Forbidden, Unauthorized
+from federation.metrics import DirectoryMetrics
 from federation.models import (
     ChangePage,
     ChangesQuery,
@@ -42,6 +43,7 @@ from federation.models import (
 from federation.storage import Store
 from federation.storage.etcd import EtcdStore
 from federation.storage.sqlite import SqliteStore
+from nvi.metrics import METRICS_PATH, metrics_handler, openapi_path
 from nvi.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Server, Tenant
 from nvi.tls import server_context
 from nvi.web import json_errors
@@ -52,6 +54,7 @@ CONFIG = web.AppKey("config", Config)
 DIRECTORY = web.AppKey("directory", Directory)
 OPENAPI = web.AppKey("openapi", dict)
 AUDIT_LOG = web.AppKey("audit_log", TextIO)
+METRICS = web.AppKey("metrics", DirectoryMetrics)
 TENANT_TOKEN = "X-Tenant-Token"
 
 VERSION = "1.0.0"
@@ -404,7 +407,11 @@ async def delete_link(call: Call) -> None:
     response=Resolution,
 )
 async def resolve(call: Call) -> Resolution:
-    return await _directory(call).resolve(call.query, call.scope(), _server(call))
+    return await call.request.app[METRICS].lookup(
+        "resolve",
+        lambda: _directory(call).resolve(call.query, call.scope(), _server(call)),
+        lambda answer: "allowed" if answer.allowed else "denied",
+    )
 
 
 @api.route(
@@ -415,7 +422,11 @@ async def resolve(call: Call) -> Resolution:
     response=Location,
 )
 async def locate(call: Call) -> Location:
-    return await _directory(call).locate(call.path["locator"], call.scope(), _server(call))
+    return await call.request.app[METRICS].lookup(
+        "locate",
+        lambda: _directory(call).locate(call.path["locator"], call.scope(), _server(call)),
+        lambda _: "found",
+    )
 
 
 @api.route(
@@ -432,9 +443,13 @@ async def changes(call: Call) -> ChangePage:
     tenants = [scope] if scope else query.tenant
     wait = min(query.wait, call.request.app[CONFIG].max_wait)
     server = _server(call)
-    return await _directory(call).changes(
-        query.since, query.limit, wait, tenants, server.name if server else None
-    )
+    metrics = call.request.app[METRICS]
+    if wait > 0 and query.since is not None:
+        metrics.change_waits.inc()
+    with metrics.change_waiters.track_inprogress():
+        return await _directory(call).changes(
+            query.since, query.limit, wait, tenants, server.name if server else None
+        )
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -459,6 +474,7 @@ async def storage_context(app: web.Application) -> AsyncIterator[None]:
     store = open_store(app[CONFIG].storage)
     await store.open()
     app[DIRECTORY] = Directory(store)
+    app[METRICS].store.info({"backend": store.backend})
     yield
     await store.close()
 
@@ -491,11 +507,16 @@ async def pruning_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: Config) -> web.Application:
+    metrics = DirectoryMetrics()
     app = web.Application(
-        middlewares=[json_errors(DirectoryError, log, "the service log")],
+        middlewares=[
+            metrics.http.middleware(),
+            json_errors(DirectoryError, log, "the service log"),
+        ],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
+    app[METRICS] = metrics
     app[OPENAPI] = api.openapi(
         "NVI federation directory",
         VERSION,
@@ -506,6 +527,8 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(pruning_context)
     api.add_routes(app)
     app.router.add_get("/v1/openapi.json", openapi)
+    app[OPENAPI]["paths"][METRICS_PATH] = openapi_path()
+    app.router.add_get(METRICS_PATH, metrics_handler(metrics.registry))
     return app
 
 

@@ -19,6 +19,7 @@ import logging
 from hostagent.config import AgentConfig
 from hostagent.drivers import NodeDriver
 from hostagent.errors import Conflict, Invalid, NotFound, Unauthorized
+from hostagent.metrics import AgentMetrics
 from hostagent.models import AgentStatus, Desired, ImageInfo, NodeCreate, NodeInfo, Phase
 from hostagent.ovs import Switch
 from hostagent.plumbing import ifindex
@@ -38,12 +39,14 @@ class Agent:
         drivers: list[NodeDriver],
         switch: Switch,
         publisher: Publisher,
+        metrics: AgentMetrics,
     ) -> None:
         self.config = config
         self.state = state
         self.drivers = {driver.kind: driver for driver in drivers}
         self.switch = switch
         self.publisher = publisher
+        self.metrics = metrics
         # One change at a time: changes are short (a container start), and a single writer
         # keeps locator allocation, capacity checks and reconciliation simple and correct.
         self.lock = asyncio.Lock()
@@ -52,6 +55,10 @@ class Agent:
     # -- create ---------------------------------------------------------------------------
 
     async def create(self, request: NodeCreate, token: str | None) -> NodeInfo:
+        with self.metrics.operation("create", str(request.kind)):
+            return await self._create(request, token)
+
+    async def _create(self, request: NodeCreate, token: str | None) -> NodeInfo:
         token = _require(token)
         if request.image is None:
             request = request.model_copy(update={"image": self.driver(request.kind).default_image})
@@ -178,6 +185,10 @@ class Agent:
         return await self.show(tenant, name)
 
     async def delete(self, tenant: str, name: str, token: str | None) -> None:
+        with self.metrics.operation("delete", str(self.node(tenant, name).kind)):
+            await self._delete(tenant, name, token)
+
+    async def _delete(self, tenant: str, name: str, token: str | None) -> None:
         token = _require(token)
         async with self.lock:
             node = self.node(tenant, name)
@@ -250,6 +261,8 @@ class Agent:
                 except (NviError, OSError) as error:
                     log.warning("reconciling %s: %s", label, error)
             repairs += await self._remove_orphans()
+        self.metrics.reconciliations.inc()
+        self.metrics.repairs.inc(len(repairs))
         for repair in repairs:
             log.info("reconcile: %s", repair)
         return repairs

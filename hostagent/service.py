@@ -28,6 +28,7 @@ from hostagent.console import relay
 from hostagent.containers import ContainerDriver
 from hostagent.drivers import NodeDriver
 from hostagent.errors import Forbidden, Unauthorized
+from hostagent.metrics import AgentMetrics
 from hostagent.models import (
     DIRECTORY_TOKEN,
     TENANT_TOKEN,
@@ -42,6 +43,7 @@ from hostagent.publisher import DirectoryPublisher
 from hostagent.state import State
 from hostagent.tenants import TenantTokens, directory_whoami
 from nvi.errors import NviError
+from nvi.metrics import METRICS_PATH, metrics_handler, openapi_path
 from nvi.model import Name
 from nvi.tls import server_context
 from nvi.web import json_errors
@@ -52,6 +54,7 @@ CONFIG = web.AppKey("config", AgentConfig)
 AGENT = web.AppKey("agent", Agent)
 TOKENS = web.AppKey("tokens", TenantTokens)
 OPENAPI = web.AppKey("openapi", dict)
+METRICS = web.AppKey("metrics", AgentMetrics)
 VERSION = "1.0.0"
 OPERATOR = {Role.ADMIN}
 ANYONE = {Role.ADMIN, Role.TENANT}
@@ -273,8 +276,9 @@ async def agent_context(app: web.Application) -> AsyncIterator[None]:
         config.directory.ca_file,
     )
     switch = Switch(config.ovs.db, config.bridge, state.agent_id)
-    agent = Agent(config, state, drivers, switch, publisher)
+    agent = Agent(config, state, drivers, switch, publisher, app[METRICS])
     app[AGENT] = agent
+    app[METRICS].count_nodes(state.nodes, agent.drivers)
     try:
         await switch.start()
         for each in agent.drivers.values():
@@ -298,10 +302,13 @@ async def reconcile_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: AgentConfig) -> web.Application:
+    metrics = AgentMetrics()
     app = web.Application(
-        middlewares=[json_errors(NviError, log, "the agent's log")], client_max_size=65536
+        middlewares=[metrics.http.middleware(), json_errors(NviError, log, "the agent's log")],
+        client_max_size=65536,
     )
     app[CONFIG] = config
+    app[METRICS] = metrics
     directory = config.directory
     app[TOKENS] = TenantTokens(
         directory_whoami(directory.url, directory.timeout, directory.ca_file)
@@ -315,6 +322,8 @@ def make_app(config: AgentConfig) -> web.Application:
     api.add_routes(app)
     app.router.add_get(CONSOLE_SOCKET, console_socket)
     app.router.add_get("/v1/openapi.json", openapi)
+    app[OPENAPI]["paths"][METRICS_PATH] = openapi_path()
+    app.router.add_get(METRICS_PATH, metrics_handler(metrics.registry))
     return app
 
 

@@ -32,8 +32,11 @@ from nvi.ovsdb import Ovsdb
 from nvi.ports import NodePort
 from openflow.controller import Controller
 from openflow.flows import PAIR_IDLE_TIMEOUT
+from openflow.metrics import ControllerMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
+
+METRICS_PORT = 9653
 
 
 class Route(BaseModel):
@@ -60,6 +63,10 @@ class ControllerConfig(BaseModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(6653, ge=1, le=65535)
     uplink: str = "uplink"
+    metrics_host: str = Field(
+        "127.0.0.1", description="where Prometheus scrapes GET /metrics (plain HTTP)"
+    )
+    metrics_port: int = Field(METRICS_PORT, ge=1, le=65535)
     state_dir: Path = Field(Path("."), description="ready and stats files; relative to this file")
     idle_timeout: int = Field(
         PAIR_IDLE_TIMEOUT, ge=1, le=65535, description="seconds a silent conversation lasts"
@@ -215,6 +222,8 @@ class Runtime:
             asyncio.create_task(follow_ports(ovsdb, controller)),
             asyncio.create_task(self._write_stats(controller)),
         ]
+        metrics = ControllerMetrics(controller, resolver)
+        await serve_metrics(metrics.registry, self.config.metrics_host, self.config.metrics_port)
         self.controller = controller
         return controller
 

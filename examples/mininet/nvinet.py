@@ -66,6 +66,7 @@ from nvi.ports import NodePort, vsctl_set_args
 TAG = re.compile(r"nm[0-9a-f]{4}")
 DIRECTORY_PORT = 7480
 FIRST_CONTROLLER_PORT = 6653
+FIRST_METRICS_PORT = 9653  # the controllers share one namespace: one /metrics port each
 BANNER_PORT = 7000
 MAX_IFNAME = 15  # Linux's limit (IFNAMSIZ - 1)
 QUIET = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
@@ -390,6 +391,7 @@ class NviNet:
             f'ca_file = "{self.ca_file}"\n'
             f'ovsdb = "unix:{self.ovs.db_socket}"\n'
             f"listen_port = {port}\n"
+            f"metrics_port = {FIRST_METRICS_PORT + index}\n"
             f'uplink = "{self.intf(server, UPLINK_PORT)}"\n' + routes
         )
         argv = (sys.executable, "-m", "nvi", "controller", "serve", "--config")

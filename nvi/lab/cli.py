@@ -87,12 +87,15 @@ def status(lab_file: str, output: str) -> None:
     print_table(f"lab {state['lab']}: underlay", state["network"], ["member", "kind", "namespace"])
 
 
-def _controller_summary(stats: dict[str, Any] | None) -> str | None:
-    if stats is None:
+def _controller_summary(metrics: dict[str, Any] | None) -> str | None:
+    if metrics is None:
         return None
+    decided = metrics["decisions"]
     return (
-        f"{stats.get('nodes', 0)} local nodes\n{stats.get('pairs', 0)} conversations\n"
-        f"{stats.get('packet_in', 0)} packet-ins\n{stats.get('denied', 0)} denied"
+        f"{metrics['nodes']} local nodes\n{metrics['pairs']} conversations\n"
+        f"{metrics['packet_in']} packet-ins\n"
+        f"{decided.get('allowed', 0)} allowed, {decided.get('denied', 0)} denied"
+        + ("" if metrics["connected"] else "\n[red]switch not connected[/]")
     )
 
 

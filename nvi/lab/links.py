@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import urllib.request
 
 from pyroute2 import IPRoute, NetlinkError, netns
 
@@ -126,6 +127,21 @@ def accepts_tcp(ns: str, host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+    finally:
+        netns.popns()
+
+
+def http_get_in(ns: str, url: str, timeout: float = 2.0) -> str | None:
+    """GET `url` from inside namespace `ns` (whose loopback is that member's own): the body,
+    or None if nothing answers. No proxy: the address is inside the namespace."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    netns.pushns()
+    try:
+        netns.setns(ns, flags=0)
+        with opener.open(url, timeout=timeout) as response:
+            return response.read().decode()
+    except OSError:
+        return None
     finally:
         netns.popns()
 

@@ -22,6 +22,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import netns
 
 from federation.client import DirectoryClient
@@ -43,12 +44,13 @@ from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
 from nvi.lab.spec import Lab, Server
 from nvi.ports import HOST_COOKIE, vsctl_rows
 from nvi.tls import KeyPair, ensure_ca, ensure_certificate
-from openflow.service import ControllerConfig, render_config
+from openflow.service import METRICS_PORT, ControllerConfig, render_config
 
 UNDERLAY_BRIDGE = "br0"
 # Each server's controller runs in the server's namespace: loopback is that server's own.
 CONTROLLER_PORT = 6653
 CONTROLLER_TARGET = f"tcp:127.0.0.1:{CONTROLLER_PORT}"
+CONTROLLER_METRICS = f"http://127.0.0.1:{METRICS_PORT}/metrics"
 _QUIET = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 T = TypeVar("T")
 
@@ -311,6 +313,7 @@ class LabNet:
             ca_file=self.ca_file,
             ovsdb=f"unix:{self.ovs(server).db_socket}",
             listen_port=CONTROLLER_PORT,
+            metrics_port=METRICS_PORT,
             idle_timeout=self.lab.controller.idle_timeout,
             infrastructure=sorted({IPv4Network(a) for a in [*routers, directory.address]}),
         )
@@ -560,7 +563,7 @@ class LabNet:
                     "processes": processes,
                     "fail_mode": bridge["fail_mode"] if bridge else None,
                     "datapath": bridge["datapath_type"] if bridge else None,
-                    "controller": self.controller_stats(server)
+                    "controller": self.controller_metrics(server)
                     if processes.get("controller")
                     else None,
                 }
@@ -608,6 +611,12 @@ class LabNet:
         except (OSError, ValueError):
             return None
 
+    def controller_metrics(self, server: Server) -> dict[str, Any] | None:
+        """The controller's main numbers, scraped from its /metrics inside the server's
+        namespace, as a Prometheus server on that server would (None if it does not answer)."""
+        text = links.http_get_in(self.netns(server.name), CONTROLLER_METRICS)
+        return None if text is None else controller_summary(text)
+
     def check(self) -> list[dict[str, Any]]:
         """Ping every server's underlay address from every other server."""
         results = []
@@ -642,6 +651,31 @@ class LabNet:
         if any(s.name == member for s in self.lab.servers):
             env.update(self.ovs(self.lab.server(member)).env)
         return ["ip", "netns", "exec", self.netns(member), *command], env
+
+
+def controller_summary(text: str) -> dict[str, Any]:
+    """What `nvi lab status` shows of a controller's scrape."""
+    values = {
+        (sample.name, tuple(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return {
+        "nodes": int(values[("nvi_controller_local_nodes", ())]),
+        "pairs": int(values[("nvi_controller_pairs", ())]),
+        "packet_in": int(values[("nvi_controller_packet_ins_total", ())]),
+        "connected": bool(values[("nvi_controller_switch_connected", ())]),
+        "decisions": {
+            labels[0]: int(count)
+            for (name, labels), count in values.items()
+            if name == "nvi_controller_decisions_total"
+        },
+        "lookups": {
+            labels[0]: int(count)
+            for (name, labels), count in values.items()
+            if name == "nvi_controller_directory_lookups_total"
+        },
+    }
 
 
 def _write_if_changed(path: Path, text: str, private: bool = False) -> bool:

@@ -109,13 +109,26 @@ def test_every_allowed_pair_pings_across_servers_and_clouds(lab: Lab) -> None:
     assert lab.pings("blue14", "10.0.0.13")
 
 
-def test_lab_status_shows_each_controllers_counters(lab: Lab) -> None:
-    assert lab.pings("red11", "10.0.0.13")
-    controller_stats(lab, "s1", lambda s: s.get("pairs", 0) >= 1)
-    servers = {s["server"]: s for s in lab.net.status()["servers"]}
-    s1 = servers["s1"]["controller"]
-    assert s1["pairs"] >= 1 and s1["packet_in"] >= 1 and s1["nodes"] >= 1, s1
-    assert all(s["controller"] is not None for s in servers.values())
+def test_lab_status_shows_each_controllers_metrics(lab: Lab) -> None:
+    """`nvi lab status` scrapes each controller's /metrics inside its server's namespace: a
+    new conversation's first packet is one more packet-in and allowed decision on both ends."""
+    servers = lab.net.lab.server("s1"), lab.net.lab.server("s3")
+    before = [lab.net.controller_metrics(server) for server in servers]
+    new = lab.add("s1", "red", "net", "red31", "10.0.0.31")
+    try:
+        deadline = time.monotonic() + 5  # the controller plugs a new port within moments
+        while not lab.pings("red31", "10.0.0.13"):
+            assert time.monotonic() < deadline, "red31 never reached red13"
+        after = [lab.net.controller_metrics(server) for server in servers]
+    finally:
+        with_directory(lab.net, lambda c: remove_node(lab.net, c, new))
+    for old, now in zip(before, after, strict=True):
+        assert now["packet_in"] > old["packet_in"], (old, now)
+        assert now["decisions"]["allowed"] == old["decisions"]["allowed"] + 1, (old, now)
+        assert now["connected"] and now["pairs"] >= 1, now
+    assert after[0]["nodes"] == before[0]["nodes"] + 1, "red31 is a node of s1"
+    status = {s["server"]: s for s in lab.net.status()["servers"]}
+    assert all(s["controller"] is not None for s in status.values())
     members = {m["member"]: m["kind"] for m in lab.net.status()["network"]}
     assert re.fullmatch(r"the agents' Docker engine pid \d+", members["docker"]), members
 

@@ -1,0 +1,56 @@
+"""The directory's Prometheus metrics, one registry per service instance.
+
+Label values are fixed words (lookup kind and outcome, backend name): never a tenant, node,
+address or locator, so a scrape reveals load and health, not records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+
+from federation.errors import DirectoryError, NotFound
+from nvi.metrics import HttpMetrics
+
+T = TypeVar("T")
+
+
+class DirectoryMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http = HttpMetrics(self.registry)
+        self.lookups = Counter(
+            "nvi_directory_lookups",
+            "Lookups answered: resolve (allowed, denied, not_found, error) and locate "
+            "(found, not_found, error)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.change_waits = Counter(
+            "nvi_directory_change_waits",
+            "Change-stream requests that asked to wait for changes (long polls)",
+            registry=self.registry,
+        )
+        self.change_waiters = Gauge(
+            "nvi_directory_change_waiters",
+            "Long polls waiting for changes now (about one per following controller)",
+            registry=self.registry,
+        )
+        self.store = Info("nvi_directory_store", "The storage backend", registry=self.registry)
+
+    async def lookup(
+        self, kind: str, work: Callable[[], Awaitable[T]], outcome: Callable[[T], str]
+    ) -> T:
+        """Run one lookup and count how it ended."""
+        try:
+            answer = await work()
+        except NotFound:
+            self.lookups.labels(kind, "not_found").inc()
+            raise
+        except DirectoryError:
+            self.lookups.labels(kind, "error").inc()
+            raise
+        self.lookups.labels(kind, outcome(answer)).inc()
+        return answer
