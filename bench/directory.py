@@ -24,11 +24,11 @@ from pathlib import Path
 from federation.client import DirectoryClient
 from federation.config import StorageConfig
 from federation.directory import Directory
-from federation.local import Credentials, ServiceProcess, start_etcd_cluster, write_config
 from federation.models import LinkCreate, NetworkCreate, NodeCreate, ServerEnrolled
 from federation.service import open_store
-from nvi.model import Node
-from nvi.output import print_table
+from nvi.core.model import Node
+from nvi.core.output import print_table
+from nvi.lab.directories import Credentials, ServiceProcess, start_etcd_cluster, write_config
 
 BATCH = 20  # nodes per transaction: 5 keys each stays under etcd's 128 operations
 SERVERS = 50  # tenant t's nodes run on server s<t % SERVERS>

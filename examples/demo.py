@@ -36,9 +36,9 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hostagent.lab import docker_url, lab_docker_root  # noqa: E402
-from nvi.errors import NviError  # noqa: E402
+from nvi.core.errors import NviError  # noqa: E402
 from nvi.lab import links  # noqa: E402
+from nvi.lab.agents import docker_url, lab_docker_root  # noqa: E402
 from nvi.lab.net import LabNet  # noqa: E402
 from nvi.lab.populate import populate, token_path  # noqa: E402
 from nvi.lab.process import running_pid  # noqa: E402

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 
 def read_audit(

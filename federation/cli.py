@@ -17,8 +17,7 @@ from federation.config import (
     load_config,
     render_config,
 )
-from federation.directory import new_token, token_hash
-from nvi.clitools import (
+from nvi.core.clitools import (
     ca_file,
     ca_file_option,
     option_group,
@@ -27,10 +26,11 @@ from nvi.clitools import (
     run_client,
     show_rows,
 )
-from nvi.config import write_secret
-from nvi.errors import NviError
-from nvi.model import LinkKind
-from nvi.tls import ensure_ca, ensure_certificate
+from nvi.core.config import write_secret
+from nvi.core.errors import NviError
+from nvi.core.model import LinkKind
+from nvi.core.tls import ensure_ca, ensure_certificate
+from nvi.core.tokens import new_token, token_hash
 
 NETWORK_COLUMNS = ["tenant", "name", "cidr", "gateway"]
 LINK_COLUMNS = ["tenant", "id", "kind", "a", "b"]

@@ -31,9 +31,9 @@ from federation.models import (
     TokenCreated,
     TokenInfo,
 )
-from nvi.errors import NviError
-from nvi.model import Link, LinkKind, Network, Node, NodeKind, Server, Tenant
-from nvi.tls import client_context, tls_failure
+from nvi.core.errors import NviError
+from nvi.core.model import Link, LinkKind, Network, Node, NodeKind, Server, Tenant
+from nvi.core.tls import client_context, tls_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from nvi.config import load_toml_model
-from nvi.errors import NviError
+from nvi.core.config import load_toml_model
+from nvi.core.errors import NviError
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 

@@ -25,7 +25,6 @@ same transaction, when it matters to controllers.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import json
 import random
@@ -56,18 +55,10 @@ from federation.models import (
     TokenInfo,
 )
 from federation.storage import Delete, Expect, Put, Snapshot, Store
-from nvi.model import Link, LinkKind, Network, Node, Server, Tenant, parse_pool
+from nvi.core.model import Link, LinkKind, Network, Node, Server, Tenant, parse_pool
+from nvi.core.tokens import new_token, token_hash
 
 _ATTEMPTS = 50
-
-
-def token_hash(secret: str) -> str:
-    """Tokens are 256 random bits, so one SHA-256 is enough to make a stolen database useless."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def new_token() -> str:
-    return "nvi_" + secrets.token_urlsafe(32)
 
 
 def _dump(record: BaseModel | dict[str, Any]) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 
 class DirectoryError(NviError):

@@ -12,7 +12,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 
 from federation.errors import DirectoryError, NotFound
-from nvi.metrics import HttpMetrics
+from nvi.core.metrics import HttpMetrics
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Request and response bodies of the directory API (the records themselves are in nvi.model)."""
+"""Request and response bodies of the directory API (the records are in nvi.core.model)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from nvi.model import CIDR, MAC, IPAddress, Link, LinkKind, Name, Node, NodeKind, Pool, Server
+from nvi.core.model import CIDR, MAC, IPAddress, Link, LinkKind, Name, Node, NodeKind, Pool, Server
 
 NodeId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
@@ -173,8 +173,3 @@ class Identity(BaseModel):
         None, description="the tenant of a tenant token, or the tenant a server acts for"
     )
     server: str | None = Field(None, description="the server a server credential belongs to")
-
-
-class Error(BaseModel):
-    error: str
-    details: list[dict] | None = None

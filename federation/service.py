@@ -13,9 +13,8 @@ from typing import Annotated, TextIO
 from aiohttp import web
 from pydantic import StringConstraints
 
-from federation.api import Api, Call, Operation, Principal, Role
 from federation.config import Config, StorageConfig
-from federation.directory import Directory, token_hash
+from federation.directory import Directory
 from federation.errors import DirectoryError, Forbidden, Unauthorized
 from federation.metrics import DirectoryMetrics
 from federation.models import (
@@ -43,10 +42,13 @@ from federation.models import (
 from federation.storage import Store
 from federation.storage.etcd import EtcdStore
 from federation.storage.sqlite import SqliteStore
-from nvi.metrics import METRICS_PATH, metrics_handler, openapi_path
-from nvi.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Server, Tenant
-from nvi.tls import server_context
-from nvi.web import json_errors
+from nvi.core.errors import NviError
+from nvi.core.metrics import METRICS_PATH, metrics_handler, openapi_path
+from nvi.core.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Server, Tenant
+from nvi.core.rest import Api, Call, Operation, Principal, Role
+from nvi.core.tls import server_context
+from nvi.core.tokens import token_hash
+from nvi.core.web import json_errors
 
 log = logging.getLogger(__name__)
 
@@ -511,7 +513,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[
             metrics.http.middleware(),
-            json_errors(DirectoryError, log, "the service log"),
+            json_errors(NviError, log, "the service log"),
         ],
         client_max_size=config.max_body_bytes,
     )

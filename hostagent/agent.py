@@ -25,8 +25,8 @@ from hostagent.ovs import Switch
 from hostagent.plumbing import ifindex
 from hostagent.publisher import Publisher
 from hostagent.state import State
-from nvi.errors import NviError
-from nvi.model import NodeKind
+from nvi.core.errors import NviError
+from nvi.core.model import NodeKind
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import click
 from hostagent.client import DEFAULT_SOCKET, AgentClient
 from hostagent.models import NodeInfo
 from hostagent.terminal import attach
-from nvi.clitools import (
+from nvi.core.clitools import (
     ca_file,
     ca_file_option,
     option_group,
@@ -28,8 +28,8 @@ from nvi.clitools import (
     run_client,
     show_rows,
 )
-from nvi.errors import NviError
-from nvi.output import ProgressLine
+from nvi.core.errors import NviError
+from nvi.core.output import ProgressLine
 
 NODE_COLUMNS = [
     "tenant",

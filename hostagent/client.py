@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 
 from hostagent.errors import AgentError
 from hostagent.models import DIRECTORY_TOKEN, TENANT_TOKEN, AgentStatus, ImageInfo, NodeInfo
-from nvi.tls import client_context, tls_failure
+from nvi.core.tls import client_context, tls_failure
 
 DEFAULT_SOCKET = "/run/nvi/agent.sock"
 # A create may build the default image first (the VM guest downloads a kernel package).

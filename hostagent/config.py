@@ -21,8 +21,8 @@ from pydantic import (
     field_validator,
 )
 
-from nvi.errors import NviError
-from nvi.model import IPAddress, Label, parse_pool
+from nvi.core.errors import NviError
+from nvi.core.model import IPAddress, Label, parse_pool
 
 LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")  # its namespace is QEMU's, where taps are opened

@@ -23,7 +23,7 @@ from hostagent.errors import Failed
 from hostagent.models import ImageInfo, NodeCreate, NodeInfo
 from hostagent.plumbing import plumb, plumbed, ports_here, unplumb
 from hostagent.state import port_name
-from nvi.model import NodeKind
+from nvi.core.model import NodeKind
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from hostagent.models import ImageInfo, NodeCreate, NodeInfo
-from nvi.model import NodeKind
+from nvi.core.model import NodeKind
 
 
 class NodeDriver(Protocol):

@@ -6,7 +6,7 @@ tenant token or an address already used in the tenant is the caller's problem, n
 
 from __future__ import annotations
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 
 class AgentError(NviError):

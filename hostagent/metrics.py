@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hostagent.models import Desired, NodeInfo, Phase
-from nvi.metrics import HttpMetrics
+from nvi.core.metrics import HttpMetrics
 
 # Creating a container takes a fraction of a second, a VM (or building an image) seconds.
 OPERATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

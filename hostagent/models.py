@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nvi.model import IPAddress, Name, NodeKind
+from nvi.core.model import IPAddress, Name, NodeKind
 
 TENANT_TOKEN = "X-Tenant-Token"
 DIRECTORY_TOKEN = "X-Directory-Token"  # the directory's admin credential, for a drain only

@@ -15,8 +15,8 @@ from ovsdbapp.backend.ovs_idl.command import BaseCommand
 
 from hostagent.errors import Failed
 from hostagent.models import NodeInfo
-from nvi.ovsdb import Interface, Ovsdb, OvsdbError
-from nvi.ports import LOCATOR, AgentPort, NodePort
+from nvi.core.ovsdb import Interface, Ovsdb, OvsdbError
+from nvi.core.ports import LOCATOR, AgentPort, NodePort
 
 
 class Switch:

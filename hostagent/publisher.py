@@ -12,7 +12,7 @@ from typing import Protocol
 from federation.client import DirectoryClient
 from federation.errors import Forbidden, NotFound, Unauthorized
 from hostagent.models import NodeInfo
-from nvi.model import Network, Node
+from nvi.core.model import Network, Node
 
 
 class Publisher(Protocol):

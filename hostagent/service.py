@@ -20,8 +20,6 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from federation.api import Api, Call, Principal, Role
-from federation.directory import token_hash
 from hostagent.agent import Agent, missing
 from hostagent.config import AgentConfig
 from hostagent.console import relay
@@ -42,11 +40,13 @@ from hostagent.ovs import Switch
 from hostagent.publisher import DirectoryPublisher
 from hostagent.state import State
 from hostagent.tenants import TenantTokens, directory_whoami
-from nvi.errors import NviError
-from nvi.metrics import METRICS_PATH, metrics_handler, openapi_path
-from nvi.model import Name
-from nvi.tls import server_context
-from nvi.web import json_errors
+from nvi.core.errors import NviError
+from nvi.core.metrics import METRICS_PATH, metrics_handler, openapi_path
+from nvi.core.model import Name
+from nvi.core.rest import Api, Call, Principal, Role
+from nvi.core.tls import server_context
+from nvi.core.tokens import token_hash
+from nvi.core.web import json_errors
 
 log = logging.getLogger(__name__)
 

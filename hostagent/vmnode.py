@@ -25,7 +25,7 @@ from hostagent.plumbing import ifindex, unplumb
 from hostagent.state import port_name
 from hostagent.vm import VmDriver, VmError
 from hostagent.vmxml import MAX_CPUS, MAX_MEMORY_MIB, MIN_CPUS, MIN_MEMORY_MIB, VmSpec
-from nvi.model import NodeKind
+from nvi.core.model import NodeKind
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 # Each command group lives with its subsystem and is imported only when it runs: the lab and
 # the agent pull in pyroute2, aiohttp and pydantic models, which a `nvi node list` should not

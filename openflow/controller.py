@@ -22,7 +22,7 @@ from os_ken.lib.packet import arp, ipv4, packet
 
 from federation.errors import DirectoryError, NotFound
 from federation.models import Change, ChangeType
-from nvi.ports import NodePort
+from nvi.core.ports import NodePort
 from openflow import arp as next_hops
 from openflow import decide, dhcp
 from openflow import flows as f

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from federation.client import CachedResolver
-from nvi.metrics import METRICS_PATH, metrics_handler
+from nvi.core.metrics import METRICS_PATH, metrics_handler
 from openflow.controller import Controller
 
 # controller.stats key -> the outcome of a first-packet decision it counts

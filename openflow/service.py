@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from pyroute2 import IPRoute
 
 from federation.client import CachedResolver, DirectoryClient
-from nvi.config import load_toml_model
-from nvi.ovsdb import Ovsdb
-from nvi.ports import NodePort
+from nvi.core.config import load_toml_model
+from nvi.core.ovsdb import Ovsdb
+from nvi.core.ports import NodePort
 from openflow.controller import Controller
 from openflow.flows import PAIR_IDLE_TIMEOUT
 from openflow.metrics import ControllerMetrics, serve_metrics

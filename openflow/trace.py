@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from federation.models import Resolution
-from nvi.ports import HOST_COOKIE
+from nvi.core.ports import HOST_COOKIE
 from openflow import decide
 from openflow import flows as f
 

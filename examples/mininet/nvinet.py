@@ -54,14 +54,14 @@ from nvitopo import NODE, ROUTER, SEGMENT, SERVER, UPLINK_PORT, NviTopo
 from pyroute2 import netns
 
 from federation.client import DirectoryClient
-from hostagent.lab import SERVER_TOKEN
-from nvi.config import write_secret
-from nvi.errors import NviError
+from nvi.core.config import write_secret
+from nvi.core.errors import NviError
+from nvi.core.model import parse_pool
+from nvi.core.ports import NodePort, vsctl_set_args
 from nvi.lab import links, process
+from nvi.lab.agents import SERVER_TOKEN
 from nvi.lab.nodes import node_mac
 from nvi.lab.ovs import OvsInstance
-from nvi.model import parse_pool
-from nvi.ports import NodePort, vsctl_set_args
 
 TAG = re.compile(r"nm[0-9a-f]{4}")
 DIRECTORY_PORT = 7480

@@ -19,7 +19,7 @@ import aiohttp
 
 from federation.errors import Gone, Unavailable
 from federation.storage import Delete, Entry, Expect, LogPage, Put, Snapshot, Store, prefix_end
-from nvi.tls import client_context, tls_failure
+from nvi.core.tls import client_context, tls_failure
 
 _CA_HINT = "set storage.ca_file to its CA"
 _MAX_TXN_OPS = 100

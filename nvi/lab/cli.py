@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
+from nvi.core.output import console, print_json, print_table
 from nvi.lab.net import LabNet
 from nvi.lab.populate import populate
 from nvi.lab.spec import load_lab
-from nvi.output import console, print_json, print_table
 
 lab_file = click.argument("lab_file", metavar="FILE", type=click.Path(dir_okay=False))
 output_option = click.option(

@@ -12,7 +12,7 @@ import urllib.request
 
 from pyroute2 import IPRoute, NetlinkError, netns
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 
 def list_netns() -> list[str]:

@@ -28,7 +28,12 @@ from pyroute2 import netns
 from federation.client import DirectoryClient
 from federation.errors import NotFound
 from hostagent.client import AgentClient
-from hostagent.lab import (
+from nvi.core.config import write_secret
+from nvi.core.errors import NviError
+from nvi.core.ports import HOST_COOKIE, vsctl_rows
+from nvi.core.tls import KeyPair, ensure_ca, ensure_certificate
+from nvi.lab import links
+from nvi.lab.agents import (
     SERVER_TOKEN,
     lab_agent,
     lab_docker_root,
@@ -36,14 +41,9 @@ from hostagent.lab import (
     remove_lab_vms,
     write_config,
 )
-from nvi.config import write_secret
-from nvi.errors import NviError
-from nvi.lab import links
 from nvi.lab.ovs import BRIDGE, UPLINK, OvsInstance, host_flows
 from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
 from nvi.lab.spec import Lab, Server
-from nvi.ports import HOST_COOKIE, vsctl_rows
-from nvi.tls import KeyPair, ensure_ca, ensure_certificate
 from openflow.service import METRICS_PORT, ControllerConfig, render_config
 
 UNDERLAY_BRIDGE = "br0"
@@ -103,7 +103,7 @@ class LabNet:
         )
 
     def agent_daemon(self, server: Server) -> Daemon:
-        """The server's host agent (hostagent.lab); it needs the directory and the engine."""
+        """The server's host agent (nvi.lab.agents); it needs the directory and the engine."""
         assert self.lab.directory is not None
         ns = self.netns(server.name)
         directory = self.lab.directory.url

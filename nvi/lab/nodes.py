@@ -17,13 +17,13 @@ from typing import TypeVar
 
 from federation.client import DirectoryClient
 from federation.errors import NotFound, Unauthorized
-from nvi.config import write_secret
-from nvi.errors import NviError
+from nvi.core.config import write_secret
+from nvi.core.errors import NviError
+from nvi.core.ports import LOCATOR, NodePort, vsctl_rows, vsctl_set_args
 from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.ovs import BRIDGE
 from nvi.lab.spec import Server
-from nvi.ports import LOCATOR, NodePort, vsctl_rows, vsctl_set_args
 
 INSIDE = "eth0"
 T = TypeVar("T")

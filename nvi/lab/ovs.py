@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
+from nvi.core.ports import HOST_COOKIE
 from nvi.lab.process import Daemon
-from nvi.ports import HOST_COOKIE
 
 BRIDGE = "br-int"
 UPLINK = "uplink"

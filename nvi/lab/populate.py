@@ -15,7 +15,7 @@ from federation.client import DirectoryClient
 from federation.errors import Conflict
 from hostagent.client import AgentClient
 from hostagent.errors import AgentError
-from nvi.config import write_secret
+from nvi.core.config import write_secret
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import with_directory
 

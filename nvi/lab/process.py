@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 
 @dataclass(frozen=True)

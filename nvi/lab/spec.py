@@ -15,8 +15,8 @@ from typing import Annotated
 import netaddr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nvi.errors import NviError
-from nvi.model import CIDR, IPAddress, Name, NodeKind, parse_pool
+from nvi.core.errors import NviError
+from nvi.core.model import CIDR, IPAddress, Name, NodeKind, parse_pool
 from openflow.flows import PAIR_IDLE_TIMEOUT
 
 # Lab names carry no dash, so the prefix `nvi-<lab>-` of one lab never matches another lab's.

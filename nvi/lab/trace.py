@@ -22,13 +22,13 @@ import click
 from federation.client import DirectoryClient
 from federation.errors import NotFound
 from federation.models import Resolution
-from nvi.errors import NviError
+from nvi.core.errors import NviError
+from nvi.core.output import console, print_json, print_table
+from nvi.core.ports import NAME, NodePort, vsctl_rows
 from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.ovs import BRIDGE, UPLINK, OvsInstance
 from nvi.lab.spec import Server, load_lab
-from nvi.output import console, print_json, print_table
-from nvi.ports import NAME, NodePort, vsctl_rows
 from openflow import flows as f
 from openflow import trace as t
 from openflow.service import load_config as load_controller_config

@@ -18,7 +18,10 @@ from aiohttp.test_utils import TestServer
 from federation.client import DirectoryClient
 from federation.config import Config, StorageConfig, TlsConfig
 from federation.directory import Directory
-from federation.local import (
+from federation.service import make_app, open_store
+from federation.storage import Store
+from nvi.core.tls import KeyPair, ensure_ca, ensure_certificate, server_context
+from nvi.lab.directories import (
     Credentials,
     EtcdCluster,
     ServiceProcess,
@@ -26,9 +29,6 @@ from federation.local import (
     start_etcd_cluster,
     write_config,
 )
-from federation.service import make_app, open_store
-from federation.storage import Store
-from nvi.tls import KeyPair, ensure_ca, ensure_certificate, server_context
 
 
 @pytest.fixture(scope="session")

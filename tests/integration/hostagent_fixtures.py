@@ -28,11 +28,15 @@ import pytest
 from pyroute2 import netns as pyroute_netns
 
 from federation.client import DirectoryClient
-from federation.directory import new_token, token_hash
 from hostagent.client import AgentClient
 from hostagent.config import AgentConfig, TcpConfig
 from hostagent.containers import ContainerDriver
-from hostagent.lab import (
+from nvi.core.config import write_secret
+from nvi.core.ports import vsctl_rows
+from nvi.core.tls import ensure_ca, ensure_certificate
+from nvi.core.tokens import new_token, token_hash
+from nvi.lab import links
+from nvi.lab.agents import (
     SERVER_TOKEN,
     agent_config,
     agent_daemon,
@@ -40,15 +44,11 @@ from hostagent.lab import (
     dockerd_argv,
     write_config,
 )
-from nvi.config import write_secret
-from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import with_directory
 from nvi.lab.ovs import OvsInstance
 from nvi.lab.process import Daemon, ensure_running, running_pid, terminate
 from nvi.lab.spec import Lab, Server, load_lab
-from nvi.ports import vsctl_rows
-from nvi.tls import ensure_ca, ensure_certificate
 from tests.conftest import EXAMPLE_LAB, REPO
 
 T = TypeVar("T")

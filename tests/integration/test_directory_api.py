@@ -12,7 +12,7 @@ import pytest
 from federation.client import CachedResolver, DirectoryClient
 from federation.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from federation.models import Change, ChangeType
-from nvi.tls import client_context
+from nvi.core.tls import client_context
 
 pytest_plugins = ["integration.directory_fixtures"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from federation.client import DirectoryClient
 from federation.config import StorageConfig
 from federation.errors import DirectoryError
-from nvi.model import Node
-from nvi.tls import client_context
+from nvi.core.model import Node
+from nvi.core.tls import client_context
 
 pytest_plugins = ["integration.directory_fixtures"]
 
@@ -63,7 +63,7 @@ async def test_sigkill_mid_writes_loses_no_acknowledged_node(service_process) ->
 
 
 async def test_etcd_directory_keeps_answering_with_one_member_killed(tmp_path: Path) -> None:
-    from federation.local import (
+    from nvi.lab.directories import (
         Credentials,
         ServiceProcess,
         start_etcd_cluster,
@@ -115,7 +115,7 @@ def nvi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_operator_cli_initialises_serves_and_creates_a_tenant(tmp_path: Path) -> None:
-    from federation.local import ServiceProcess, free_port
+    from nvi.lab.directories import ServiceProcess, free_port
 
     port = free_port()
     init = nvi("directory", "init", str(tmp_path / "dir"), "--port", str(port), "-o", "json")
@@ -146,7 +146,7 @@ def test_operator_cli_initialises_serves_and_creates_a_tenant(tmp_path: Path) ->
 
 
 def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
-    from federation.local import ServiceProcess, free_port
+    from nvi.lab.directories import ServiceProcess, free_port
 
     port = free_port()
     init = nvi("directory", "init", str(tmp_path / "dir"), "--port", str(port), "-o", "json")
@@ -208,7 +208,7 @@ def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
 
 
 def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) -> None:
-    from federation.local import ServiceProcess, free_port
+    from nvi.lab.directories import ServiceProcess, free_port
 
     port = free_port()
     init = nvi("directory", "init", str(tmp_path / "dir"), "--port", str(port), "-o", "json")

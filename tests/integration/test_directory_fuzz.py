@@ -18,7 +18,7 @@ pytest_plugins = ["integration.directory_fixtures"]
 
 
 def test_fuzzing_the_api_finds_no_server_error_and_no_schema_violation(tmp_path: Path) -> None:
-    from federation.local import Credentials, ServiceProcess, write_config
+    from nvi.lab.directories import Credentials, ServiceProcess, write_config
 
     credentials = Credentials()
     storage = StorageConfig(backend="sqlite", path=tmp_path / "directory.db")

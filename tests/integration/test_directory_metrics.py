@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from federation.errors import NotFound
-from nvi.tls import client_context
+from nvi.core.tls import client_context
 from tests.scrape import samples, value
 
 pytest_plugins = ["integration.directory_fixtures"]

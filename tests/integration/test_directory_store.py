@@ -18,7 +18,7 @@ from federation.models import (
     NodeUpdate,
     ResolveQuery,
 )
-from nvi.model import Node, Server
+from nvi.core.model import Node, Server
 
 pytest_plugins = ["integration.directory_fixtures"]
 

@@ -17,9 +17,9 @@ from cryptography import x509
 
 from federation.client import DirectoryClient
 from federation.errors import Unavailable
-from federation.local import Credentials, ServiceProcess
-from nvi.errors import NviError
-from nvi.tls import ensure_ca
+from nvi.core.errors import NviError
+from nvi.core.tls import ensure_ca
+from nvi.lab.directories import Credentials, ServiceProcess
 
 pytest_plugins = ["integration.directory_fixtures"]
 

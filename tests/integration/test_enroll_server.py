@@ -17,7 +17,7 @@ import pytest
 from federation.client import DirectoryClient
 from federation.config import StorageConfig
 from federation.errors import Unauthorized
-from federation.local import Credentials, ServiceProcess, write_config
+from nvi.lab.directories import Credentials, ServiceProcess, write_config
 from tests.conftest import REPO
 
 

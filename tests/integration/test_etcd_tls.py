@@ -13,15 +13,15 @@ from federation.client import DirectoryClient
 from federation.config import StorageConfig
 from federation.directory import Directory
 from federation.errors import Unavailable
-from federation.local import (
+from federation.service import open_store
+from nvi.core.tls import ensure_ca
+from nvi.lab.directories import (
     Credentials,
     EtcdCluster,
     ServiceProcess,
     start_etcd_cluster,
     write_config,
 )
-from federation.service import open_store
-from nvi.tls import ensure_ca
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ import pytest
 
 from hostagent.containers import BUSYBOX_IMAGE, build_context
 from hostagent.errors import AgentError
+from nvi.core.ports import KEYS, NodePort
 from nvi.lab import links
 from nvi.lab.process import running_pid
-from nvi.ports import KEYS, NodePort
 from tests.conftest import REPO
 from tests.integration.hostagent_fixtures import EMPTY, LABELS, Site, snapshot
 

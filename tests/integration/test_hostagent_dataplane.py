@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import pytest
 
 from hostagent.client import AgentClient
-from hostagent.lab import LAB_LABEL, docker_url, lab_docker_root
 from hostagent.models import NodeInfo
 from nvi.lab import links
+from nvi.lab.agents import LAB_LABEL, docker_url, lab_docker_root
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import NetnsNode, add_node, with_directory
 from nvi.lab.process import running_pid

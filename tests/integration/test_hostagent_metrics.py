@@ -11,8 +11,8 @@ import signal
 import aiohttp
 import pytest
 
+from nvi.core.tls import client_context
 from nvi.lab.process import running_pid
-from nvi.tls import client_context
 from tests.integration.hostagent_fixtures import Site
 from tests.scrape import samples, value
 

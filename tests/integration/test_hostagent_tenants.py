@@ -25,9 +25,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from federation.directory import new_token
 from federation.errors import Unavailable
 from hostagent.errors import AgentError
+from nvi.core.tokens import new_token
 from nvi.lab.process import ensure_running, running_pid, terminate
 from tests.conftest import REPO
 from tests.integration.hostagent_fixtures import EMPTY, Site, snapshot

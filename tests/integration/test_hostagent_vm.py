@@ -22,6 +22,8 @@ import pytest
 from federation.client import DirectoryClient
 from hostagent.guest import ensure_guest
 from hostagent.vmxml import VmSpec
+from nvi.core.model import Node
+from nvi.core.ports import NodePort
 from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import (
@@ -33,8 +35,6 @@ from nvi.lab.nodes import (
     with_directory,
 )
 from nvi.lab.ovs import BRIDGE
-from nvi.model import Node
-from nvi.ports import NodePort
 from tests.integration.hostagent_fixtures import example_lab, setup_vm, type_on_console
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ import pytest
 from federation.client import DirectoryClient
 from hostagent.client import AgentClient
 from hostagent.errors import AgentError
-from hostagent.lab import docker_url, lab_docker_root
 from hostagent.models import NodeInfo
 from nvi.lab import links
+from nvi.lab.agents import docker_url, lab_docker_root
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import with_directory
 from nvi.lab.process import ensure_running, running_pid

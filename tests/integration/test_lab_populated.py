@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hostagent.client import AgentClient
-from hostagent.lab import docker_url, lab_docker_root
 from nvi.lab import links
+from nvi.lab.agents import docker_url, lab_docker_root
 from nvi.lab.net import LabNet
 from nvi.lab.spec import load_lab
 from tests.conftest import REPO

@@ -21,11 +21,11 @@ import pytest
 from hostagent.errors import Failed
 from hostagent.models import Desired, NodeInfo, Phase
 from hostagent.ovs import Switch, node_port
+from nvi.core.ovsdb import InterfaceChange, Ovsdb, OvsdbError
+from nvi.core.ports import AgentPort, NodePort, vsctl_rows, vsctl_set_args
 from nvi.lab import links
 from nvi.lab.ovs import BRIDGE, OvsInstance
 from nvi.lab.process import ensure_running, stop
-from nvi.ovsdb import InterfaceChange, Ovsdb, OvsdbError
-from nvi.ports import AgentPort, NodePort, vsctl_rows, vsctl_set_args
 from openflow.service import follow_ports, read_node_ports
 
 pytestmark = pytest.mark.root

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nvi.output import ProgressLine
+from nvi.core.output import ProgressLine
 
 
 def test_a_quick_operation_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:

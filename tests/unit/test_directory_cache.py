@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from federation.client import LookupCache
 from federation.models import Change, ChangeType, Location, Resolution
-from nvi.model import Link, LinkKind, Node
+from nvi.core.model import Link, LinkKind, Node
 
 
 def node(name: str, tenant: str = "acme", network: str = "front", locator: str = "") -> Node:

@@ -26,8 +26,8 @@ from federation.models import (
     ResolveQuery,
     ServerEnroll,
 )
-from nvi.errors import NviError
-from nvi.model import Link, LinkKind, Network, Server
+from nvi.core.errors import NviError
+from nvi.core.model import Link, LinkKind, Network, Server
 
 NOW = datetime.now(UTC)
 

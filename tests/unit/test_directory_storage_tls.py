@@ -14,7 +14,7 @@ from federation.config import (
     load_config,
     render_config,
 )
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 ETCD = "https://127.0.0.1:2379"
 

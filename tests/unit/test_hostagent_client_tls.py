@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from federation.local import free_port
 from hostagent.client import AgentClient
-from nvi.errors import NviError
-from nvi.tls import KeyPair, ensure_ca, ensure_certificate, server_context
+from nvi.core.errors import NviError
+from nvi.core.tls import KeyPair, ensure_ca, ensure_certificate, server_context
+from nvi.lab.directories import free_port
 
 
 async def _empty(request: web.Request) -> web.Response:

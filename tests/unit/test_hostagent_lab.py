@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from hostagent.lab import _accepts_connections
+from nvi.lab.agents import _accepts_connections
 
 
 def test_a_listening_socket_accepts(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from hostagent.errors import Conflict
 from hostagent.models import NodeCreate, Phase
 from hostagent.ovs import node_port
 from hostagent.state import State
-from nvi.model import parse_pool
-from nvi.ports import NodePort
+from nvi.core.model import parse_pool
+from nvi.core.ports import NodePort
 
 POOL = parse_pool("198.51.100.64-198.51.100.66")
 
@@ -96,7 +96,7 @@ def test_the_agent_and_the_lab_load_without_libvirt() -> None:
     `[vm] enabled` (here the import is made to fail, as on a machine without it)."""
     code = (
         "import sys; sys.modules['libvirt'] = None\n"
-        "import hostagent.service, hostagent.lab, nvi.lab.net\n"
+        "import hostagent.service, nvi.lab.agents, nvi.lab.net\n"
         "assert sys.modules['libvirt'] is None\n"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

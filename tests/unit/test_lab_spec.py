@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from nvi.cli import main
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 from nvi.lab.spec import load_lab, parse_lab
 from openflow.flows import PAIR_IDLE_TIMEOUT
 from tests.conftest import EXAMPLE_LAB

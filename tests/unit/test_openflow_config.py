@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from nvi.cli import main
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 from openflow.flows import PAIR_IDLE_TIMEOUT
 from openflow.service import (
     ControllerConfig,

@@ -16,8 +16,8 @@ from os_ken.lib.packet import ethernet, ipv4, packet
 
 from federation.errors import DirectoryError, NotFound, Unauthorized, Unavailable
 from federation.models import Change, ChangeType, Resolution
-from nvi.model import Node
-from nvi.ports import NodePort
+from nvi.core.model import Node
+from nvi.core.ports import NodePort
 from openflow import flows as f
 from openflow.controller import OUTCOME_COUNTERS, Controller
 from openflow.decide import Outcome

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from federation.models import Resolution
-from nvi.model import Node, NodeKind
+from nvi.core.model import Node, NodeKind
 from openflow import decide
 from openflow import flows as f
 from openflow.decide import Decision, Lookup, NextHop, Outcome, Pair, Unavailable

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 from openflow.service import NextHops, Route, load_config, static_gateway
 
 CONFIG = """

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from federation.models import Resolution
-from nvi.model import Node, NodeKind
+from nvi.core.model import Node, NodeKind
 from openflow import flows as f
 from openflow import trace as t
 from openflow.simulate import Switch

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from nvi.ports import (
+from nvi.core.ports import (
     AGENT,
     KEYS,
     NAME,

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestServer
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from nvi.errors import NviError
-from nvi.tls import (
+from nvi.core.errors import NviError
+from nvi.core.tls import (
     KeyPair,
     client_context,
     ensure_ca,

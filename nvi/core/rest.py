@@ -15,10 +15,8 @@ from typing import Any, get_origin
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from federation.errors import Forbidden, InvalidRequest, NotFound
-from federation.models import Error
-from nvi.errors import NviError
-from nvi.model import Server
+from nvi.core.errors import Forbidden, InvalidRequest, NotFound, NviError
+from nvi.core.model import Server
 
 
 class Role(StrEnum):
@@ -59,6 +57,13 @@ class Call:
     def scope(self) -> str | None:
         """The tenant a tenant token is confined to (None: every tenant)."""
         return self.principal.tenant if self.principal else None
+
+
+class Error(BaseModel):
+    """Every error answer's body."""
+
+    error: str
+    details: list[dict] | None = None
 
 
 Handler = Callable[[Call], Awaitable[Any]]

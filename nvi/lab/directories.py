@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from federation.config import AuthConfig, Config, StorageConfig, TlsConfig, render_config
-from federation.directory import new_token, token_hash
-from nvi.tls import KeyPair, client_context, ensure_ca, ensure_certificate
+from nvi.core.tls import KeyPair, client_context, ensure_ca, ensure_certificate
+from nvi.core.tokens import new_token, token_hash
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 

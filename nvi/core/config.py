@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -9,7 +9,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from nvi.errors import NviError
+from nvi.core.errors import NviError
 
 
 def json_errors(errors: type[NviError], log: logging.Logger, where: str) -> Middleware:

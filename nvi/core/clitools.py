@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import click
 from pydantic import BaseModel
 
-from nvi.errors import NviError
-from nvi.output import print_json, print_table
+from nvi.core.errors import NviError
+from nvi.core.output import print_json, print_table
 
 C = TypeVar("C")
 T = TypeVar("T")

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from nvi.config import write_secret
-from nvi.errors import NviError
+from nvi.core.config import write_secret
+from nvi.core.errors import NviError
 
 CA_YEARS = 10
 CERTIFICATE_DAYS = 825
