@@ -36,7 +36,7 @@ from nvi.core.model import Link, LinkKind, Network, Node, NodeKind, Server, Tena
 from nvi.core.tls import client_context, tls_failure
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+T = TypeVar("T", bound=Resolution | Location)  # what the directory answers and the cache keeps
 
 
 @functools.cache

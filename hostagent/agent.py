@@ -102,10 +102,11 @@ class Agent:
         """Refuse what cannot work before anything is reserved."""
         driver = self.driver(request.kind)
         driver.check(request)
-        buildable = request.image == driver.default_image
-        if not buildable and not await driver.has_image(request.image):
+        wanted = request.image or driver.default_image  # a request without one means the default
+        buildable = wanted == driver.default_image
+        if not buildable and not await driver.has_image(wanted):
             known = sorted(image.name for image in await driver.images())
-            raise Invalid(f"unknown image {request.image!r}; images here: {', '.join(known)}")
+            raise Invalid(f"unknown image {wanted!r}; images here: {', '.join(known)}")
         capacity = self.config.capacity
         cpus, memory = self.state.reserved()
         if request.cpus > capacity.cpus or request.memory_mib > capacity.memory_mib:

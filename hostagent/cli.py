@@ -260,7 +260,7 @@ def create(
 ) -> None:
     """Create NAME (TENANT/NAME) on NETWORK and publish it."""
     tenant, name = _split(name, tenant)
-    body = dict(name=name, tenant=tenant, network=network, kind=kind, ip=ip)
+    body: dict[str, Any] = dict(name=name, tenant=tenant, network=network, kind=kind, ip=ip)
     body |= dict(image=image) if image else {}
     body |= dict(cpus=cpus, memory_mib=memory_mib)
     created = _run_node(

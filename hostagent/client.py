@@ -7,6 +7,7 @@ the answer's status and message.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -83,9 +84,9 @@ class AgentClient:
                 message = TypeAdapter(dict).validate_json(body)["error"]
             except (ValueError, KeyError):
                 message = body.decode(errors="replace")[:200] or str(response.reason)
-            error = AgentError(message)
-            error.status = response.status
-            raise error
+            failure = AgentError(message)
+            failure.status = response.status
+            raise failure
         return TypeAdapter(answer).validate_json(body) if answer is not None else None
 
     async def status(self) -> AgentStatus:
@@ -114,11 +115,11 @@ class AgentClient:
     async def delete(self, tenant: str, name: str) -> None:
         await self._call("DELETE", f"/v1/nodes/{tenant}/{name}")
 
-    async def drain(self, directory_token: str) -> list[NodeInfo]:
+    async def drain(self, directory_token: str) -> builtins.list[NodeInfo]:
         headers = {DIRECTORY_TOKEN: directory_token}
         return await self._call("POST", "/v1/drain", list[NodeInfo], headers=headers)
 
-    async def console(self, tenant: str, name: str) -> list[str]:
+    async def console(self, tenant: str, name: str) -> builtins.list[str]:
         return await self._call("GET", f"/v1/nodes/{tenant}/{name}/console", list[str])
 
     @contextlib.asynccontextmanager

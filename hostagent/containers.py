@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiodocker
 from aiodocker.exceptions import DockerError
+from aiodocker.types import JSONObject
 
 from hostagent.errors import Failed
 from hostagent.models import ImageInfo, NodeCreate, NodeInfo
@@ -148,7 +149,7 @@ class ContainerDriver:
 
     async def create(self, node: NodeInfo) -> None:
         """Create (not start) the node's container; CPU and memory are hard limits."""
-        config = {
+        config: JSONObject = {
             "Image": node.image,
             "Hostname": node.name,
             "Labels": {**self.labels, NODE_LABEL: node.id},

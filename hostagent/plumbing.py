@@ -55,23 +55,23 @@ async def on_thread(work: Callable[[], T], namespace: int | None = None) -> T:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def deliver(outcome: T | BaseException, failed: bool) -> None:
-        if future.done():
-            return
-        if failed:
-            future.set_exception(outcome)  # type: ignore[arg-type]
-        else:
-            future.set_result(outcome)  # type: ignore[arg-type]
+    def deliver(value: T) -> None:
+        if not future.done():
+            future.set_result(value)
+
+    def fail(error: BaseException) -> None:
+        if not future.done():
+            future.set_exception(error)
 
     def target() -> None:
         try:
             if namespace is not None:
                 netns.setns(namespace, flags=0)
-            outcome: T | BaseException = work()
-            failed = False
+            value = work()
         except BaseException as error:  # handed to the awaiting coroutine
-            outcome, failed = error, True
-        loop.call_soon_threadsafe(deliver, outcome, failed)
+            loop.call_soon_threadsafe(fail, error)
+        else:
+            loop.call_soon_threadsafe(deliver, value)
 
     threading.Thread(target=target, name="netns", daemon=True).start()
     return await future

@@ -60,7 +60,7 @@ class Channel(Protocol):
 
 
 class Resolver(Protocol):
-    async def resolve(self, ip: str, **source: str) -> Any: ...
+    async def resolve(self, ip: str | None = None, **names: str) -> Any: ...
 
 
 class Controller:
@@ -172,7 +172,8 @@ class Controller:
             if entry.table != f.T_EGRESS or entry.cookie >> f.COOKIE_CLASS_SHIFT != f.PAIR:
                 continue
             match = dict(entry.match)
-            local = self.nodes.get(match.get("in_port"))
+            in_port = match.get("in_port")
+            local = self.nodes.get(in_port) if isinstance(in_port, int) else None
             if local is None:
                 continue
             sets = {a.field: a.value for a in entry.actions if isinstance(a, f.SetField)}
@@ -310,6 +311,7 @@ class Controller:
         try:
             if question.ip is not None:
                 return await self.resolver.resolve(question.ip, source=question.source)
+            assert question.locator is not None, "a lookup names an address or a locator"
             return await self.resolver.resolve(locator=question.locator, source=question.source)
         except NotFound:
             return None

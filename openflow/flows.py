@@ -225,14 +225,26 @@ def flow(
     match: dict[str, MatchValue],
     actions: list[Action],
     cookie: int,
-    **timers: int | bool,
+    *,
+    idle_timeout: int = 0,
+    hard_timeout: int = 0,
+    notify_removal: bool = False,
 ) -> Flow:
     """The one way this module builds a flow: checked against its table's declaration."""
     declared = PIPELINE.get(table)
     if declared is None:
         raise ValueError(f"no table {table} in the pipeline")
     declared.check(match, actions)
-    return Flow(table, priority, tuple(match.items()), tuple(actions), cookie, **timers)
+    return Flow(
+        table,
+        priority,
+        tuple(match.items()),
+        tuple(actions),
+        cookie,
+        idle_timeout=idle_timeout,
+        hard_timeout=hard_timeout,
+        notify_removal=notify_removal,
+    )
 
 
 @dataclass(frozen=True)
@@ -383,7 +395,7 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
     """
     base = cookie(BASE, node.locator)
     gw_mac = gateway_mac(node.tenant, node.network)
-    own = {"in_port": node.port, "eth_src": node.mac}
+    own: dict[str, MatchValue] = {"in_port": node.port, "eth_src": node.mac}
     return [
         flow(
             T_CLASSIFY,
@@ -477,8 +489,11 @@ def conversation_flows(
     local, remote = pair.local, pair.remote
     pair_cookie = cookie(PAIR, local.locator, remote.locator)
     gw_mac = gateway_mac(local.tenant, local.network)
-    timers = {"idle_timeout": idle_timeout}
-    egress_match = {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": remote.ip}
+    egress_match: dict[str, MatchValue] = {
+        "in_port": local.port,
+        "eth_type": ETH_IP,
+        "ipv4_dst": remote.ip,
+    }
     if pair.remote_port is not None:
         return [
             flow(
@@ -492,7 +507,7 @@ def conversation_flows(
                 ],
                 pair_cookie,
                 notify_removal=True,
-                **timers,
+                idle_timeout=idle_timeout,
             )
         ]
     if pair.next_hop_mac is None:
@@ -511,7 +526,7 @@ def conversation_flows(
             ],
             pair_cookie,
             notify_removal=True,
-            **timers,
+            idle_timeout=idle_timeout,
         ),
         flow(
             T_INGRESS,
@@ -525,7 +540,7 @@ def conversation_flows(
                 Output(local.port),
             ],
             pair_cookie,
-            **timers,
+            idle_timeout=idle_timeout,
         ),
     ]
 

@@ -28,7 +28,7 @@ from pyroute2 import IPRoute
 
 from federation.client import CachedResolver, DirectoryClient
 from nvi.core.config import load_toml_model
-from nvi.core.ovsdb import Ovsdb
+from nvi.core.ovsdb import InterfaceChange, Ovsdb
 from nvi.core.ports import NodePort
 from openflow.controller import Controller
 from openflow.flows import PAIR_IDLE_TIMEOUT
@@ -138,7 +138,11 @@ async def follow_ports(ovsdb: Ovsdb, controller: Controller) -> None:
     refresh set the flag again: none is lost, a burst costs one or two refreshes."""
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
-    ovsdb.watch_interfaces(lambda _: loop.call_soon_threadsafe(changed.set))
+
+    def notify(_: InterfaceChange) -> None:
+        loop.call_soon_threadsafe(changed.set)
+
+    ovsdb.watch_interfaces(notify)
     while True:
         await changed.wait()
         changed.clear()

@@ -236,7 +236,7 @@ def verdict(trace: Trace, uplink: int, nodes: Mapping[int, str]) -> Verdict:
         if f.CONTROLLER in sent:
             return Verdict(Outcome.CONTROLLER, _why_controller(hit), hit, f.CONTROLLER)
         for port in sent:
-            if port in nodes:
+            if isinstance(port, int) and port in nodes:
                 return Verdict(Outcome.DELIVERED, f"out {nodes[port]}'s port", hit, port)
             if port == uplink:
                 return Verdict(Outcome.UPLINK, "out the uplink, onto the underlay", hit, port)
@@ -448,8 +448,12 @@ class Hop:
         if v.outcome == Outcome.UPLINK:
             text = f"rewritten to {final.get('nw_src')} → {final.get('nw_dst')}, out the uplink"
         elif v.outcome == Outcome.DROPPED:
-            by = f" in table {v.hit.table} by “{role(v.hit)}” ({self.meaning(v.hit)})"
-            text = f"dropped{by if v.hit else ''}: {v.reason}"
+            by = (
+                f" in table {v.hit.table} by “{role(v.hit)}” ({self.meaning(v.hit)})"
+                if v.hit
+                else ""
+            )
+            text = f"dropped{by}: {v.reason}"
             if self.decision is not None:
                 text += f"; the directory now says: {self.decision.short}"
         elif v.outcome == Outcome.DELIVERED:

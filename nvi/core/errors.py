@@ -1,6 +1,8 @@
 """The exception type the CLI turns into a one-line message and a non-zero exit, and the
 HTTP failures every REST service answers with (the REST framework raises them)."""
 
+from typing import Any
+
 
 class NviError(Exception):
     """A failure a user can act on; its message is shown as-is, without a traceback."""
@@ -14,6 +16,7 @@ class HttpError(NviError):
 
 class InvalidRequest(HttpError):
     status = 422
+    details: list[dict[str, Any]] | None = None  # one entry per failed field, when validated
 
 
 class Unauthorized(HttpError):

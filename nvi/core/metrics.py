@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -41,7 +41,7 @@ class HttpMetrics:
         """Outermost middleware: it sees the status the client gets (after JSON errors)."""
 
         @web.middleware
-        async def measure(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+        async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
             started = time.perf_counter()
             status = 500
             try:
@@ -92,7 +92,7 @@ def openapi_path() -> dict[str, Any]:
     }
 
 
-def metrics_handler(registry: CollectorRegistry) -> web.Handler:
+def metrics_handler(registry: CollectorRegistry) -> Handler:
     """`GET /metrics`: the registry in Prometheus' text format."""
 
     async def metrics(_: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, get_origin
+from typing import Any, Literal, get_origin
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -224,7 +224,9 @@ class Api:
         """The OpenAPI 3.1 document of every declared operation."""
         components: dict[str, Any] = {}
 
-        def schema(kind: Any, mode: str = "serialization") -> dict[str, Any]:
+        def schema(
+            kind: Any, mode: Literal["validation", "serialization"] = "serialization"
+        ) -> dict[str, Any]:
             generated = TypeAdapter(kind).json_schema(
                 ref_template="#/components/schemas/{model}", mode=mode
             )

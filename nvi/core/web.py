@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from nvi.core.errors import NviError
 
@@ -17,7 +17,7 @@ def json_errors(errors: type[NviError], log: logging.Logger, where: str) -> Midd
     into JSON answers; anything else is logged and answered 500, pointing at `where`."""
 
     @web.middleware
-    async def middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except errors as error:

@@ -4,6 +4,7 @@ stopped by PID. The tests, the benchmark and the lab use these to run real clust
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -203,7 +204,7 @@ def start_etcd_cluster(root: Path, size: int = 3, tls: bool = False) -> EtcdClus
         for member in members:
             cluster.start(member)
         for member in members:
-            wait_until(lambda m=member: cluster.healthy(m), 30, f"etcd member {member.name}")
+            wait_until(functools.partial(cluster.healthy, member), 30, f"etcd member {member.name}")
     except BaseException:
         cluster.stop_all()
         raise
@@ -239,7 +240,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         log = open(self.config_path.with_suffix(".log"), "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
+        self.process = process = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
@@ -255,7 +256,7 @@ class ServiceProcess:
         log.close()
 
         def ready() -> bool:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 log_text = self.config_path.with_suffix(".log").read_text()[-2000:]
                 raise RuntimeError(f"the directory service exited: {log_text}")
             return http_json(self.url + "/v1/health", client_context(self.ca_file)) is not None

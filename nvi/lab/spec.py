@@ -165,8 +165,14 @@ class Lab(_Strict):
         raise NviError(f"lab {self.name} has no server {name!r}")
 
     def member_names(self) -> list[str]:
-        directory = [self.directory] if self.directory else []
-        return [m.name for m in (*self.clouds, *self.routers, *self.servers, *directory)]
+        members: list[Cloud | Router | Server | Directory] = [
+            *self.clouds,
+            *self.routers,
+            *self.servers,
+        ]
+        if self.directory:
+            members.append(self.directory)
+        return [m.name for m in members]
 
     def gateways(self, clouds: set[str], member: str) -> list[tuple[str, str]]:
         """(subnet, gateway) routes for a member attached to `clouds`, towards every other cloud.

@@ -434,6 +434,14 @@ def test_a_drop_names_the_flow_that_dropped() -> None:
     assert hop.short() == "s1 drops it (anti-spoofing: drop)"
 
 
+def test_a_drop_with_no_flow_hit_is_still_summarised() -> None:
+    trace = t.Trace(flow={}, hits=(), final={}, datapath_actions="drop")
+    verdict = t.verdict(trace, 1, NODES_S1)
+    assert verdict.hit is None
+    hop = t.Hop("s1", 2, PROBE, trace, verdict, LABELS)
+    assert hop.summary().startswith("s1: dropped: no flow matches")
+
+
 # -- the packet ---------------------------------------------------------------------------
 
 
