@@ -20,6 +20,11 @@ def test_ruff_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
+def test_the_code_is_formatted() -> None:
+    result = _run(str(BIN / "ruff"), "format", "--check", ".")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
 def test_mypy_finds_nothing_in_the_packages() -> None:
     result = _run(str(BIN / "mypy"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
