@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 
-from nvinet import main, parser
-from nvitopo import NviTopo
+from nvi.mininet.command import main, parser
+from nvi.mininet.topo import NviTopo
 
 MAX_SERVERS = 20  # each server runs a controller process (~70 MB); names stay within 15 chars
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from nvinet import main, parser
-from nvitopo import NviTopo
+from nvi.mininet.command import main, parser
+from nvi.mininet.topo import NviTopo
 
 
 class TwoServers(NviTopo):

@@ -2,8 +2,8 @@
 their nodes.
 
 A topology is only a description, a Mininet `Topo` with NVI's facts in its node and link
-options; `nvinet.NviNet` realises it (as Mininet's `Mininet` realises a `Topo`). Names here are
-short (`s1`, `r1`): the realiser prefixes each with the run's tag, and every interface name
+options; `nvi.mininet.net.NviNet` realises it (as Mininet's `Mininet` realises a `Topo`). Names
+here are short (`s1`, `r1`): the realiser prefixes each with the run's tag, and every interface name
 (`<tag>_<name>-eth<port>`) must fit Linux's 15 characters, so keep names to 3 characters.
 """
 

@@ -1,4 +1,4 @@
-"""Realise an NVI topology (`nvitopo.NviTopo`) with Mininet, run its checks, open the CLI.
+"""Realise an NVI topology (`nvi.mininet.topo.NviTopo`) with Mininet, and remove it again.
 
 Each NVI server is one Mininet `OVSSwitch` (userspace datapath, OpenFlow 1.3, fail-secure)
 with its own `nvi controller serve`; no server knows another. Tenant nodes are Mininet hosts,
@@ -24,10 +24,8 @@ every terminal tunnel. Leaving a run (normally, by an error, Ctrl-C or SIGTERM) 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import functools
 import hashlib
 import ipaddress
 import json
@@ -41,16 +39,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mininet.cli import CLI
-from mininet.log import error, info, setLogLevel
+from mininet.log import error, info
 from mininet.net import Mininet
 from mininet.node import Controller, Host, Node, OVSBridge, OVSSwitch
-from nvitopo import NODE, ROUTER, SEGMENT, SERVER, UPLINK_PORT, NviTopo
 from pyroute2 import netns
 
 from federation.client import DirectoryClient
@@ -62,24 +58,15 @@ from nvi.lab import links, process
 from nvi.lab.agents import SERVER_TOKEN
 from nvi.lab.nodes import node_mac
 from nvi.lab.ovs import OvsInstance
+from nvi.mininet.topo import NODE, ROUTER, SEGMENT, SERVER, UPLINK_PORT, NviTopo
 
 TAG = re.compile(r"nm[0-9a-f]{4}")
 DIRECTORY_PORT = 7480
 FIRST_CONTROLLER_PORT = 6653
 FIRST_METRICS_PORT = 9653  # the controllers share one namespace: one /metrics port each
-BANNER_PORT = 7000
 MAX_IFNAME = 15  # Linux's limit (IFNAMSIZ - 1)
 QUIET = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 CONVERSATIONS = "cookie=0x0200000000000000/0xff00000000000000"  # openflow/flows.py class PAIR
-# Each node answers TCP connections on BANNER_PORT with its name: who answered, not just "someone".
-BANNER = (
-    "import socket, sys\n"
-    "server = socket.create_server(('', int(sys.argv[2])))\n"
-    "while True:\n"
-    "    connection, _ = server.accept()\n"
-    "    connection.sendall(sys.argv[1].encode())\n"
-    "    connection.close()\n"
-)
 
 
 def run_root() -> Path:
@@ -602,213 +589,3 @@ def _local_mac(name: str) -> str:
     """A fixed, locally administered MAC for a server's bridge: the same in every flow dump."""
     digest = hashlib.sha256(name.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
-
-
-# -- checks ---------------------------------------------------------------------------------------
-
-
-Step = tuple[str, str, str | None]  # node, address, the node expected to answer (None: nobody)
-
-
-@dataclass(frozen=True)
-class Check:
-    """One step's outcome. Kinds: `reach` (ping, and TCP answered by `expected`), `mtu`
-    (1500-byte packets, DF set), `isolated` (an address only other tenants hold: no answer)."""
-
-    kind: str
-    source: str
-    address: str
-    expected: str | None
-    ok: bool
-    detail: str
-
-
-def plan(topo: NviTopo) -> list[Step]:
-    """Each node reaches a node of its own tenant on the next server, at an address other
-    tenants use too; nodes on the first and last server try every address that only other
-    tenants hold."""
-    servers = topo.members(SERVER)
-    nodes = {name: topo.nodeInfo(name) for name in topo.members(NODE)}
-    steps: list[Step] = []
-    for name, node in nodes.items():
-        following = servers[(servers.index(node["server"]) + 1) % len(servers)]
-        peers = [
-            p
-            for p, i in nodes.items()
-            if i["tenant"] == node["tenant"] and i["server"] == following and p != name
-        ]
-        if peers:
-            steps.append((name, nodes[peers[0]]["ip"], peers[0]))
-    for name, node in nodes.items():
-        if node["server"] not in (servers[0], servers[-1]):
-            continue
-        own = {i["ip"] for i in nodes.values() if i["tenant"] == node["tenant"]}
-        foreign = sorted({i["ip"] for i in nodes.values()} - own)
-        steps += [(name, address, None) for address in foreign]
-    return steps
-
-
-def run_checks(run: NviNet) -> list[Check]:
-    """Carry out `plan`. Every node runs a tiny TCP server that answers with its own name, so
-    a check sees who answered, not only that someone did."""
-    assert run.net is not None
-    hosts = {name: run.net[name] for name in run.members}
-    banners = {}
-    for name, host in hosts.items():
-        host.cmd(f"{sys.executable} -c {shlex.quote(BANNER)} {run.name(name)} {BANNER_PORT} &")
-        banners[name] = host.lastPid
-    checks = []
-    for source, address, expected in plan(run.topo):
-        if expected is None:
-            checks.append(_isolated(hosts[source], source, address))
-        else:
-            checks += _reach(hosts[source], source, address, expected, run.name(expected))
-    # Interrupted before here, the shells are ended with their process groups by `down`.
-    for name, pid in banners.items():
-        hosts[name].cmd(f"kill {pid}")
-    return checks
-
-
-def _reach(host: Host, source: str, address: str, expected: str, banner: str) -> list[Check]:
-    """A busy machine may be slow with a first packet: each part gets three tries."""
-    pinged = _succeeds(host, f"ping -c 5 -i 0.2 -W 2 {address}", tries=3)
-    answer = _banner(host, address, tries=3)
-    detail = f"ping {'ok' if pinged else 'FAILED'}, TCP answered by {answer}"
-    full = _succeeds(host, f"ping -c 3 -i 0.2 -W 2 -M do -s 1472 {address}", tries=3)
-    return [
-        Check("reach", source, address, expected, pinged and answer == banner, detail),
-        Check("mtu", source, address, expected, full, "1500-byte packets, DF set: no overhead"),
-    ]
-
-
-def _isolated(host: Host, source: str, address: str) -> Check:
-    """One try each: silence is the expected answer."""
-    pinged = _succeeds(host, f"ping -c 3 -i 0.2 -W 1 {address}", tries=1)
-    answer = _banner(host, address, tries=1)
-    detail = f"ping {'ANSWERED' if pinged else 'no answer'}, TCP {answer or 'no answer'}"
-    return Check("isolated", source, address, None, not (pinged or answer), detail)
-
-
-def _succeeds(host: Host, command: str, tries: int) -> bool:
-    for _ in range(tries):
-        if host.cmd(f"{command} >/dev/null 2>&1; echo $?").strip().splitlines()[-1:] == ["0"]:
-            return True
-    return False
-
-
-def _banner(host: Host, address: str, tries: int) -> str | None:
-    """Who answers TCP on `address`, or None: `bash` connects through /dev/tcp."""
-    for attempt in range(tries):
-        answer = host.cmd(
-            f"timeout 2 bash -c 'cat < /dev/tcp/{address}/{BANNER_PORT}' 2>/dev/null"
-        ).strip()
-        if answer:
-            return answer
-        if attempt + 1 < tries:
-            time.sleep(1)
-    return None
-
-
-# -- the command line -----------------------------------------------------------------------------
-
-
-def parser(description: str) -> argparse.ArgumentParser:
-    """The options every example shares; an example adds its topology's own."""
-    arguments = argparse.ArgumentParser(description=description)
-    arguments.add_argument(
-        "--check", action="store_true", help="run the checks and exit (no CLI); exit 1 if one fails"
-    )
-    arguments.add_argument("--tag", type=_tag, help="name of this run: nm + 4 hex digits (random)")
-    arguments.add_argument("--report", type=Path, help="write the checks' results here (JSON)")
-    arguments.add_argument(
-        "--down", metavar="TAG", type=_tag, help="remove what a killed run TAG left, and exit"
-    )
-    return arguments
-
-
-def main(
-    make_topo: Callable[[argparse.Namespace], NviTopo], arguments: argparse.ArgumentParser
-) -> None:
-    """Build the topology, check it, show how to read its flows, open Mininet's CLI (unless
-    --check), and remove everything on the way out, however it is left."""
-    args = arguments.parse_args()
-    if os.geteuid() != 0:
-        sys.exit(f"{arguments.prog}: needs root (network namespaces, Open vSwitch)")
-    if args.down:
-        print("\n".join(down(args.down) or [f"nothing left of run {args.down}"]))
-        return
-    setLogLevel("info")
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # leave through `with`, which removes the run
-        signal.signal(sig, functools.partial(_leave, os.getpid()))
-    run = NviNet(make_topo(args), args.tag)
-    try:
-        with run:
-            checks = run_checks(run)
-            show(run, checks)
-            if args.report:  # written whole, then renamed: a reader never sees half of it
-                partial = args.report.with_name(args.report.name + ".partial")
-                partial.write_text(json.dumps(report(run, checks), indent=2))
-                partial.replace(args.report)
-            if not args.check:
-                CLI(run.net)
-    except NviError as failure:
-        sys.exit(f"{arguments.prog}: {failure}")
-    except KeyboardInterrupt:
-        sys.exit(f"{arguments.prog}: interrupted; run {run.tag} removed")
-    sys.exit(0 if all(check.ok for check in checks) else 1)
-
-
-def _leave(owner: int, number: int, _: object) -> None:
-    """On SIGTERM or SIGHUP, unwind (and so remove the run) in this process only; a forked copy
-    (pyroute2 forks helpers, and signals them) just ends."""
-    if os.getpid() != owner:
-        os._exit(128 + number)
-    sys.exit(128 + number)
-
-
-def _tag(text: str) -> str:
-    if not TAG.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not nm and 4 hex digits, e.g. nm3f2a")
-    return text
-
-
-def report(run: NviNet, checks: list[Check]) -> dict[str, Any]:
-    return {
-        "tag": run.tag,
-        "rundir": str(run.rundir),
-        "ok": all(check.ok for check in checks),
-        "nodes": {name: asdict(member) for name, member in run.members.items()},
-        "checks": [asdict(check) for check in checks],
-    }
-
-
-def show(run: NviNet, checks: list[Check]) -> None:
-    """What was built, what the checks found, the conversations they left on each server, and
-    where to look next."""
-    assert run.net is not None
-    print(
-        f"\nrun {run.tag}: tenant nodes (topology name, tenant/network, address, server, locator)"
-    )
-    for m in run.members.values():
-        print(f"  {m.name:4} {m.tenant + '/' + m.network:12} {m.ip:15} {m.server:4} {m.locator}")
-    print("\nchecks:")
-    for c in checks:
-        target = f"{c.address} ({c.expected or 'nobody'})"
-        print(f"  {'ok  ' if c.ok else 'FAIL'} {c.kind:8} {c.source:4} -> {target:26} {c.detail}")
-    for server in run.topo.members(SERVER):
-        flows = run.net[server].dpctl("dump-flows", "--no-stats", "-O", "OpenFlow13", CONVERSATIONS)
-        print(f"\nconversation flows on {server} (cookie class 0x02):")
-        print(
-            "".join(f"  {line.strip()}\n" for line in flows.splitlines() if "cookie=" in line),
-            end="",
-        )
-    first, tenant = run.topo.members(SERVER)[0], next(iter(run.topo.tenants))
-    print(
-        f"\nEvery flow of {first}, from any shell (the run's own Open vSwitch):\n"
-        f"  OVS_RUNDIR={run.ovs.rundir} ovs-ofctl -O OpenFlow13 dump-flows {run.name(first)}\n"
-        "or in the CLI: `dpctl dump-flows -O OpenFlow13` (every switch). The directory:\n"
-        f"  ip netns exec {run.tag} {Path(sys.executable).parent / 'nvi'} directory nodes {tenant}"
-        f" --url {run.directory_url} --ca-file {run.ca_file}"
-        f" --token-file {run.rundir / 'directory' / 'admin.token'}\n"
-        f"Controller logs: {run.rundir}/<server>/controller.log. Files: {run.rundir}\n"
-    )

@@ -1,0 +1,2 @@
+"""NVI on Mininet, for researchers: topologies whose servers are NVI servers (top layer: nothing
+in NVI imports it)."""
