@@ -317,7 +317,7 @@ class NviNet:
             credentials = {server: await self._enroll(client, server) for server in self._servers}
         for name in self.topo.members(NODE):
             node = self.topo.nodeInfo(name)
-            network = networks[node["tenant"], node["network"]]
+            subnet = networks[node["tenant"], node["network"]]
             locator = next(pools[node["server"]], None)
             if locator is None:
                 raise NviError(f"server {node['server']}: locator pool is exhausted")
@@ -342,8 +342,8 @@ class NviNet:
                 network=record.network,
                 server=record.server,
                 ip=record.ip,
-                cidr=network.cidr,
-                gateway=network.gateway,
+                cidr=subnet.cidr,
+                gateway=subnet.gateway,
                 mac=record.mac,
                 locator=record.locator,
                 node_id=record.id,
