@@ -27,7 +27,7 @@ from openflow import flows as f
 from openflow import trace as t
 from openflow.service import ControllerConfig, load_config
 
-BRIDGE = "br-int"
+BRIDGE = "br-int"  # the agent's default bridge; the controller's config does not name one
 
 # Runs one piece of work with a client of the directory holding the server's credential.
 Ask = Callable[[Callable[[DirectoryClient], Awaitable[Any]]], Any]
