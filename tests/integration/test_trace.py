@@ -54,19 +54,22 @@ class Lab:
             env={**os.environ, "NVI_RUN_DIR": str(self.run_dir)},
         )
 
-    def server_trace(self, server: str, *args: str) -> dict[str, Any]:
+    def nvi_trace_here(self, server: str, *args: str) -> subprocess.CompletedProcess:
         """`nvi trace --config` inside the server's namespace, from its controller.toml alone."""
         config = self.net.rundir / server / "controller.toml"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OVS_", "NVI_RUN"))}
-        done = subprocess.run(
+        return subprocess.run(
             ["ip", "netns", "exec", self.net.netns(server), sys.executable, "-m", "nvi"]
-            + ["trace", "--config", str(config), *args, "-o", "json"],
+            + ["trace", "--config", str(config), *args],
             capture_output=True,
             text=True,
             timeout=60,
             env=env,
             cwd="/",
         )
+
+    def server_trace(self, server: str, *args: str) -> dict[str, Any]:
+        done = self.nvi_trace_here(server, *args, "-o", "json")
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -257,3 +260,8 @@ def test_on_one_server_from_its_own_config_as_the_lab_traces_it(lab: Lab) -> Non
             assert mine["next"] == (
                 f"the packet leaves towards locator {locator}; run nvi trace on that server"
             )
+    table = lab.nvi_trace_here("s1", "red11", "10.0.0.13")
+    assert table.returncode == 0, table.stderr
+    red13 = lab.nodes["red13"].locator
+    last = table.stdout.strip().splitlines()[-1]
+    assert last == f"the packet leaves towards locator {red13}; run nvi trace on that server"
