@@ -6,7 +6,7 @@ switch really holds, without sending it or touching counters. This module is the
 cookie (`openflow.flows`' layout) and says in words what became of the packet, and what the
 controller would decide for a first packet given the directory's answer: the controller's own
 decision functions (`openflow.decide`) decide, this module only puts their verdict in words.
-`nvi.lab.trace` runs the traces and asks the directory; unit tests feed this module captured
+`nvi.trace` runs the traces and asks the directory; unit tests feed this module captured
 real outputs.
 """
 

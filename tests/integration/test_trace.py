@@ -54,6 +54,25 @@ class Lab:
             env={**os.environ, "NVI_RUN_DIR": str(self.run_dir)},
         )
 
+    def nvi_trace_here(self, server: str, *args: str) -> subprocess.CompletedProcess:
+        """`nvi trace --config` inside the server's namespace, from its controller.toml alone."""
+        config = self.net.rundir / server / "controller.toml"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OVS_", "NVI_RUN"))}
+        return subprocess.run(
+            ["ip", "netns", "exec", self.net.netns(server), sys.executable, "-m", "nvi"]
+            + ["trace", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd="/",
+        )
+
+    def server_trace(self, server: str, *args: str) -> dict[str, Any]:
+        done = self.nvi_trace_here(server, *args, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
     def trace(self, *args: str) -> dict[str, Any]:
         done = self.nvi_trace(*args, "-o", "json")
         assert done.returncode == 0, done.stderr
@@ -209,3 +228,40 @@ def test_names_and_bad_input(lab: Lab) -> None:
         done = lab.nvi_trace(*args)
         assert done.returncode == 1 and done.stderr.startswith(message), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_on_one_server_from_its_own_config_as_the_lab_traces_it(lab: Lab) -> None:
+    """`nvi trace --config` inside a server's namespace, with nothing but that server's
+    controller.toml (no lab file, no OVS_RUNDIR), says what the lab form says of that server."""
+    cases = [  # server, node, destination, onward locator (None: it stays), outcomes here
+        # allowed, to s3: at the controller, or after a ping along the installed conversation
+        ("s1", "red11", "10.0.0.13", lab.nodes["red13"].locator, {"allowed", "uplink"}),
+        ("s1", "red11", "10.0.0.99", None, {"denied"}),  # no such node in tenant red
+        ("s3", "blue13", "10.0.0.14", None, {"allowed", "delivered"}),  # on the server itself
+    ]
+    for server, node, destination, locator, outcomes in cases:
+        whole = lab.trace(node, destination, "--tcp", "443")
+        mine = lab.server_trace(server, node, destination, "--tcp", "443")
+        address = lab.net.lab.server(server).address
+        assert (mine["server"], mine["node"]) == (address, whole["node"])
+        assert mine["outcome"] in outcomes, mine["verdict"]
+        here, there = mine["hops"][0], whole["hops"][0]
+        assert (here["server"], there["server"]) == (address, server)
+        for key in ("in_port", "in_port_name", "packet", "outcome", "reason", "port", "final_flow"):
+            assert here[key] == there[key], key
+        assert [(x["table"], x["priority"], x["cookie"], x["role"]) for x in here["flows"]] == [
+            (x["table"], x["priority"], x["cookie"], x["role"]) for x in there["flows"]
+        ]
+        assert here["controller"] == there["controller"]
+        assert here["summary"] == there["summary"].replace(server, address, 1)
+        if locator is None:
+            assert (mine["outcome"], mine["next"]) == (whole["outcome"], None)
+        else:
+            assert mine["next"] == (
+                f"the packet leaves towards locator {locator}; run nvi trace on that server"
+            )
+    table = lab.nvi_trace_here("s1", "red11", "10.0.0.13")
+    assert table.returncode == 0, table.stderr
+    red13 = lab.nodes["red13"].locator
+    last = table.stdout.strip().splitlines()[-1]
+    assert last == f"the packet leaves towards locator {red13}; run nvi trace on that server"
