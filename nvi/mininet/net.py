@@ -59,6 +59,7 @@ from nvi.lab.agents import SERVER_TOKEN
 from nvi.lab.nodes import node_mac
 from nvi.lab.ovs import OvsInstance
 from nvi.mininet.topo import NODE, ROUTER, SEGMENT, SERVER, UPLINK_PORT, NviTopo
+from openflow.service import ControllerConfig, Route, render_config
 
 TAG = re.compile(r"nm[0-9a-f]{4}")
 DIRECTORY_PORT = 7480
@@ -367,20 +368,18 @@ class NviNet:
         folder = self.rundir / server
         port = FIRST_CONTROLLER_PORT + index
         facts = self.topo.nodeInfo(server)
-        routes = "".join(
-            f'\n[[routes]]\nprefix = "{prefix}"\n' + (f'via = "{via}"\n' if via else "")
-            for prefix, via in self.topo.routes(server)
+        config = ControllerConfig(
+            address=facts["address"],
+            directory=self.directory_url,
+            token_file=Path(SERVER_TOKEN),
+            ca_file=Path(self.ca_file),
+            ovsdb=f"unix:{self.ovs.db_socket}",
+            listen_port=port,
+            metrics_port=FIRST_METRICS_PORT + index,
+            uplink=self.intf(server, UPLINK_PORT),
+            routes=[Route(prefix=prefix, via=via) for prefix, via in self.topo.routes(server)],
         )
-        (folder / "controller.toml").write_text(
-            f'address = "{facts["address"]}"\n'
-            f'directory = "{self.directory_url}"\n'
-            f'token_file = "{SERVER_TOKEN}"\n'
-            f'ca_file = "{self.ca_file}"\n'
-            f'ovsdb = "unix:{self.ovs.db_socket}"\n'
-            f"listen_port = {port}\n"
-            f"metrics_port = {FIRST_METRICS_PORT + index}\n"
-            f'uplink = "{self.intf(server, UPLINK_PORT)}"\n' + routes
-        )
+        (folder / "controller.toml").write_text(render_config(config))
         argv = (sys.executable, "-m", "nvi", "controller", "serve", "--config")
         daemon = process.Daemon(
             name="controller",
