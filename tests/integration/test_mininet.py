@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import secrets
 import signal
 import subprocess
@@ -173,3 +174,35 @@ def test_a_killed_run_is_removed_by_down(tag: str, run_root: Path, tmp_path) -> 
         example("two_servers.py", "--down", tag), env=environment(run_root), capture_output=True
     )
     assert again.returncode == 0 and b"nothing left" in again.stdout
+
+
+def test_the_custom_file_gives_mn_an_nvi_topology_and_a_controller_per_server() -> None:
+    """`mn --custom examples/mininet/nvi_custom.py --topo nvi,3 --switch nvi --host nvi
+    --controller nvi`, loaded the way `mn` loads it. `mn` itself is not run: on any error its exit
+    path calls Mininet's machine-wide cleanup (every controller and ping on the machine, every
+    OVS bridge), and it uses the machine's own namespace and Open vSwitch. So the file is run
+    with runpy and its tables are read with `mn`'s own helpers (`buildTopo`, `customClass`)."""
+    from mininet.util import buildTopo, customClass
+
+    from nvi.mininet.mn import NviFederation, NviServerSwitch
+    from nvi.mininet.net import NviHost
+
+    customs = runpy.run_path(str(EXAMPLES / "nvi_custom.py"))
+    topo = buildTopo(customs["topos"], "nvi,3")
+    assert issubclass(customClass(customs["switches"], "nvi"), NviServerSwitch)
+    assert issubclass(customClass(customs["hosts"], "nvi"), NviHost)
+    assert issubclass(customClass(customs["controllers"], "nvi"), NviFederation)
+    servers = topo.members("server")
+    assert servers == ["s1", "s2", "s3"]
+    # Each server carries what its own controller's config needs; no two share a locator pool.
+    facts = [topo.nodeInfo(s) for s in servers]
+    assert [f["routes"] for f in facts] == [[("198.51.100.0/24", None)]] * 3
+    assert len({f["locators"] for f in facts}) == 3
+    assert {(topo.nodeInfo(n)["tenant"], topo.nodeInfo(n)["ip"]) for n in ("r1", "b1")} == {
+        ("red", "10.0.0.11/24"),
+        ("blue", "10.0.0.11/24"),
+    }
+    # A server's links: the uplink on port 1, then its own nodes only.
+    ports = {(a, b): info["port1"] for a, b, info in topo.links(withInfo=True) if "s2" in (a, b)}
+    assert ports[("s2", "u1")] == 1
+    assert {pair for pair in ports if pair != ("s2", "u1")} == {("r2", "s2"), ("b2", "s2")}
