@@ -21,7 +21,7 @@ from nvi.core.errors import NviError
 @dataclass(frozen=True)
 class Daemon:
     """How to run one process of a lab member; `ready` is a path that exists once it serves,
-    or a check that answers True once it does."""
+    or a check that answers True once it does. `netns` "" runs it in the caller's own namespace."""
 
     name: str
     netns: str
@@ -62,7 +62,7 @@ def ensure_running(daemon: Daemon, timeout: float = 10.0) -> tuple[int, bool]:
         daemon.ready.unlink(missing_ok=True)
     with daemon.log.open("ab") as log:
         process = subprocess.Popen(
-            ["ip", "netns", "exec", daemon.netns, *daemon.argv],
+            ["ip", "netns", "exec", daemon.netns, *daemon.argv] if daemon.netns else daemon.argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

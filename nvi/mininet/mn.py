@@ -14,21 +14,20 @@ import asyncio
 import os
 import shlex
 import shutil
-import subprocess
-import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mininet.node import Controller, OVSSwitch
+from mininet.node import Controller, Node, OVSSwitch
 
 from federation.client import DirectoryClient
 from nvi.core.config import write_secret
 from nvi.core.errors import NviError
 from nvi.core.model import parse_pool
 from nvi.core.ports import NodePort, vsctl_set_args
+from nvi.lab import process
 from nvi.lab.agents import SERVER_TOKEN
-from nvi.mininet.net import DIRECTORY_PORT, FIRST_CONTROLLER_PORT, FIRST_METRICS_PORT, NviHost
+from nvi.mininet.net import DIRECTORY_PORT, NviHost, controller_daemon, start_directory
 from nvi.mininet.topo import SEGMENT, SERVER, UPLINK_PORT, NviTopo
 
 
@@ -38,6 +37,7 @@ class NviServers(NviTopo):
 
     def build(self, servers: int = 3) -> None:
         self.addSegment("u1", "198.51.100.0/24")
+        self.nodeInfo("u1")["dpid"] = "ff01"  # not s1's (Mininet takes a dpid from the digits)
         for tenant in ("red", "blue"):
             self.addTenant(tenant, {"net": "10.0.0.0/24"})
         for i in range(1, servers + 1):
@@ -54,17 +54,23 @@ class NviServers(NviTopo):
                 info["ip"] += "/" + info["cidr"].split("/")[1]
 
 
-class ServerController(Controller):
-    """One server's `nvi controller serve`, started by `NviFederation.serve`."""
+# `mn` gives every switch a passive OpenFlow port from 6654 up (`--listenport`, for `dpctl`), in
+# the same namespace as the controllers: theirs must lie elsewhere.
+FIRST_CONTROLLER_PORT = 16653
+FIRST_METRICS_PORT = 19653
 
-    def __init__(self, name: str, port: int) -> None:
-        super().__init__(name, ip="127.0.0.1", port=port)
 
-    def checkListening(self) -> None:
-        """Started later, by the federation (Mininet's check needs telnet)."""
+@dataclass(frozen=True)
+class ServerController:
+    """Where one server switch finds its own controller: all `OVSSwitch.start` reads of a
+    controller. Not a Mininet node (no shell): its process is `NviFederation`'s."""
 
-    def start(self) -> None:
-        """Already running."""
+    name: str
+    port: int
+    protocol: str = "tcp"
+
+    def IP(self) -> str:  # noqa: N802 - Mininet's name
+        return "127.0.0.1"
 
 
 class NviFederation(Controller):
@@ -73,7 +79,7 @@ class NviFederation(Controller):
     def __init__(self, name: str, **params: Any) -> None:
         self.rundir = Path(os.environ.get("NVI_RUN_DIR", "/run/nvi")) / "mn" / str(os.getpid())
         self.servers: dict[str, ServerController] = {}
-        self.pids: list[int] = []
+        self.daemons: list[process.Daemon] = []
         self.admin = ""
         self.tenant_tokens: dict[str, str] = {}
         self.gateways: dict[tuple[str, str], str] = {}
@@ -91,25 +97,13 @@ class NviFederation(Controller):
         return self.rundir / "directory" / "ca.crt"
 
     def start(self) -> None:
+        """The directory, in the namespace `mn` runs in (this thread's)."""
+        if self.rundir.exists():
+            raise NviError(f"{self.rundir} exists: another run of this process?")
         folder = self.rundir / "directory"
-        subprocess.run(
-            [sys.executable, "-m", "nvi", "directory", "init", str(folder)]
-            + ["--host", "127.0.0.1", "--port", str(DIRECTORY_PORT), "-o", "json"],
-            check=True,
-            capture_output=True,
-        )
-        self._spawn(("directory", "serve", "--config", str(folder / "directory.toml")), folder)
+        self.daemons.append(_directory_daemon(folder))
+        start_directory(folder, "")
         self.admin = (folder / "admin.token").read_text().strip()
-        deadline = time.monotonic() + 30
-        while self.cmd(f"bash -c 'echo > /dev/tcp/127.0.0.1/{DIRECTORY_PORT}' 2>&1"):
-            if time.monotonic() > deadline:
-                raise NviError(f"the directory did not start: {folder}/directory.log")
-            time.sleep(0.2)
-
-    def _spawn(self, argv: tuple[str, ...], folder: Path) -> None:
-        log = folder / f"{argv[0]}.log"
-        self.cmd(f"{sys.executable} -m nvi {' '.join(argv)} >{log} 2>&1 &")
-        self.pids.append(self.lastPid)
 
     def serve(self, switch: NviServerSwitch) -> ServerController:
         """Enroll the switch's server, publish its nodes, start its own controller."""
@@ -117,22 +111,20 @@ class NviFederation(Controller):
         folder = self.rundir / switch.name
         folder.mkdir(parents=True)
         switch.node_ports = asyncio.run(self._publish(switch, folder))
-        port = FIRST_CONTROLLER_PORT + index
-        routes = "".join(
-            f'\n[[routes]]\nprefix = "{prefix}"\n' + (f'via = "{via}"\n' if via else "")
-            for prefix, via in switch.facts["routes"]
+        daemon, port = controller_daemon(
+            folder,
+            "",
+            address=switch.facts["address"],
+            directory_url=self.url,
+            ca_file=self.ca_file,
+            ovsdb=f"unix:{os.environ.get('OVS_RUNDIR', '/var/run/openvswitch')}/db.sock",
+            port=FIRST_CONTROLLER_PORT + index,
+            metrics_port=FIRST_METRICS_PORT + index,
+            uplink=switch.intfs[UPLINK_PORT].name,
+            routes=switch.facts["routes"],
         )
-        (folder / "controller.toml").write_text(
-            f'address = "{switch.facts["address"]}"\n'
-            f'directory = "{self.url}"\n'
-            f'token_file = "{SERVER_TOKEN}"\n'
-            f'ca_file = "{self.ca_file}"\n'
-            f'ovsdb = "unix:{os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")}/db.sock"\n'
-            f"listen_port = {port}\n"
-            f"metrics_port = {FIRST_METRICS_PORT + index}\n"
-            f'uplink = "{switch.intfs[UPLINK_PORT].name}"\n' + routes
-        )
-        self._spawn(("controller", "serve", "--config", str(folder / "controller.toml")), folder)
+        self.daemons.append(daemon)
+        process.ensure_running(daemon, timeout=60)
         self.servers[switch.name] = ServerController(f"c{switch.name}", port)
         return self.servers[switch.name]
 
@@ -185,10 +177,16 @@ class NviFederation(Controller):
         return ports
 
     def stop(self, *args: Any, **kwargs: Any) -> None:
-        for pid in self.pids:
-            self.cmd(f"kill {pid}")
-        super().stop(*args, **kwargs)
+        """Its own processes, by pidfile; then its shell; then its files."""
+        for daemon in reversed(self.daemons):
+            process.stop(daemon)
+        Node.stop(self, *args, **kwargs)
         shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def _directory_daemon(folder: Path) -> process.Daemon:
+    """What `start_directory` runs, for stopping it by its pidfile (only name and rundir count)."""
+    return process.Daemon("directory", "", (), folder, folder)
 
 
 class NviServerSwitch(OVSSwitch):
@@ -205,7 +203,7 @@ class NviServerSwitch(OVSSwitch):
             name, failMode=fail_mode, datapath="user", protocols="OpenFlow13", **params
         )
 
-    def start(self, controllers: list[Controller]) -> None:
+    def start(self, controllers: list[Any]) -> None:
         if self.role != SERVER:
             super().start([])
             return

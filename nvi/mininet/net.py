@@ -170,6 +170,73 @@ class NviMininet(Mininet):
         return []
 
 
+# -- what every way of running NVI on Mininet shares (this module's NviNet, and mn.py) ----------
+
+
+def start_directory(folder: Path, netns_name: str, port: int = DIRECTORY_PORT) -> None:
+    """`nvi directory init` into `folder`, then its `nvi directory serve` on loopback:port, in
+    namespace `netns_name` ("" for this thread's own), by pidfile."""
+    init = subprocess.run(
+        [sys.executable, "-m", "nvi", "directory", "init", str(folder)]
+        + ["--host", "127.0.0.1", "--port", str(port), "-o", "json"],
+        capture_output=True,
+        text=True,
+    )
+    if init.returncode != 0:
+        raise NviError(f"directory init failed: {init.stderr.strip()}")
+    config = str(folder / "directory.toml")
+    process.ensure_running(
+        process.Daemon(
+            name="directory",
+            netns=netns_name,
+            argv=(sys.executable, "-m", "nvi", "directory", "serve", "--config", config),
+            rundir=folder,
+            ready=lambda: _accepts(port),
+        ),
+        timeout=30,
+    )
+
+
+def controller_daemon(
+    folder: Path,
+    netns_name: str,
+    *,
+    address: str,
+    directory_url: str,
+    ca_file: Path,
+    ovsdb: str,
+    port: int,
+    metrics_port: int,
+    uplink: str,
+    routes: list[tuple[str, str | None]],
+) -> tuple[process.Daemon, int]:
+    """One server's `nvi controller serve`: its config (`folder/controller.toml`, rendered from
+    `ControllerConfig`) names only that server's facts and the directory; its credential is
+    `folder/server.token`."""
+    config = ControllerConfig(
+        address=address,
+        directory=directory_url,
+        token_file=Path(SERVER_TOKEN),
+        ca_file=Path(ca_file),
+        ovsdb=ovsdb,
+        listen_port=port,
+        metrics_port=metrics_port,
+        uplink=uplink,
+        routes=[Route(prefix=prefix, via=via) for prefix, via in routes],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "controller.toml").write_text(render_config(config))
+    argv = (sys.executable, "-m", "nvi", "controller", "serve", "--config")
+    daemon = process.Daemon(
+        name="controller",
+        netns=netns_name,
+        argv=(*argv, str(folder / "controller.toml")),
+        rundir=folder,
+        ready=folder / "controller.ready",
+    )
+    return daemon, port
+
+
 # -- one run ------------------------------------------------------------------------------------
 
 
@@ -280,26 +347,7 @@ class NviNet:
                     raise NviError(f"interface name {name} is longer than {MAX_IFNAME} characters")
 
     def _start_directory(self) -> None:
-        folder = self.rundir / "directory"
-        init = subprocess.run(
-            [sys.executable, "-m", "nvi", "directory", "init", str(folder)]
-            + ["--host", "127.0.0.1", "--port", str(DIRECTORY_PORT), "-o", "json"],
-            capture_output=True,
-            text=True,
-        )
-        if init.returncode != 0:
-            raise NviError(f"directory init failed: {init.stderr.strip()}")
-        config = str(folder / "directory.toml")
-        process.ensure_running(
-            process.Daemon(
-                name="directory",
-                netns=self.tag,
-                argv=(sys.executable, "-m", "nvi", "directory", "serve", "--config", config),
-                rundir=folder,
-                ready=lambda: _accepts(DIRECTORY_PORT),
-            ),
-            timeout=30,
-        )
+        start_directory(self.rundir / "directory", self.tag)
 
     async def _publish(self) -> dict[str, Member]:
         """Tenants and networks into the directory, as an operator would (admin token); each
@@ -365,30 +413,19 @@ class NviNet:
 
     def _controller_daemon(self, server: str, index: int) -> tuple[process.Daemon, int]:
         """The server's controller config names only its own facts, and the directory."""
-        folder = self.rundir / server
-        port = FIRST_CONTROLLER_PORT + index
         facts = self.topo.nodeInfo(server)
-        config = ControllerConfig(
+        return controller_daemon(
+            self.rundir / server,
+            self.tag,
             address=facts["address"],
-            directory=self.directory_url,
-            token_file=Path(SERVER_TOKEN),
-            ca_file=Path(self.ca_file),
+            directory_url=self.directory_url,
+            ca_file=self.ca_file,
             ovsdb=f"unix:{self.ovs.db_socket}",
-            listen_port=port,
+            port=FIRST_CONTROLLER_PORT + index,
             metrics_port=FIRST_METRICS_PORT + index,
             uplink=self.intf(server, UPLINK_PORT),
-            routes=[Route(prefix=prefix, via=via) for prefix, via in self.topo.routes(server)],
+            routes=self.topo.routes(server),
         )
-        (folder / "controller.toml").write_text(render_config(config))
-        argv = (sys.executable, "-m", "nvi", "controller", "serve", "--config")
-        daemon = process.Daemon(
-            name="controller",
-            netns=self.tag,
-            argv=(*argv, str(folder / "controller.toml")),
-            rundir=folder,
-            ready=folder / "controller.ready",
-        )
-        return daemon, port
 
     def _build(self) -> None:
         topo, links_ = self.topo, self.topo.links(sort=True, withInfo=True)
@@ -506,6 +543,40 @@ def down(tag: str) -> list[str]:
         shutil.rmtree(rundir)
         removed.append(f"removed {rundir}")
     return removed
+
+
+@contextlib.contextmanager
+def private_run(tag: str) -> Iterator[Path]:
+    """As `NviNet` isolates a run, for any Mininet network built inside the block: this thread
+    enters a new namespace `tag` (Mininet's "root namespace" from then on) with its own
+    `ovsdb-server` and `ovs-vswitchd` (every ovs-* call, Mininet's included, finds them through
+    OVS_RUNDIR), and Mininet's machine-wide limits are marked as raised. Leaving the block
+    returns to the previous namespace and environment and removes the run (`down`). Yields the
+    run directory."""
+    if not TAG.fullmatch(tag):
+        raise NviError(f"tag {tag!r}: must be nm and 4 hex digits, e.g. nm3f2a")
+    rundir = run_root() / tag
+    if tag in links.list_netns() or rundir.exists():
+        raise NviError(f"run {tag} exists; remove it with --down {tag}")
+    ovs = OvsInstance(netns=tag, rundir=rundir / "ovs")
+    saved = dict(os.environ)
+    links.ensure_netns(tag, QUIET)
+    rundir.mkdir(parents=True)
+    netns.pushns()
+    try:
+        netns.setns(tag, flags=0)
+        os.environ.update(ovs.env)
+        Mininet.inited = True
+        ovs.ensure_database()
+        for daemon in ovs.daemons():
+            process.ensure_running(daemon)
+        yield rundir
+    finally:
+        with _signals_held():
+            netns.popns()
+            os.environ.clear()
+            os.environ.update(saved)
+            down(tag)
 
 
 def _record_shells(rundir: Path, net: Mininet) -> None:

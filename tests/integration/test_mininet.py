@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import secrets
 import signal
@@ -206,3 +207,78 @@ def test_the_custom_file_gives_mn_an_nvi_topology_and_a_controller_per_server() 
     ports = {(a, b): info["port1"] for a, b, info in topo.links(withInfo=True) if "s2" in (a, b)}
     assert ports[("s2", "u1")] == 1
     assert {pair for pair in ports if pair != ("s2", "u1")} == {("r2", "s2"), ("b2", "s2")}
+
+
+def received(ping: str) -> int:
+    """How many replies `ping` reports."""
+    found = re.search(r"(\d+) received", ping)
+    return int(found.group(1)) if found else 0
+
+
+def test_mn_custom_live_in_a_private_namespace(tag: str, run_root: Path, monkeypatch) -> None:
+    """The network `mn --custom examples/mininet/nvi_custom.py --topo nvi,3 --switch nvi --host
+    nvi --controller nvi` builds, built as `mn` builds it (its tables, `Mininet(topo=, switch=,
+    host=, controller=, listenPort=6654)`), but inside a private, tagged namespace with its own
+    Open vSwitch (`private_run`), never with Mininet's cleanup. Red on s1 reaches red on s3;
+    blue, same address, does not reach red; afterwards nothing of the run is left."""
+    from mininet.net import Mininet
+    from mininet.util import buildTopo, customClass
+
+    from nvi.mininet.net import private_run
+
+    monkeypatch.setenv("NVI_RUN_DIR", str(run_root))
+    customs = runpy.run_path(str(EXAMPLES / "nvi_custom.py"))
+    topo = buildTopo(customs["topos"], "nvi,3")
+    pids: list[int] = []
+    with private_run(tag) as rundir:
+        net = Mininet(
+            topo=topo,
+            switch=customClass(customs["switches"], "nvi"),
+            host=customClass(customs["hosts"], "nvi"),
+            controller=customClass(customs["controllers"], "nvi"),
+            ipBase="10.0.0.0/8",
+            listenPort=6654,
+        )
+        try:
+            net.start()
+            federation = net.controllers[0]
+            pids = [n.shell.pid for n in (*net.hosts, *net.switches, *net.controllers)]
+            pids += [int(json.loads(d.pidfile.read_text())["pid"]) for d in federation.daemons]
+            pids += [pid for pid in links.netns_pids(tag) if pid != os.getpid()]
+            assert len(federation.servers) == 3, federation.servers
+            assert net.waitConnected(timeout=60), "a server switch did not connect"
+            for server in ("s1", "s2", "s3"):
+                stats = federation.rundir / server / "controller.stats.json"
+                deadline = time.monotonic() + 60
+                while (json.loads(stats.read_text()) if stats.exists() else {}).get("nodes") != 2:
+                    assert time.monotonic() < deadline, f"{server}'s controller lacks its nodes"
+                    time.sleep(0.2)
+            r1, b1, r3 = net["r1"], net["b1"], net["r3"]
+            assert r1.IP() == b1.IP() == "10.0.0.11" and r3.IP() == "10.0.0.13"
+            # Red s1 -> red s3, across servers (the first packet goes to the controller).
+            reach = r1.cmd("ping -c 3 -W 2 10.0.0.13")
+            assert received(reach) > 0, reach
+            # Blue's b1 has r1's address; blue's own 10.0.0.13 (b3) is silenced, so any answer
+            # to b1 -> 10.0.0.13 could only come from red's r3: there must be none.
+            net["b3"].cmd("ip link set b3-eth0 down")
+            isolated = b1.cmd("ping -c 3 -W 1 10.0.0.13")
+            assert received(isolated) == 0, isolated
+        finally:
+            net.stop()
+    assert not (run_root / "mn").exists() or list((run_root / "mn").iterdir()) == []
+    assert not rundir.exists()
+    assert tag not in links.list_netns()
+    deadline = time.monotonic() + 10  # a node shell exits a moment after its terminal goes
+    while (alive := {pid: live(pid) for pid in pids if live(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive == {}
+
+
+def live(pid: int) -> str | None:
+    """A live process's command line (a zombie has ended: only its parent's wait is missing)."""
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+    except OSError:
+        return None
