@@ -473,17 +473,19 @@ def audit(
     from federation.audit import read_audit
 
     entries = read_audit(load_config(config_path).audit_log, tenant_name, server_name, refused)
-    rows = [
-        {
-            "time": entry["time"],
-            "actor": " ".join(f"{k}={v}" for k, v in entry["actor"].items()),
-            "change": f"{entry['method']} {entry['path']}",
-            "status": entry["status"],
-            "error": entry.get("error", ""),
-        }
-        for entry in entries[-last if last else 0 :]
-    ]
+    if last:
+        entries = entries[-last:]
     if output == "json":
-        show_rows(output, "audit", entries[-last if last else 0 :], [])
+        show_rows(output, "audit", entries, [])
     else:
+        rows = [
+            {
+                "time": entry["time"],
+                "actor": " ".join(f"{k}={v}" for k, v in entry["actor"].items()),
+                "change": f"{entry['method']} {entry['path']}",
+                "status": entry["status"],
+                "error": entry.get("error", ""),
+            }
+            for entry in entries
+        ]
         show_rows(output, "audit", rows, ["time", "actor", "change", "status", "error"])

@@ -113,7 +113,7 @@ async def tenant_token(net: LabNet, admin: DirectoryClient, tenant: str) -> str:
         async with DirectoryClient(admin.url, secret, ca_file=net.ca_file) as client:
             try:
                 if (await client.whoami()).tenant == tenant:
-                    return path.read_text().strip()
+                    return secret
             except Unauthorized:
                 pass  # the tenant was re-created since: make a new token
     secret = (await admin.create_token(tenant, "lab nodes")).token
