@@ -8,7 +8,19 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from nvi.core.model import CIDR, MAC, IPAddress, Link, LinkKind, Name, Node, NodeKind, Pool, Server
+from nvi.core.model import (
+    CIDR,
+    MAC,
+    IPAddress,
+    Label,
+    Link,
+    LinkKind,
+    Name,
+    Node,
+    NodeKind,
+    Pool,
+    Server,
+)
 
 NodeId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
@@ -74,6 +86,42 @@ class ServerEnroll(Body):
 
 class ServerEnrolled(Server):
     token: str = Field(description="The server's credential; shown only in this answer")
+
+
+class Resources(BaseModel):
+    """CPUs, memory and locators: a server's whole capacity, or what is still free of it."""
+
+    cpus: float = Field(ge=0)
+    memory_mib: int = Field(ge=0)
+    locators: int = Field(ge=0, description="Node addresses on the underlay (one per node)")
+
+
+class Announcement(Body):
+    """What a server says of itself in the catalogue: how users reach its agent and what it
+    can take. Only the server's own credential announces it; the name comes from there."""
+
+    agent_url: Annotated[str, StringConstraints(pattern=r"^https://[^\s/]+(:[0-9]{1,5})?/?$")] = (
+        Field(description="Where tenants reach this server's agent (HTTPS)")
+    )
+    cloud: Label = Field(description="The cloud or region the server is in")
+    kinds: list[NodeKind] = Field(min_length=1, description="The node kinds it runs")
+    capacity: Resources
+    free: Resources
+    version: Label = Field(description="The server's NVI version")
+    lease_seconds: float = Field(
+        15, ge=5, le=300, description="The entry lapses unless renewed within this time"
+    )
+
+
+class CatalogueEntry(Announcement):
+    """A catalogue entry as users read it; `alive` is false once the lease has lapsed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    server: Name
+    announced: datetime
+    expires: datetime
+    alive: bool
 
 
 class LinkCreate(Body):
