@@ -8,16 +8,14 @@ from typing import Any
 
 import click
 
+from nvi.core.clitools import output_option
 from nvi.core.errors import NviError
-from nvi.core.output import console, print_json, print_table
+from nvi.core.output import console, print_document, print_table
 from nvi.lab.net import LabNet
 from nvi.lab.populate import populate
 from nvi.lab.spec import load_lab
 
 lab_file = click.argument("lab_file", metavar="FILE", type=click.Path(dir_okay=False))
-output_option = click.option(
-    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
 
 
 @click.group()
@@ -34,8 +32,8 @@ def up(lab_file: str, output: str) -> None:
     net = LabNet(load_lab(lab_file))
     changes = net.up()
     changes += populate(net)
-    if output == "json":
-        print_json({"lab": net.lab.name, "changes": changes})
+    if output != "table":
+        print_document(output, {"lab": net.lab.name, "changes": changes})
         return
     for change in changes:
         console.print(f"  {change}")
@@ -49,8 +47,8 @@ def down(lab_file: str, output: str) -> None:
     """Remove everything the lab created, and nothing else."""
     net = LabNet(load_lab(lab_file))
     removed = net.down()
-    if output == "json":
-        print_json({"lab": net.lab.name, "removed": removed})
+    if output != "table":
+        print_document(output, {"lab": net.lab.name, "removed": removed})
         return
     for item in removed:
         console.print(f"  {item}")
@@ -63,8 +61,8 @@ def down(lab_file: str, output: str) -> None:
 def status(lab_file: str, output: str) -> None:
     """Servers, their OVS and processes; clouds and routers."""
     state = LabNet(load_lab(lab_file)).status()
-    if output == "json":
-        print_json(state)
+    if output != "table":
+        print_document(output, state)
         return
     rows = [
         {
@@ -105,8 +103,8 @@ def _controller_summary(metrics: dict[str, Any] | None) -> str | None:
 def check(lab_file: str, output: str) -> None:
     """Every server pings every other server's underlay address; fails if any cannot."""
     results = LabNet(load_lab(lab_file)).check()
-    if output == "json":
-        print_json(results)
+    if output != "table":
+        print_document(output, results)
     else:
         print_table("underlay reachability", results, ["from", "to", "address", "route", "reached"])
     failed = [r for r in results if not r["reached"]]

@@ -90,7 +90,9 @@ def test_one_line_errors(tmp_path: Path, content: str, profile: str | None, mess
 
 
 def test_a_named_profile_without_a_file_or_an_unreadable_file(tmp_path: Path) -> None:
-    with pytest.raises(ProfileError, match="cannot read config .*: No such file"):
+    with pytest.raises(ProfileError, match="no profile red: there is no config file"):
         resolve("red", env={"HOME": str(tmp_path)})
+    with pytest.raises(ProfileError, match="cannot read config .*: No such file"):
+        resolve(env={"NVI_CONFIG": str(tmp_path / "missing.toml")})
     with pytest.raises(ProfileError, match="cannot read config .*: Is a directory"):
         resolve(env={"NVI_CONFIG": str(tmp_path)})
