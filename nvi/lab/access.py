@@ -85,8 +85,8 @@ def routing(lab: Lab, link: AccessLink | None) -> Lab:
 
 def ensure(link: AccessLink, router_ns: str, lab: Lab) -> list[str]:
     """Create or repair the link and the root namespace's routes; returns what changed. A
-    route the machine already has to a lab subnet through something else is left alone
-    (and reported): this lab is then not reachable from here for that subnet."""
+    route the machine already has to a lab subnet through something else (another lab's
+    link) is left alone, which is no change: `routed` shows what goes through this link."""
     changes = []
     with IPRoute() as ipr, IPRoute(netns=router_ns) as router:
         here = ipr.link_lookup(ifname=link.root_end)
@@ -135,9 +135,24 @@ def _ensure_route(ipr: IPRoute, index: int, subnet: str, link: AccessLink) -> li
             continue
         if route.get("oif") == index and route.get("gateway") == link.router_address:
             return []
-        return [f"access link: {subnet} is already routed elsewhere on this machine; left alone"]
+        return []  # someone else's route: never taken over
     ipr.route("add", dst=subnet, gateway=link.router_address, oif=index)
     return [f"access link: route to {subnet} via {link.router_address}"]
+
+
+def routed(link: AccessLink | None) -> list[str]:
+    """The subnets the machine routes through this link."""
+    if link is None:
+        return []
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=link.root_end)
+        if not found:
+            return []
+        return sorted(
+            f"{route.get('dst')}/{route['dst_len']}"
+            for route in ipr.get_routes(family=2, table=254)
+            if route.get("oif") == found[0] and route.get("gateway") == link.router_address
+        )
 
 
 def state(link: AccessLink | None) -> str | None:

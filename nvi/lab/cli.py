@@ -106,7 +106,8 @@ def status(lab_file: str, output: str) -> None:
     if link is not None:
         console.print(
             f"access link: {link['link']} ({link['state'] or 'DOWN'}), this machine at "
-            f"{link['address']}, via router {link['router']} to {', '.join(link['routes'])}",
+            f"{link['address']}, via router {link['router']} to "
+            f"{', '.join(link['routes']) or 'nothing (its subnets are routed elsewhere here)'}",
             soft_wrap=True,
         )
     if state["client_config"]:

@@ -649,7 +649,7 @@ class LabNet:
                 "state": access.state(link),
                 "address": link.root_address,
                 "router": link.router,
-                "routes": [cloud.subnet for cloud in self.lab.clouds],
+                "routes": access.routed(link),
             },
             "client_config": str(self.client_config) if self.client_config.exists() else None,
         }

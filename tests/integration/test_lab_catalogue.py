@@ -76,6 +76,7 @@ def test_users_reach_the_lab_catalogue_and_agents_from_this_machine(
         link = net.access
         assert link is not None and access.state(link) is not None
         assert root_routes_via(link.root_end) == ["198.51.100.0/24", "203.0.113.0/24"]
+        assert access.routed(link) == root_routes_via(link.root_end)
 
         async def tenant(client) -> str:  # noqa: ANN001
             await client.create_tenant("red")
