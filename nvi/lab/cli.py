@@ -11,6 +11,7 @@ import click
 from nvi.core.clitools import output_option
 from nvi.core.errors import NviError
 from nvi.core.output import console, print_document, print_table
+from nvi.lab import clientconfig
 from nvi.lab.net import LabNet
 from nvi.lab.populate import populate
 from nvi.lab.spec import load_lab
@@ -32,12 +33,27 @@ def up(lab_file: str, output: str) -> None:
     net = LabNet(load_lab(lab_file))
     changes = net.up()
     changes += populate(net)
+    profile = net.write_client_config()
     if output != "table":
-        print_document(output, {"lab": net.lab.name, "changes": changes})
+        client = str(net.client_config) if profile else None
+        print_document(output, {"lab": net.lab.name, "changes": changes, "client_config": client})
         return
     for change in changes:
         console.print(f"  {change}")
     console.print(f"lab [bold]{net.lab.name}[/] is up ({len(changes)} changes)")
+    _print_client_config(net, profile)
+
+
+def _print_client_config(net: LabNet, profile: str | None) -> None:
+    """Where the lab's client profiles are, and how to use them from this machine."""
+    if profile is None:
+        return
+    console.print(f"client config: {net.client_config}", soft_wrap=True)
+    console.print(
+        f"  export NVI_CONFIG={net.client_config}; export NVI_PROFILE={profile}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @lab.command()
@@ -60,7 +76,8 @@ def down(lab_file: str, output: str) -> None:
 @output_option
 def status(lab_file: str, output: str) -> None:
     """Servers, their OVS and processes; clouds and routers."""
-    state = LabNet(load_lab(lab_file)).status()
+    net = LabNet(load_lab(lab_file))
+    state = net.status()
     if output != "table":
         print_document(output, state)
         return
@@ -83,6 +100,17 @@ def status(lab_file: str, output: str) -> None:
     )
     console.print(f"logs: {state['logs']}/<server>/<process>.log")
     print_table(f"lab {state['lab']}: underlay", state["network"], ["member", "kind", "namespace"])
+    link = state["access"]
+    if link is not None:
+        console.print(
+            f"access link: {link['link']} ({link['state'] or 'DOWN'}), this machine at "
+            f"{link['address']}, via router {link['router']} to "
+            f"{', '.join(link['routes']) or 'nothing (its subnets are routed elsewhere here)'}",
+            soft_wrap=True,
+        )
+    if state["client_config"]:
+        text = net.client_config.read_text()
+        _print_client_config(net, clientconfig.default_profile(text))
 
 
 def _controller_summary(metrics: dict[str, Any] | None) -> str | None:
