@@ -6,6 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hostagent.vmxml import MAX_CPUS, MAX_MEMORY_MIB, MIN_CPUS, MIN_MEMORY_MIB
 from nvi.core.model import IPAddress, Name, NodeKind
 
 TENANT_TOKEN = "X-Tenant-Token"
@@ -15,7 +16,21 @@ IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$"
 
 
 class NodeCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A VM has whole vCPUs and QEMU's memory range: the schema says so (if kind is vm), and
+    the VM driver's `check` refuses the same with 422."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"kind": {"const": NodeKind.VM.value}}, "required": ["kind"]},
+            "then": {
+                "properties": {
+                    "cpus": {"multipleOf": 1, "minimum": MIN_CPUS, "maximum": MAX_CPUS},
+                    "memory_mib": {"minimum": MIN_MEMORY_MIB, "maximum": MAX_MEMORY_MIB},
+                }
+            },
+        },
+    )
 
     name: Name
     tenant: Name
