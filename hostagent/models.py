@@ -12,7 +12,10 @@ from nvi.core.model import IPAddress, Name, NodeKind
 TENANT_TOKEN = "X-Tenant-Token"
 DIRECTORY_TOKEN = "X-Directory-Token"  # the directory's admin credential, for a drain only
 """The header that carries the tenant's directory token on create and delete."""
-IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$"
+_COMPONENT = r"[a-z0-9]+([._-][a-z0-9]+)*"
+IMAGE_PATTERN = rf"^{_COMPONENT}(/{_COMPONENT})*(:[A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})?$"
+"""A Docker reference as Docker's grammar has it (path components, a tag): anything else
+reaches the engine as a malformed URL (a trailing `/` is a redirect it cannot follow)."""
 
 
 class NodeCreate(BaseModel):
@@ -37,7 +40,10 @@ class NodeCreate(BaseModel):
     network: Name
     kind: NodeKind = NodeKind.CONTAINER
     image: str | None = Field(
-        None, pattern=IMAGE_PATTERN, description="Default: the kind's default image"
+        None,
+        pattern=IMAGE_PATTERN,
+        max_length=255,
+        description="Default: the kind's default image",
     )
     ip: IPAddress | None = Field(None, description="Fixed tenant address; default: lowest free")
     cpus: float = Field(1, gt=0, le=1024)
