@@ -42,7 +42,7 @@ class NodeCreate(BaseModel):
     image: str | None = Field(
         None,
         pattern=IMAGE_PATTERN,
-        max_length=255,
+        max_length=200,  # Docker's 255 for the repository, after it adds docker.io/library/
         description="Default: the kind's default image",
     )
     ip: IPAddress | None = Field(None, description="Fixed tenant address; default: lowest free")
