@@ -65,7 +65,7 @@ async def load(
         await directory.create_tenant(name)
         await directory.create_network(name, NetworkCreate(name="a", cidr="10.0.0.0/22"))
         await directory.create_network(name, NetworkCreate(name="b", cidr="10.0.4.0/22"))
-        await directory.create_link(name, LinkCreate(kind="network", a="a", b="b"))
+        await directory.create_link(name, LinkCreate(kind="network", ends={"a", "b"}))
         server = t % len(servers)
         first = t // len(servers) * per_tenant  # the tenant's share of its server's pool
         specs = [

@@ -47,6 +47,16 @@ def serve(config_path: str) -> None:
 
 
 @directory.command()
+def openapi() -> None:
+    """Print the API's OpenAPI document (as docs/api/directory.json; scripts/openapi)."""
+    import json
+
+    from federation.service import openapi_document
+
+    click.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
+
+
+@directory.command()
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=7480, show_default=True, type=click.IntRange(0, 65535))

@@ -220,7 +220,7 @@ class DirectoryClient:
         await self._call("DELETE", f"/v1/tenants/{tenant}/nodes/{name}", params=params)
 
     async def create_link(self, tenant: str, kind: LinkKind | str, a: str, b: str) -> Link:
-        body = {"kind": str(kind), "a": a, "b": b}
+        body = {"kind": str(kind), "ends": [a, b]}
         return await self._call("POST", f"/v1/tenants/{tenant}/links", Link, json=body)
 
     async def list_links(self, tenant: str) -> list[Link]:

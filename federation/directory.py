@@ -483,13 +483,13 @@ class Directory:
             nodes = []
             for node_id, spec in zip(ids, specs, strict=True):
                 network = networks.get(spec.network)
-                if network is None:
-                    raise InvalidRequest(f"tenant {tenant!r} has no network {spec.network!r}")
+                if network is None:  # state, not form: 404 (docs/decisions.md)
+                    raise NotFound(f"tenant {tenant!r} has no network {spec.network!r}")
                 if spec.name in names:
                     raise Conflict(f"tenant {tenant!r} already has a node {spec.name!r}")
                 ip = spec.ip or self._free_ip(network, used_ips)
-                if not network.usable(ip):
-                    raise InvalidRequest(
+                if not network.usable(ip):  # the stored network decides: 409
+                    raise Conflict(
                         f"{ip} is not a usable address of network {network.name!r} "
                         f"({network.cidr}, gateway {network.gateway})"
                     )
@@ -633,8 +633,8 @@ class Directory:
                 write.change(ChangeType.LINK_REMOVED, link.tenant, link=link)
 
     async def create_link(self, tenant: str, spec: LinkCreate) -> Link:
-        link_id = Link.make_id(spec.kind, spec.a, spec.b)
-        a, b = sorted((spec.a, spec.b))
+        a, b = spec.pair
+        link_id = Link.make_id(spec.kind, a, b)
         link = Link(tenant=tenant, id=link_id, kind=spec.kind, a=a, b=b)
         prefix = "w" if spec.kind == LinkKind.NETWORK else "n"
         ends = [f"{prefix}/{tenant}/{a}", f"{prefix}/{tenant}/{b}"]
@@ -643,7 +643,7 @@ class Directory:
             write, snapshot = await self._lock_tenant(tenant, f"l/{tenant}/{link_id}", *ends)
             for end, name in zip(ends, (a, b), strict=True):
                 if end not in snapshot.entries:
-                    raise InvalidRequest(f"tenant {tenant!r} has no {spec.kind.value} {name!r}")
+                    raise NotFound(f"tenant {tenant!r} has no {spec.kind.value} {name!r}")
             if f"l/{tenant}/{link_id}" in snapshot.entries:
                 raise Conflict(f"link {link_id!r} exists")
             write.put(f"l/{tenant}/{link_id}", link)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from nvi.core.model import (
     CIDR,
@@ -21,6 +28,7 @@ from nvi.core.model import (
     Pool,
     Server,
 )
+from nvi.core.rules import OneOf, check_rules, rules_schema
 
 NodeId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
@@ -52,9 +60,22 @@ class TokenCreated(TokenInfo):
 
 
 class NetworkCreate(Body):
+    """The gateway is a host address of the cidr: of its family (the schema says so), and
+    inside it (arithmetic a schema cannot state: the service answers 422)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"cidr": {"pattern": ":"}}, "required": ["cidr"]},
+            "then": {"properties": {"gateway": {"anyOf": [{"format": "ipv6"}, {"type": "null"}]}}},
+            "else": {"properties": {"gateway": {"anyOf": [{"format": "ipv4"}, {"type": "null"}]}}},
+        }
+    )
+
     name: Name
     cidr: CIDR
-    gateway: IPAddress | None = Field(None, description="Defaults to the first host address")
+    gateway: IPAddress | None = Field(
+        None, description="A host address of the cidr; defaults to the first one"
+    )
 
 
 class NodeCreate(Body):
@@ -125,15 +146,27 @@ class CatalogueEntry(Announcement):
 
 
 class LinkCreate(Body):
-    kind: LinkKind
-    a: Name
-    b: Name
+    """A link joins two different networks or nodes, in no order: a set of two names, so the
+    schema itself states that the ends differ (uniqueItems)."""
 
-    @model_validator(mode="after")
-    def _two_ends(self) -> Self:
-        if self.a == self.b:
+    kind: LinkKind
+    ends: frozenset[Name] = Field(
+        min_length=2, max_length=2, description="The two networks or nodes (names) it joins"
+    )
+
+    @field_validator("ends", mode="before")
+    @classmethod
+    def _different(cls, ends: object) -> object:
+        """Say why, rather than "too short" after the set has merged the two."""
+        if isinstance(ends, list) and len(ends) == 2 and ends[0] == ends[1]:
             raise ValueError("a link joins two different networks or nodes")
-        return self
+        return ends
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        """The two ends, sorted (as the link record holds them)."""
+        a, b = sorted(self.ends)
+        return a, b
 
 
 class NodeQuery(Body):
@@ -144,6 +177,15 @@ class ResolveQuery(Body):
     """The source is named by node id, or by (tenant, network, source_ip); the destination by
     its tenant address, or by its locator (a receiving server knows only the locator)."""
 
+    RULES: ClassVar = (
+        OneOf((("ip",), ("locator",)), "name the destination: ip=<tenant address> or locator"),
+        OneOf(
+            (("source",), ("tenant", "network", "source_ip")),
+            "name the source by node id, or by tenant, network and source_ip (not both)",
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(*RULES))
+
     ip: IPAddress | None = Field(None, description="The destination tenant address")
     locator: IPAddress | None = Field(None, description="Or the destination's locator")
     source: NodeId | None = None
@@ -152,14 +194,8 @@ class ResolveQuery(Body):
     source_ip: IPAddress | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if (self.ip is None) == (self.locator is None):
-            raise ValueError("name the destination: ip=<tenant address> or locator=<locator>")
-        by_address = (self.tenant, self.network, self.source_ip)
-        if self.source is not None and any(by_address):
-            raise ValueError("name the source by node id or by tenant/network/source_ip, not both")
-        if self.source is None and not all(by_address):
-            raise ValueError("name the source: source=<node id>, or tenant, network and source_ip")
+    def _rules(self) -> Self:
+        check_rules(self, self.RULES)
         return self
 
 

@@ -47,7 +47,7 @@ from federation.storage.sqlite import SqliteStore
 from nvi.core.errors import NviError
 from nvi.core.metrics import METRICS_PATH, metrics_handler, openapi_path
 from nvi.core.model import NAME_PATTERN, IPAddress, Link, Name, Network, Node, Server, Tenant
-from nvi.core.rest import Api, Call, Operation, Principal, Role
+from nvi.core.rest import Api, Call, Header, Operation, Principal, Role, served
 from nvi.core.tls import server_context
 from nvi.core.tokens import token_hash
 from nvi.core.web import json_errors
@@ -61,6 +61,10 @@ AUDIT_LOG = web.AppKey("audit_log", TextIO)
 QUIET = web.RequestKey("quiet", bool)  # a change not worth an audit line (a lease renewal)
 METRICS = web.AppKey("metrics", DirectoryMetrics)
 TENANT_TOKEN = "X-Tenant-Token"
+ACTING_FOR = Header(
+    TENANT_TOKEN,
+    "A server acting for a tenant: that tenant's token; the answer is confined to its tenant",
+)
 
 VERSION = "1.0.0"
 LinkId = Annotated[
@@ -135,6 +139,7 @@ api = Api(
     },
     authenticate,
     audit,
+    errors={500: "", 503: "The storage does not answer, or is too busy; try again later"},
 )
 
 
@@ -149,7 +154,14 @@ async def health(call: Call) -> Health:
     return Health(status="ok", backend=directory.store.backend, revision=revision)
 
 
-@api.route("GET", "/v1/whoami", "Who the caller's credential is", roles=LOOKUP, response=Identity)
+@api.route(
+    "GET",
+    "/v1/whoami",
+    "Who the caller's credential is",
+    roles=LOOKUP,
+    response=Identity,
+    headers=(ACTING_FOR,),
+)
 async def whoami(call: Call) -> Identity:
     principal = call.principal
     assert principal is not None
@@ -170,6 +182,11 @@ def _server(call: Call) -> Server | None:
     body=ServerEnroll,
     response=ServerEnrolled,
     status=201,
+    errors={
+        409: "The name is enrolled, or a pool overlaps another server's",
+        422: "The body breaks the schema, or a pool range ends before it starts, or two pools "
+        "overlap (arithmetic a schema cannot state)",
+    },
 )
 async def enroll_server(call: Call) -> ServerEnrolled:
     return await _directory(call).enroll_server(call.body.name, call.body.pools)
@@ -259,6 +276,7 @@ async def catalogue_entry(call: Call) -> CatalogueEntry:
     body=TenantCreate,
     response=Tenant,
     status=201,
+    errors={409: "The tenant exists"},
 )
 async def create_tenant(call: Call) -> Tenant:
     return await _directory(call).create_tenant(call.body.name)
@@ -289,6 +307,7 @@ async def get_tenant(call: Call) -> Tenant:
     "Delete a tenant that has no networks",
     roles={ADMIN},
     status=204,
+    errors={409: "The tenant still has networks"},
 )
 async def delete_tenant(call: Call) -> None:
     await _directory(call).delete_tenant(call.path["tenant"])
@@ -337,6 +356,11 @@ async def delete_token(call: Call) -> None:
     body=NetworkCreate,
     response=Network,
     status=201,
+    errors={
+        409: "The name is taken, or the cidr overlaps another network of the tenant",
+        422: "The body breaks the schema, or the gateway is not a host address of the cidr "
+        "(arithmetic a schema cannot state)",
+    },
 )
 async def create_network(call: Call) -> Network:
     return await _directory(call).create_network(call.path["tenant"], call.body)
@@ -366,6 +390,7 @@ async def get_network(call: Call) -> Network:
     "Delete a network that has no nodes, and its links",
     roles=MANAGE,
     status=204,
+    errors={409: "The network still has nodes"},
 )
 async def delete_network(call: Call) -> None:
     await _directory(call).delete_network(call.path["tenant"], call.path["network"])
@@ -380,6 +405,13 @@ async def delete_network(call: Call) -> None:
     response=Node,
     status=201,
     on_behalf=True,
+    errors={
+        403: "Not a server credential with its tenant's token, or a locator outside the "
+        "server's pools",
+        404: "The tenant or the network does not exist",
+        409: "The name, address, MAC or locator is taken, or the address is not a usable one "
+        "of the network, or the network is full",
+    },
 )
 async def create_node(call: Call) -> Node:
     server = _server(call)
@@ -412,6 +444,11 @@ async def get_node(call: Call) -> Node:
     body=NodeUpdate,
     response=Node,
     on_behalf=True,
+    errors={
+        403: "Not a server credential with its tenant's token, or a locator outside the "
+        "server's pools",
+        409: "The locator is taken",
+    },
 )
 async def move_node(call: Call) -> Node:
     server = _server(call)
@@ -428,6 +465,7 @@ async def move_node(call: Call) -> Node:
     roles=LOOKUP,
     query=NodeDeleteQuery,
     status=204,
+    headers=(ACTING_FOR,),
 )
 async def delete_node(call: Call) -> None:
     await _directory(call).delete_node(
@@ -443,6 +481,7 @@ async def delete_node(call: Call) -> None:
     body=LinkCreate,
     response=Link,
     status=201,
+    errors={404: "The tenant or an end does not exist", 409: "The link exists"},
 )
 async def create_link(call: Call) -> Link:
     return await _directory(call).create_link(call.path["tenant"], call.body)
@@ -467,6 +506,8 @@ async def delete_link(call: Call) -> None:
     roles=LOOKUP,
     query=ResolveQuery,
     response=Resolution,
+    headers=(ACTING_FOR,),
+    errors={404: "No such source, or no node holds the destination"},
 )
 async def resolve(call: Call) -> Resolution:
     return await call.request.app[METRICS].lookup(
@@ -482,6 +523,7 @@ async def resolve(call: Call) -> Resolution:
     "Find the node holding a locator",
     roles=LOOKUP,
     response=Location,
+    headers=(ACTING_FOR,),
 )
 async def locate(call: Call) -> Location:
     return await call.request.app[METRICS].lookup(
@@ -498,6 +540,8 @@ async def locate(call: Call) -> Location:
     roles=LOOKUP,
     query=ChangesQuery,
     response=ChangePage,
+    headers=(ACTING_FOR,),
+    errors={410: ""},
 )
 async def changes(call: Call) -> ChangePage:
     query: ChangesQuery = call.query
@@ -512,10 +556,6 @@ async def changes(call: Call) -> ChangePage:
         return await _directory(call).changes(
             query.since, query.limit, wait, tenants, server.name if server else None
         )
-
-
-async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPENAPI])
 
 
 def open_store(storage: StorageConfig) -> Store:
@@ -579,19 +619,36 @@ def make_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[OPENAPI] = api.openapi(
-        "NVI federation directory",
-        VERSION,
-        "Records that tenants publish and controllers look up. See docs/directory.md.",
-    )
+    app[OPENAPI] = openapi_document()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(audit_context)
     app.cleanup_ctx.append(pruning_context)
     api.add_routes(app)
-    app.router.add_get("/v1/openapi.json", openapi)
-    app[OPENAPI]["paths"][METRICS_PATH] = openapi_path()
+    app.router.add_get("/v1/openapi.json", served(app[OPENAPI]))
     app.router.add_get(METRICS_PATH, metrics_handler(metrics.registry))
     return app
+
+
+def openapi_document() -> dict:
+    """The API's OpenAPI document as shipped in docs/api/directory.json (`scripts/openapi`);
+    a running directory answers it with its own URL as the server."""
+    document = api.openapi(
+        "NVI federation directory",
+        VERSION,
+        "Records that tenants publish and controllers look up. See docs/directory.md.",
+        [
+            {
+                "url": "https://{host}:{port}",
+                "description": "A directory (`nvi directory serve`; HTTPS only)",
+                "variables": {
+                    "host": {"default": "127.0.0.1"},
+                    "port": {"default": str(Config.model_fields["port"].default)},
+                },
+            }
+        ],
+    )
+    document["paths"][METRICS_PATH] = openapi_path()
+    return document
 
 
 def serve(config: Config) -> None:

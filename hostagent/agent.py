@@ -21,7 +21,7 @@ from collections.abc import Callable
 from federation.models import Announcement, Resources
 from hostagent.config import AgentConfig, CatalogueConfig
 from hostagent.drivers import NodeDriver
-from hostagent.errors import Conflict, Invalid, NotFound, Unauthorized
+from hostagent.errors import Conflict, NotFound, Unauthorized
 from hostagent.metrics import AgentMetrics
 from hostagent.models import AgentStatus, Desired, ImageInfo, NodeCreate, NodeInfo, Phase
 from hostagent.ovs import Switch
@@ -83,7 +83,7 @@ class Agent:
                 step("publishing it to the directory")
                 network = await self.publisher.network(token, request.tenant, request.network)
                 if request.ip is not None and not network.usable(request.ip):
-                    raise Invalid(
+                    raise Conflict(
                         f"{request.ip} is not a usable address of network {network.name} "
                         f"({network.cidr}, gateway {network.gateway})"
                     )
@@ -111,18 +111,19 @@ class Agent:
                 self.steps.pop(node.id, None)
 
     async def _check(self, request: NodeCreate) -> None:
-        """Refuse what cannot work before anything is reserved."""
+        """Refuse what cannot work before anything is reserved. What this server has (kinds,
+        images, capacity) is its state, not the request's form: 409 (docs/decisions.md)."""
         driver = self.driver(request.kind)
         driver.check(request)
         wanted = request.image or driver.default_image  # a request without one means the default
         buildable = wanted == driver.default_image
         if not buildable and not await driver.has_image(wanted):
             known = sorted(image.name for image in await driver.images())
-            raise Invalid(f"unknown image {wanted!r}; images here: {', '.join(known)}")
+            raise Conflict(f"unknown image {wanted!r}; images here: {', '.join(known)}")
         capacity = self.config.capacity
         cpus, memory = self.state.reserved()
         if request.cpus > capacity.cpus or request.memory_mib > capacity.memory_mib:
-            raise Invalid(
+            raise Conflict(
                 f"limits beyond this server's capacity ({capacity.cpus:g} CPUs, "
                 f"{capacity.memory_mib} MiB)"
             )
@@ -135,7 +136,7 @@ class Agent:
     def driver(self, kind: NodeKind) -> NodeDriver:
         if kind not in self.drivers:
             have = ", ".join(sorted(self.drivers))
-            raise Invalid(f"kind {kind}: this server has no {kind} driver (it has: {have})")
+            raise Conflict(f"kind {kind}: this server has no {kind} driver (it has: {have})")
         return self.drivers[kind]
 
     async def _bring_up(self, node: NodeInfo) -> list[str]:

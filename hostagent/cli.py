@@ -147,6 +147,16 @@ def serve(config_path: str) -> None:
 
 
 @agent.command()
+def openapi() -> None:
+    """Print the API's OpenAPI document (as docs/api/agent.json; scripts/openapi)."""
+    import json
+
+    from hostagent.service import openapi_document
+
+    click.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
+
+
+@agent.command()
 @agent_option
 @ca_file_option
 @operator_token_option

@@ -6,23 +6,44 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hostagent.vmxml import MAX_CPUS, MAX_MEMORY_MIB, MIN_CPUS, MIN_MEMORY_MIB
 from nvi.core.model import IPAddress, Name, NodeKind
 
 TENANT_TOKEN = "X-Tenant-Token"
 DIRECTORY_TOKEN = "X-Directory-Token"  # the directory's admin credential, for a drain only
 """The header that carries the tenant's directory token on create and delete."""
-IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$"
+_COMPONENT = r"[a-z0-9]+([._-][a-z0-9]+)*"
+IMAGE_PATTERN = rf"^{_COMPONENT}(/{_COMPONENT})*(:[A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})?$"
+"""A Docker reference as Docker's grammar has it (path components, a tag): anything else
+reaches the engine as a malformed URL (a trailing `/` is a redirect it cannot follow)."""
 
 
 class NodeCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A VM has whole vCPUs and QEMU's memory range: the schema says so (if kind is vm), and
+    the VM driver's `check` refuses the same with 422."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"kind": {"const": NodeKind.VM.value}}, "required": ["kind"]},
+            "then": {
+                "properties": {
+                    "cpus": {"multipleOf": 1, "minimum": MIN_CPUS, "maximum": MAX_CPUS},
+                    "memory_mib": {"minimum": MIN_MEMORY_MIB, "maximum": MAX_MEMORY_MIB},
+                }
+            },
+        },
+    )
 
     name: Name
     tenant: Name
     network: Name
     kind: NodeKind = NodeKind.CONTAINER
     image: str | None = Field(
-        None, pattern=IMAGE_PATTERN, description="Default: the kind's default image"
+        None,
+        pattern=IMAGE_PATTERN,
+        max_length=200,  # Docker's 255 for the repository, after it adds docker.io/library/
+        description="Default: the kind's default image",
     )
     ip: IPAddress | None = Field(None, description="Fixed tenant address; default: lowest free")
     cpus: float = Field(1, gt=0, le=1024)

@@ -23,7 +23,7 @@ from aiohttp import web
 from federation.client import DirectoryClient
 from hostagent.agent import Agent, missing
 from hostagent.announcer import Announcer
-from hostagent.config import AgentConfig
+from hostagent.config import AgentConfig, TcpConfig
 from hostagent.console import relay
 from hostagent.containers import ContainerDriver
 from hostagent.drivers import NodeDriver
@@ -45,7 +45,7 @@ from hostagent.tenants import TenantTokens, directory_whoami
 from nvi.core.errors import NviError
 from nvi.core.metrics import METRICS_PATH, metrics_handler, openapi_path
 from nvi.core.model import Name
-from nvi.core.rest import Api, Call, Principal, Role
+from nvi.core.rest import Api, Call, Header, Principal, Role, error_response, served
 from nvi.core.tls import server_context
 from nvi.core.tokens import token_hash
 from nvi.core.web import json_errors
@@ -92,7 +92,14 @@ async def authenticate(request: web.Request) -> Principal:
     return Principal(Role.TENANT, tenant)
 
 
-api = Api({"tenant": Name, "name": Name}, authenticate)
+api = Api({"tenant": Name, "name": Name}, authenticate, errors={500: ""})
+
+FOR_TENANT = Header(
+    TENANT_TOKEN,
+    "An operator acting for a tenant: the tenant's directory token (a tenant sends its own "
+    "token as the bearer token)",
+)
+TOKEN_CHECK = {503: "The directory, which checks tenant tokens, does not answer"}
 
 
 def _agent(call: Call) -> Agent:
@@ -126,6 +133,7 @@ async def status(call: Call) -> AgentStatus:
     "Images nodes can be created from",
     roles=ANYONE,
     response=list[ImageInfo],
+    errors=TOKEN_CHECK,
 )
 async def images(call: Call) -> list[ImageInfo]:
     return await _agent(call).images()
@@ -138,6 +146,7 @@ async def images(call: Call) -> list[ImageInfo]:
     roles=ANYONE,
     query=NodeQuery,
     response=list[NodeInfo],
+    errors=TOKEN_CHECK,
 )
 async def list_nodes(call: Call) -> list[NodeInfo]:
     scope, asked = call.scope(), call.query.tenant
@@ -154,6 +163,15 @@ async def list_nodes(call: Call) -> list[NodeInfo]:
     body=NodeCreate,
     response=NodeInfo,
     status=201,
+    headers=(FOR_TENANT,),
+    errors={
+        401: "No credential, an unknown one, or an operator's without X-Tenant-Token",
+        403: "A tenant's token creating another tenant's node",
+        404: "The tenant has no such network",
+        409: "The name or address is taken or not usable in the network, or this server "
+        "lacks the kind, the image or the capacity",
+        **TOKEN_CHECK,
+    },
 )
 async def create_node(call: Call) -> NodeInfo:
     scope = call.scope()
@@ -163,7 +181,14 @@ async def create_node(call: Call) -> NodeInfo:
     return await _agent(call).show(node.tenant, node.name)
 
 
-@api.route("GET", "/v1/nodes/{tenant}/{name}", "Read a node", roles=ANYONE, response=NodeInfo)
+@api.route(
+    "GET",
+    "/v1/nodes/{tenant}/{name}",
+    "Read a node",
+    roles=ANYONE,
+    response=NodeInfo,
+    errors=TOKEN_CHECK,
+)
 async def show_node(call: Call) -> NodeInfo:
     return await _agent(call).show(call.path["tenant"], call.path["name"])
 
@@ -174,6 +199,7 @@ async def show_node(call: Call) -> NodeInfo:
     "Stop a node (it stays published)",
     roles=ANYONE,
     response=NodeInfo,
+    errors={409: "The node is being created or deleted", **TOKEN_CHECK},
 )
 async def stop_node(call: Call) -> NodeInfo:
     return await _agent(call).stop(call.path["tenant"], call.path["name"])
@@ -185,6 +211,7 @@ async def stop_node(call: Call) -> NodeInfo:
     "Start a stopped node",
     roles=ANYONE,
     response=NodeInfo,
+    errors={409: "The node is being created or deleted", **TOKEN_CHECK},
 )
 async def start_node(call: Call) -> NodeInfo:
     return await _agent(call).start(call.path["tenant"], call.path["name"])
@@ -196,6 +223,12 @@ async def start_node(call: Call) -> NodeInfo:
     "Delete a node and its directory record (an operator sends X-Tenant-Token)",
     roles=ANYONE,
     status=204,
+    headers=(FOR_TENANT,),
+    errors={
+        401: "No credential, an unknown one, or an operator's without X-Tenant-Token",
+        409: "The node is being rolled back",
+        **TOKEN_CHECK,
+    },
 )
 async def delete_node(call: Call) -> None:
     await _agent(call).delete(call.path["tenant"], call.path["name"], _token(call))
@@ -208,6 +241,8 @@ async def delete_node(call: Call) -> None:
     "directory's admin token)",
     roles=OPERATOR,
     response=list[NodeInfo],
+    headers=(Header(DIRECTORY_TOKEN, "The directory's admin token: it agrees to the drain", True),),
+    errors={401: "No operator credential, or no valid X-Directory-Token", 503: ""},
 )
 async def drain(call: Call) -> list[NodeInfo]:
     return await _agent(call).drain(call.request.headers.get(DIRECTORY_TOKEN))
@@ -250,17 +285,22 @@ def _console_socket_openapi(document: dict) -> dict:
             'both ways; a text message {"rows": R, "cols": C} sets the window size; the '
             'agent closes with "exit N" when the console command ends.',
             "parameters": argv_entry["parameters"],
-            "security": [{"bearer": []}],
+            "security": [{"bearerAuth": []}],
             "responses": {
                 "101": {"description": "Switching to the WebSocket protocol"},
-                "default": argv_entry["responses"]["default"],
+                "400": error_response(
+                    400,
+                    "Not a WebSocket upgrade",
+                    argv_entry["responses"]["500"]["content"]["application/json"]["schema"],
+                ),
+                **{
+                    status: answer
+                    for status, answer in argv_entry["responses"].items()
+                    if status != "200"
+                },
             },
         }
     }
-
-
-async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPENAPI])
 
 
 async def agent_context(app: web.Application) -> AsyncIterator[None]:
@@ -353,19 +393,39 @@ def make_app(config: AgentConfig) -> web.Application:
     app[TOKENS] = TenantTokens(
         directory_whoami(directory.url, directory.timeout, directory.ca_file)
     )
-    app[OPENAPI] = api.openapi(
-        "NVI host agent", VERSION, "One server's nodes. See docs/hostagent.md."
-    )
-    app[OPENAPI]["paths"][CONSOLE_SOCKET] = _console_socket_openapi(app[OPENAPI])
+    app[OPENAPI] = openapi_document()
     app.cleanup_ctx.append(agent_context)
     app.cleanup_ctx.append(reconcile_context)
     app.cleanup_ctx.append(announcer_context)
     api.add_routes(app)
     app.router.add_get(CONSOLE_SOCKET, console_socket)
-    app.router.add_get("/v1/openapi.json", openapi)
-    app[OPENAPI]["paths"][METRICS_PATH] = openapi_path()
+    app.router.add_get("/v1/openapi.json", served(app[OPENAPI]))
     app.router.add_get(METRICS_PATH, metrics_handler(metrics.registry))
     return app
+
+
+def openapi_document() -> dict:
+    """The API's OpenAPI document as shipped in docs/api/agent.json (`scripts/openapi`); a
+    running agent answers it with its own URL as the server."""
+    document = api.openapi(
+        "NVI host agent",
+        VERSION,
+        "One server's nodes. See docs/hostagent.md.",
+        [
+            {
+                "url": "https://{host}:{port}",
+                "description": "An agent's TCP listener ([tcp] in its config; HTTPS only). "
+                "Its Unix socket answers the same API to the server's operators.",
+                "variables": {
+                    "host": {"default": "127.0.0.1"},
+                    "port": {"default": str(TcpConfig.model_fields["port"].default)},
+                },
+            }
+        ],
+    )
+    document["paths"][CONSOLE_SOCKET] = _console_socket_openapi(document)
+    document["paths"][METRICS_PATH] = openapi_path()
+    return document
 
 
 async def run(config: AgentConfig) -> None:

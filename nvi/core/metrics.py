@@ -81,8 +81,8 @@ def openapi_path() -> dict[str, Any]:
                     "description": "The service's metrics",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
                 },
-                "default": {
-                    "description": "An error, with a message saying why",
+                "500": {
+                    "description": "An unexpected failure; the service's log says more",
                     "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
                     },

@@ -21,6 +21,13 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=63)]
 
 
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(\.{_OCTET}){{3}}"
+_IPV6 = "(([0-9a-f]{1,4}:){7}[0-9a-f]{1,4}|([0-9a-f]{1,4}:){1,7}:|:(:[0-9a-f]{1,4}){1,7}|::)"
+"""IPv4 as `ipaddress` reads it (no leading zeros), and IPv6 in full or with a leading or
+trailing `::`: patterns for JSON schemas, where formats cannot be combined with a prefix."""
+
+
 def _canonical_ip(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
@@ -64,13 +71,31 @@ CIDR = Annotated[
     str,
     StringConstraints(max_length=49),
     AfterValidator(_canonical_cidr),
-    WithJsonSchema({"type": "string", "maxLength": 49, "examples": ["10.0.0.0/24"]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 49,
+            "anyOf": [
+                {"pattern": f"^{_IPV4}/([0-9]|[12][0-9]|30)$"},
+                {"pattern": f"^{_IPV6}/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-6])$"},
+            ],
+            "description": "Host bits zero, room for a gateway and a node (IPv4: /0 to /30)",
+            "examples": ["10.0.0.0/24"],
+        }
+    ),
 ]
 MAC = Annotated[
     str,
     StringConstraints(max_length=17),
     AfterValidator(_canonical_mac),
-    WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "A unicast MAC address, not all zeros",
+            "pattern": "^[0-9a-fA-F][02468aceACE]([:-][0-9a-fA-F]{2}){5}$",
+            "not": {"pattern": "^00([:-]00){5}$"},
+        }
+    ),
 ]
 
 
@@ -101,6 +126,8 @@ Pool = Annotated[
         {
             "type": "string",
             "maxLength": 64,
+            "pattern": f"^{_IPV4}(/([0-9]|[12][0-9]|3[0-2])|-{_IPV4})?$",
+            "description": "IPv4: an address, a CIDR, or first-last (first not after last)",
             "examples": ["198.51.100.64/27", "192.0.2.10-192.0.2.19"],
         }
     ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, get_origin
 
@@ -66,6 +66,33 @@ class Error(BaseModel):
     details: list[dict] | None = None
 
 
+@dataclass(frozen=True)
+class Header:
+    """A request header an operation reads besides `Authorization` (empty counts as absent)."""
+
+    name: str
+    description: str
+    required: bool = False
+
+
+TENANT_TOKEN = Header(
+    "X-Tenant-Token", "The tenant's own token: its consent to what a server does for it", True
+)
+"""The header of an `on_behalf` operation."""
+
+ERRORS = {
+    401: "No credential, or one this service does not know",
+    403: "The credential may not do this",
+    404: "What the path or the body names does not exist (or is not the caller's to see)",
+    409: "The request conflicts with the current state",
+    410: "The change log no longer holds that revision: read again from the current one",
+    413: "The body is larger than the service takes",
+    422: "The request breaks this document's schema, or a rule stated with it",
+    500: "An unexpected failure; the service's log says more",
+    503: "Something this service needs does not answer; try again later",
+}
+"""What each error status means, unless an operation says more precisely."""
+
 Handler = Callable[[Call], Awaitable[Any]]
 Authenticate = Callable[[web.Request], Awaitable[Principal]]
 Audit = Callable[[web.Request, "Operation", Principal | None, int, str | None], None]
@@ -85,6 +112,23 @@ class Operation:
     status: int
     on_behalf: bool = False
     refusal: Refusal | None = None
+    headers: tuple[Header, ...] = ()
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def error_statuses(self, always: dict[int, str]) -> dict[int, str]:
+        """Every error this operation can answer, and why: what its declaration implies
+        (credentials, path, inputs), what the service always may, and what it declares."""
+        implied: dict[int, str] = {}
+        if self.roles:
+            implied |= {401: ERRORS[401], 403: ERRORS[403]}
+        if "{" in self.path:
+            implied[404] = ERRORS[404]
+        if "{" in self.path or self.query is not None or self.body is not None:
+            implied[422] = ERRORS[422]
+        if self.body is not None:
+            implied[413] = ERRORS[413]
+        explicit = {status: why or ERRORS[status] for status, why in self.errors.items()}
+        return dict(sorted((implied | always | explicit).items()))
 
 
 def _validation_error(error: ValidationError, where: str) -> InvalidRequest:
@@ -100,9 +144,15 @@ class Api:
     """Operations of one service; `path_params` maps each path placeholder to its type."""
 
     def __init__(
-        self, path_params: dict[str, Any], authenticate: Authenticate, audit: Audit | None = None
+        self,
+        path_params: dict[str, Any],
+        authenticate: Authenticate,
+        audit: Audit | None = None,
+        errors: dict[int, str] | None = None,
     ) -> None:
+        """`errors`: statuses any operation may answer (a broken storage, an internal error)."""
         self.operations: list[Operation] = []
+        self.errors = {status: why or ERRORS[status] for status, why in (errors or {}).items()}
         self.path_types = path_params
         self.path_params = {name: TypeAdapter(kind) for name, kind in path_params.items()}
         self.authenticate = authenticate
@@ -121,10 +171,14 @@ class Api:
         status: int = 200,
         on_behalf: bool = False,
         refusal: Refusal | None = None,
+        headers: tuple[Header, ...] = (),
+        errors: dict[int, str] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Declare an operation; `roles=None` means no credential is needed. `on_behalf`: a
         server credential must come with the tenant's token (X-Tenant-Token). `refusal`: the
-        error for a credential whose role may not call (it may also count the attempt)."""
+        error for a credential whose role may not call (it may also count the attempt).
+        `headers`: the other headers it reads; `errors`: error statuses it answers beyond
+        those its declaration implies (each with why, or "" for the usual words)."""
 
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -140,6 +194,8 @@ class Api:
                     status,
                     on_behalf,
                     refusal,
+                    ((TENANT_TOKEN,) if on_behalf else ()) + headers,
+                    errors or {},
                 )
             )
             return handler
@@ -227,8 +283,11 @@ class Api:
         except ValidationError as error:
             raise _validation_error(error, "query") from None
 
-    def openapi(self, title: str, version: str, description: str) -> dict[str, Any]:
-        """The OpenAPI 3.1 document of every declared operation."""
+    def openapi(
+        self, title: str, version: str, description: str, servers: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of every declared operation; `servers` as shipped (a
+        running service answers with its own URL instead, see `served`)."""
         components: dict[str, Any] = {}
 
         def schema(
@@ -256,27 +315,23 @@ class Api:
                 for name in re.findall(r"{(\w+)}", op.path)
             ]
             if op.query is not None:
-                query_schema = op.query.model_json_schema(
-                    ref_template="#/components/schemas/{model}"
-                )
-                components.update(query_schema.pop("$defs", {}))
-                for name, prop in query_schema["properties"].items():
-                    required = name in query_schema.get("required", [])
-                    parameter = {"name": name, "in": "query", "schema": prop, "required": required}
-                    if prop.get("type") == "array":
-                        parameter |= {"style": "form", "explode": True}
-                    parameters.append(parameter)
+                parameters += _query_parameters(op.query, components)
+            parameters += [
+                {
+                    "name": header.name,
+                    "in": "header",
+                    "required": header.required,
+                    "description": header.description,
+                    "schema": {"type": "string"},
+                }
+                for header in op.headers
+            ]
             entry: dict[str, Any] = {
                 "operationId": op.handler.__name__,
                 "summary": op.summary,
                 "parameters": parameters,
-                "security": [{"bearer": []}] if op.roles else [],
-                "responses": {
-                    "default": {
-                        "description": "An error, with a message saying why",
-                        "content": {"application/json": {"schema": error}},
-                    }
-                },
+                "security": [{"bearerAuth": []}] if op.roles else [],
+                "responses": {},
             }
             if op.roles:
                 entry["description"] = "Credentials: " + ", ".join(sorted(op.roles)) + "."
@@ -289,13 +344,84 @@ class Api:
             if op.response is not None:
                 success["content"] = {"application/json": {"schema": schema(op.response)}}
             entry["responses"][str(op.status)] = success
+            for status, why in op.error_statuses(self.errors).items():
+                entry["responses"][str(status)] = error_response(status, why, error)
             paths.setdefault(op.path, {})[op.method.lower()] = entry
         return {
             "openapi": "3.1.0",
             "info": {"title": title, "version": version, "description": description},
+            "servers": servers,
             "paths": paths,
             "components": {
                 "schemas": components,
-                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
             },
         }
+
+
+def error_response(status: int, why: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An error answer's entry: the `Error` body; a 401 also names the scheme to use."""
+    entry: dict[str, Any] = {
+        "description": why,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if status == 401:
+        entry["headers"] = {
+            "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}
+        }
+    return entry
+
+
+def _optional(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query field's schema without its `null` branch: a query string has no null, an
+    optional parameter is simply left out."""
+    prop = {key: value for key, value in prop.items() if not (key == "default" and value is None)}
+    branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
+    if "anyOf" in prop and len(branches) == 1:
+        del prop["anyOf"]
+        prop = branches[0] | prop
+    elif "anyOf" in prop:
+        prop["anyOf"] = branches
+    return prop
+
+
+def _query_parameters(model: type[BaseModel], components: dict[str, Any]) -> list[dict[str, Any]]:
+    """One parameter per field; a model bound by cross-field rules (oneOf, allOf...) is one
+    object parameter instead (form style, exploded: the same query string), since only a
+    schema of the whole can state a rule between its fields."""
+    generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(generated.pop("$defs", {}))
+    generated["properties"] = {
+        name: _optional(prop) for name, prop in generated["properties"].items()
+    }
+    if any(key in generated for key in ("oneOf", "anyOf", "allOf", "not", "if")):
+        components[model.__name__] = generated
+        return [
+            {
+                "name": "query",
+                "in": "query",
+                "required": True,
+                "style": "form",
+                "explode": True,
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"},
+            }
+        ]
+    parameters = []
+    for name, prop in generated["properties"].items():
+        required = name in generated.get("required", [])
+        parameter = {"name": name, "in": "query", "schema": prop, "required": required}
+        if prop.get("type") == "array":
+            parameter |= {"style": "form", "explode": True}
+        parameters.append(parameter)
+    return parameters
+
+
+def served(document: dict[str, Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler of `/v1/openapi.json`: the document, its `servers` the URL it was asked at
+    (so a client generated from a live service talks to that service)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        origin = f"{request.scheme}://{request.host}"
+        return web.json_response(document | {"servers": [{"url": origin}]})
+
+    return handler

@@ -161,7 +161,7 @@ L = "192.0.1.50"  # a free locator of s1's pool
             "POST",
             "/v1/tenants/acme/nodes",
             {"name": "n", "kind": "vm", "network": "front", "ip": "10.0.1.9", "locator": L},
-            422,
+            409,  # the stored network decides: state, not form
         ),
         (
             "POST",
@@ -213,12 +213,33 @@ L = "192.0.1.50"  # a free locator of s1's pool
         ("POST", "/v1/servers", {"name": "s3", "pools": ["203.0.113.0/33"]}, 422),
         ("POST", "/v1/servers", {"name": "s3", "pools": []}, 422),
         ("DELETE", "/v1/servers/s9", None, 404),
-        ("POST", "/v1/tenants/acme/links", {"kind": "network", "a": "front", "b": "front"}, 422),
-        ("POST", "/v1/tenants/acme/links", {"kind": "network", "a": "front", "b": "ghost"}, 422),
+        ("POST", "/v1/tenants/acme/links", {"kind": "network", "ends": ["front", "front"]}, 422),
+        ("POST", "/v1/tenants/acme/links", {"kind": "network", "a": "front", "b": "back"}, 422),
+        ("POST", "/v1/tenants/acme/links", {"kind": "network", "ends": ["front", "ghost"]}, 404),
+        (
+            "POST",
+            "/v1/tenants/acme/nodes",
+            {"name": "n", "kind": "vm", "network": "nowhere", "locator": L},
+            404,
+        ),
+        (
+            "POST",
+            "/v1/tenants/acme/networks",
+            {"name": "x", "cidr": "10.9.0.0/24", "gateway": "::1"},
+            422,
+        ),
+        (
+            "POST",
+            "/v1/tenants/acme/networks",
+            {"name": "x", "cidr": "10.9.0.0/24", "gateway": "10.8.0.1"},
+            422,
+        ),
         ("DELETE", "/v1/tenants/acme/links/network:back:front", None, 404),
         ("DELETE", "/v1/tenants/acme/networks/front", None, 409),
         ("GET", "/v1/tenants/ACME", None, 422),
         ("GET", "/v1/resolve?ip=10.0.0.2", None, 422),
+        ("GET", "/v1/resolve?ip=10.0.0.2&locator=192.0.1.2&source=" + "0" * 32, None, 422),
+        ("GET", "/v1/resolve?ip=10.0.0.2&tenant=acme&source=" + "0" * 32, None, 422),
         ("GET", "/v1/resolve?ip=nope&source=" + "0" * 32, None, 422),
         ("GET", "/v1/changes?since=-1", None, 422),
         ("GET", "/v1/locators/not-an-ip", None, 422),
@@ -264,7 +285,7 @@ async def test_the_openapi_document_describes_every_route(service) -> None:  # n
     status, document = await raw(service, "GET", "/v1/openapi.json", None)
     assert status == 200 and document["openapi"].startswith("3.1")
     assert len([op for path in document["paths"].values() for op in path]) == 29
-    assert document["paths"]["/v1/resolve"]["get"]["security"] == [{"bearer": []}]
+    assert document["paths"]["/v1/resolve"]["get"]["security"] == [{"bearerAuth": []}]
     assert document["paths"]["/metrics"]["get"]["security"] == []
 
 

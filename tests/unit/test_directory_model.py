@@ -89,7 +89,9 @@ def test_a_pair_has_one_link_id_whichever_order(a: str, b: str) -> None:
 
 def test_cross_field_rules() -> None:
     with pytest.raises(ValidationError, match="different"):
-        LinkCreate(kind="network", a="x", b="x")
+        LinkCreate.model_validate({"kind": "network", "ends": ["x", "x"]})
+    with pytest.raises(ValidationError, match="at least 2"):
+        LinkCreate.model_validate({"kind": "network", "ends": ["x"]})
     with pytest.raises(ValidationError, match="locator"):
         NodeUpdate()
     with pytest.raises(ValidationError, match="extra"):
