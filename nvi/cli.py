@@ -20,6 +20,7 @@ COMMANDS = {
     "directory": ("federation.cli", "directory", "The federation directory."),
     "lab": ("nvi.lab.cli", "lab", "Many servers on one machine: lab files and their state."),
     "node": ("hostagent.cli", "node", "Nodes (containers and VMs) on this server."),
+    "portal": ("nvi.portal.cli", "portal", "The tenants' web portal."),
     "trace": ("nvi.trace_command", "trace_command", "Which flows a packet hits on each server."),
 }
 

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from nvi.core.errors import NviError
 from nvi.core.tls import server_context
 from nvi.portal import console, operator, pages
 from nvi.portal.config import PortalConfig
@@ -73,6 +74,10 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
         return page(
             request.app[TEMPLATES], "error.html", error.status, title=title, reason=error.text
         )
+    except NviError as error:  # the directory or an agent said no, or cannot be reached
+        status = getattr(error, "status", 503)
+        status = status if isinstance(status, int) and 400 <= status < 600 else 503
+        return page(request.app[TEMPLATES], "error.html", status, title="Failed", reason=str(error))
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -45,22 +45,16 @@ async def console_socket(request: web.Request) -> web.StreamResponse:
         return refused(request, "the console's CSRF token is missing or wrong: reload the page")
     cloud = await cloud_of(request, session)
     name = request.match_info["name"]
-    node = await read(request, session, cloud.node(name))
-    entries = {entry.server: entry for entry in await read(request, session, cloud.catalogue())}
-    entry = entries.get(node.server)
-    if entry is None:
-        raise web.HTTPServiceUnavailable(text=f"server {node.server} is not in the catalogue")
-    async with contextlib.AsyncExitStack() as stack:
-        agent = await stack.enter_async_context(cloud.agent(entry))
-        try:
-            upstream = await stack.enter_async_context(agent.console_socket(session.tenant, name))
-        except NviError as error:
-            if getattr(error, "status", None) == 404:
-                raise web.HTTPNotFound(text=str(error)) from None
-            raise web.HTTPBadGateway(text=str(error)) from None
-        browser = web.WebSocketResponse(heartbeat=30)
-        await browser.prepare(request)
-        await relay(browser, upstream)
+    agent = await read(request, session, cloud.agent_of(name))  # 404 unless the tenant's
+    try:
+        async with agent.console_socket(session.tenant, name) as upstream:
+            browser = web.WebSocketResponse(heartbeat=30)
+            await browser.prepare(request)
+            await relay(browser, upstream)
+    except NviError as error:  # before the handshake: the agent refused or is unreachable
+        if getattr(error, "status", None) == 404:
+            raise web.HTTPNotFound(text=str(error)) from None
+        raise web.HTTPBadGateway(text=str(error)) from None
     return browser
 
 

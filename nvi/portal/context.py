@@ -19,7 +19,7 @@ CloudFactory = Callable[[str], Any]
 
 CONFIG = web.AppKey("config", PortalConfig)
 SESSIONS = web.AppKey("sessions", Sessions)
-CLOUDS = web.AppKey("clouds", CloudFactory)
+CLOUDS: web.AppKey[CloudFactory] = web.AppKey("clouds")
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 COOKIE = "nvi_portal"
 SIGN_IN = "/signin"

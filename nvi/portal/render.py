@@ -25,5 +25,6 @@ def environment() -> jinja2.Environment:
 
 
 def page(env: jinja2.Environment, template: str, status: int = 200, **values: Any) -> web.Response:
+    values = {"session": None, "notices": [], "refresh": None} | values
     body = env.get_template(template).render(**values)
     return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
