@@ -16,7 +16,7 @@ HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make forms send `Origin: null`
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
 }

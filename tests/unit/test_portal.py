@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from federation.errors import InvalidRequest, NotFound, Unauthorized
 from federation.models import CatalogueEntry, Identity, Resources
 from nvi.client.cloud import NodeView
-from nvi.core.model import NodeKind
+from nvi.core.model import Network, NodeKind
 from nvi.portal.app import create_app
 from nvi.portal.config import PortalConfig
 from nvi.portal.context import COOKIE
@@ -91,9 +91,9 @@ class FakeCloud:
             )
         ]
 
-    async def networks(self) -> list[Any]:
-        self._tenant()
-        return []
+    async def networks(self) -> list[Network]:
+        tenant = self._tenant()
+        return [Network(tenant=tenant, name="web", cidr="10.0.0.0/24", gateway="10.0.0.1")]
 
     async def links(self) -> list[Any]:
         self._tenant()
