@@ -20,6 +20,8 @@ from pydantic import BaseModel, TypeAdapter
 
 from federation.errors import DirectoryError, Gone, Unavailable, from_status
 from federation.models import (
+    Announcement,
+    CatalogueEntry,
     Change,
     ChangePage,
     ChangeType,
@@ -160,6 +162,12 @@ class DirectoryClient:
 
     async def revoke_server(self, name: str) -> list[Node]:
         return await self._call("DELETE", f"/v1/servers/{name}", list[Node])
+
+    async def announce(self, announcement: Announcement) -> CatalogueEntry:
+        """Announce (or renew) the calling server in the catalogue. Servers never read the
+        catalogue, so this client has no method that does."""
+        body = announcement.model_dump(mode="json")
+        return await self._call("PUT", "/v1/catalogue", CatalogueEntry, json=body)
 
     # networks, nodes, links
 

@@ -14,6 +14,7 @@ Keys (every value is JSON):
     s/{server}                       Server (name, pools)
     stok/{sha256 of secret}          Server (the credential's server)
     sn/{server}/{node id}            {tenant, name}: the nodes a server hosts
+    cat/{server}                     the server's catalogue entry (a lease; never logged)
 
 Every write of a tenant's records expects `t/{tenant}` unchanged since it was read and
 re-writes it, so the writes of one tenant are serialised (optimistic concurrency: a loser
@@ -32,7 +33,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import netaddr
@@ -40,6 +41,8 @@ from pydantic import BaseModel
 
 from federation.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from federation.models import (
+    Announcement,
+    CatalogueEntry,
     Change,
     ChangePage,
     ChangeType,
@@ -81,6 +84,17 @@ def _server(raw: bytes) -> Server:
     data = json.loads(raw)
     data.pop("hash", None)
     return Server.model_validate(data)
+
+
+def _entry(raw: bytes, now: datetime) -> CatalogueEntry:
+    data = json.loads(raw)
+    expires = datetime.fromisoformat(data["expires"])
+    return CatalogueEntry.model_validate(data | {"alive": now < expires})
+
+
+def _identity(entry: CatalogueEntry) -> tuple:
+    """What an audit reader cares about in an entry; free capacity and times change often."""
+    return (entry.agent_url, entry.cloud, sorted(entry.kinds), entry.version)
 
 
 def _overlap(first: netaddr.IPRange, second: netaddr.IPRange) -> bool:
@@ -334,13 +348,62 @@ class Directory:
                 withdrawn.append(await self.delete_node(hosted["tenant"], hosted["name"]))
             except NotFound:
                 await self.store.commit([], [Delete(entry.key)], None)
-        await self.store.commit([], [Delete(f"s/{name}")], None)
+        await self.store.commit([], [Delete(f"s/{name}"), Delete(f"cat/{name}")], None)
         return withdrawn
 
     async def hosted_tenants(self, server: str) -> set[str]:
         """The tenants a server hosts nodes of: all that its credential may learn about."""
         entries = (await self.store.scan(f"sn/{server}/")).entries.values()
         return {json.loads(entry.value)["tenant"] for entry in entries}
+
+    # the catalogue
+
+    async def announce(
+        self, server: Server, announcement: Announcement
+    ) -> tuple[CatalogueEntry, bool]:
+        """Record or renew the server's catalogue entry, a lease of `lease_seconds` by the
+        directory's own clock (servers' clocks may drift). Returns the entry and whether it is
+        new or says something new (agent_url, cloud, kinds, version): renewals of the same
+        entry stay out of the audit log. Never on the change stream: no controller needs it."""
+        key, enrolled = f"cat/{server.name}", f"s/{server.name}"
+
+        async def attempt() -> _Write:
+            snapshot = await self.store.get(key, enrolled)
+            if enrolled not in snapshot.entries:
+                raise Forbidden(f"server {server.name!r} is not enrolled")
+            now = datetime.now(UTC)
+            entry = CatalogueEntry(
+                **announcement.model_dump(),
+                server=server.name,
+                announced=now,
+                expires=now + timedelta(seconds=announcement.lease_seconds),
+                alive=True,
+            )
+            previous = snapshot.value(key)
+            changed = previous is None or _identity(_entry(previous, now)) != _identity(entry)
+            write = _Write(
+                expects=[
+                    Expect(enrolled, snapshot.mod_rev(enrolled)),  # a revocation wins the race
+                    Expect(key, snapshot.mod_rev(key)),
+                ],
+                result=(entry, changed),
+            )
+            write.put(key, entry.model_dump(mode="json", exclude={"alive"}))
+            return write
+
+        return await self._write(attempt)
+
+    async def catalogue(self) -> list[CatalogueEntry]:
+        """Every announced server, by name; `alive` while its lease runs. A dead server's
+        entry stays until the server is revoked."""
+        now = datetime.now(UTC)
+        return [_entry(e.value, now) for e in (await self.store.scan("cat/")).entries.values()]
+
+    async def catalogue_entry(self, server: str) -> CatalogueEntry:
+        raw = (await self.store.get(f"cat/{server}")).value(f"cat/{server}")
+        if raw is None:
+            raise NotFound(f"server {server!r} has not announced itself")
+        return _entry(raw, datetime.now(UTC))
 
     # networks
 

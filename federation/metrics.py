@@ -38,6 +38,25 @@ class DirectoryMetrics:
             "Long polls waiting for changes now (about one per following controller)",
             registry=self.registry,
         )
+        self.catalogue_reads = Counter(
+            "nvi_directory_catalogue_reads",
+            "Catalogue reads by the caller's role (admin, tenant; a server's is refused)",
+            ["role"],
+            registry=self.registry,
+        )
+        for role in ("admin", "tenant", "server"):
+            self.catalogue_reads.labels(role)  # shown at 0: "servers read nothing" is a fact
+        self.catalogue_refused = Counter(
+            "nvi_directory_catalogue_refused",
+            "Catalogue reads refused because a server asked (servers never read it)",
+            registry=self.registry,
+        )
+        self.announcements = Counter(
+            "nvi_directory_catalogue_announcements",
+            "Catalogue announcements: new (or changed) entries, and renewals",
+            ["kind"],
+            registry=self.registry,
+        )
         self.store = Info("nvi_directory_store", "The storage backend", registry=self.registry)
 
     async def lookup(

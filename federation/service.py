@@ -18,6 +18,8 @@ from federation.directory import Directory
 from federation.errors import DirectoryError, Forbidden, Unauthorized
 from federation.metrics import DirectoryMetrics
 from federation.models import (
+    Announcement,
+    CatalogueEntry,
     ChangePage,
     ChangesQuery,
     Health,
@@ -56,6 +58,7 @@ CONFIG = web.AppKey("config", Config)
 DIRECTORY = web.AppKey("directory", Directory)
 OPENAPI = web.AppKey("openapi", dict)
 AUDIT_LOG = web.AppKey("audit_log", TextIO)
+QUIET = web.RequestKey("quiet", bool)  # a change not worth an audit line (a lease renewal)
 METRICS = web.AppKey("metrics", DirectoryMetrics)
 TENANT_TOKEN = "X-Tenant-Token"
 
@@ -101,6 +104,8 @@ def audit(
     error: str | None,
 ) -> None:
     """One JSON line per change or refused change: who, what, and how it ended."""
+    if status < 400 and request.get(QUIET, False):
+        return
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "actor": principal.actor() if principal else {"role": "unauthenticated"},
@@ -189,6 +194,61 @@ async def get_server(call: Call) -> Server:
 )
 async def revoke_server(call: Call) -> list[Node]:
     return await _directory(call).revoke_server(call.path["server"])
+
+
+@api.route(
+    "PUT",
+    "/v1/catalogue",
+    "Announce (or renew) the calling server in the catalogue, as a lease",
+    roles={SERVER},
+    body=Announcement,
+    response=CatalogueEntry,
+)
+async def announce(call: Call) -> CatalogueEntry:
+    server = _server(call)
+    assert server is not None
+    entry, changed = await _directory(call).announce(server, call.body)
+    call.request[QUIET] = not changed
+    call.request.app[METRICS].announcements.labels("new" if changed else "renewal").inc()
+    return entry
+
+
+def _catalogue_refused(request: web.Request, principal: Principal) -> NviError:
+    """Servers know nothing of each other: a server asking is refused, and counted."""
+    metrics = request.app[METRICS]
+    metrics.catalogue_reads.labels(str(principal.role)).inc()
+    metrics.catalogue_refused.inc()
+    return Forbidden("servers do not read the catalogue")
+
+
+def _count_read(call: Call) -> Directory:
+    assert call.principal is not None
+    call.request.app[METRICS].catalogue_reads.labels(str(call.principal.role)).inc()
+    return _directory(call)
+
+
+@api.route(
+    "GET",
+    "/v1/catalogue",
+    "The servers that announced themselves, and whether their lease runs (users only)",
+    roles=MANAGE,
+    response=list[CatalogueEntry],
+    refusal=_catalogue_refused,
+)
+async def catalogue(call: Call) -> list[CatalogueEntry]:
+    return await _count_read(call).catalogue()
+
+
+@api.route(
+    "GET",
+    "/v1/catalogue/{server}",
+    "One server's catalogue entry (users only)",
+    roles=MANAGE,
+    response=CatalogueEntry,
+    refusal=_catalogue_refused,
+)
+async def catalogue_entry(call: Call) -> CatalogueEntry:
+    return await _count_read(call).catalogue_entry(call.path["server"])
 
 
 @api.route(

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.metadata
 import ipaddress
 import logging
+from collections.abc import Callable
 
-from hostagent.config import AgentConfig
+from federation.models import Announcement, Resources
+from hostagent.config import AgentConfig, CatalogueConfig
 from hostagent.drivers import NodeDriver
 from hostagent.errors import Conflict, Invalid, NotFound, Unauthorized
 from hostagent.metrics import AgentMetrics
@@ -51,12 +54,21 @@ class Agent:
         # keeps locator allocation, capacity checks and reconciliation simple and correct.
         self.lock = asyncio.Lock()
         self.steps: dict[str, str] = {}  # node id -> the step its create is at (for `show`)
+        # Called after anything that changes free capacity (the catalogue re-announces).
+        self.on_change: list[Callable[[], None]] = []
+
+    def _changed(self) -> None:
+        for listener in self.on_change:
+            listener()
 
     # -- create ---------------------------------------------------------------------------
 
     async def create(self, request: NodeCreate, token: str | None) -> NodeInfo:
-        with self.metrics.operation("create", str(request.kind)):
-            return await self._create(request, token)
+        try:
+            with self.metrics.operation("create", str(request.kind)):
+                return await self._create(request, token)
+        finally:
+            self._changed()
 
     async def _create(self, request: NodeCreate, token: str | None) -> NodeInfo:
         token = _require(token)
@@ -186,8 +198,11 @@ class Agent:
         return await self.show(tenant, name)
 
     async def delete(self, tenant: str, name: str, token: str | None) -> None:
-        with self.metrics.operation("delete", str(self.node(tenant, name).kind)):
-            await self._delete(tenant, name, token)
+        try:
+            with self.metrics.operation("delete", str(self.node(tenant, name).kind)):
+                await self._delete(tenant, name, token)
+        finally:
+            self._changed()
 
     async def _delete(self, tenant: str, name: str, token: str | None) -> None:
         token = _require(token)
@@ -209,9 +224,12 @@ class Agent:
             raise Unauthorized("draining needs the directory's admin token (X-Directory-Token)")
         async with self.lock:
             drained = self.state.nodes()
-            for node in drained:
-                self.state.update(node.id, phase=Phase.DELETING)
-                await self._finish_delete(node.id)
+            try:
+                for node in drained:
+                    self.state.update(node.id, phase=Phase.DELETING)
+                    await self._finish_delete(node.id)
+            finally:
+                self._changed()
         return drained
 
     async def _authorise(self, token: str, node: NodeInfo) -> None:
@@ -264,6 +282,8 @@ class Agent:
             repairs += await self._remove_orphans()
         self.metrics.reconciliations.inc()
         self.metrics.repairs.inc(len(repairs))
+        if repairs:
+            self._changed()
         for repair in repairs:
             log.info("reconcile: %s", repair)
         return repairs
@@ -327,6 +347,33 @@ class Agent:
             drivers={str(kind): await driver.health() for kind, driver in self.drivers.items()},
             ovs=await self.switch.health(),
             directory=await self.publisher.health(),
+        )
+
+    async def announcement(self, catalogue: CatalogueConfig) -> Announcement:
+        """This server as the catalogue shows it to users: where its agent is, what it has
+        and what is free, and the kinds whose driver works now."""
+        capacity = self.config.capacity
+        cpus, memory = self.state.reserved()
+        pool = self.config.locator_pool.size
+        kinds = [
+            kind
+            for kind, driver in self.drivers.items()
+            if (await driver.health()).startswith("ok")
+        ]
+        if not kinds:
+            raise NviError("no node kind can be created now (see the drivers in the status)")
+        return Announcement(
+            agent_url=catalogue.agent_url,
+            cloud=catalogue.cloud,
+            kinds=kinds,
+            capacity=Resources(cpus=capacity.cpus, memory_mib=capacity.memory_mib, locators=pool),
+            free=Resources(
+                cpus=max(capacity.cpus - cpus, 0),
+                memory_mib=max(capacity.memory_mib - memory, 0),
+                locators=max(pool - len(self.state.nodes()), 0),
+            ),
+            version=importlib.metadata.version("nvi"),
+            lease_seconds=catalogue.lease_seconds,
         )
 
 

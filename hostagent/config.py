@@ -96,6 +96,20 @@ class TcpConfig(_Section):
     key_file: Path = Field(description="The certificate's private key (PEM)")
 
 
+class CatalogueConfig(_Section):
+    """How this server announces itself to users in the directory's catalogue (a lease it
+    renews); without this section it does not announce."""
+
+    agent_url: str = Field(
+        pattern=r"^https://[^\s/]+(:[0-9]{1,5})?/?$",
+        description="Where tenants reach this agent: its [tcp] endpoint as they see it (https)",
+    )
+    cloud: Label = Field(description="The cloud or region this server is in, for users")
+    lease_seconds: float = Field(
+        15, ge=5, le=300, description="The entry lapses unless renewed; renewed every third"
+    )
+
+
 class Capacity(_Section):
     """What the agent may hand out to nodes in total; defaults to the machine's size."""
 
@@ -116,6 +130,7 @@ class AgentConfig(_Section):
     vm: VmConfig = VmConfig()
     directory: DirectoryConfig
     tcp: TcpConfig | None = None
+    catalogue: CatalogueConfig | None = None
     capacity: Capacity = Field(default_factory=Capacity)
 
     @field_validator("locators")

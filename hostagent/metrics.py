@@ -43,6 +43,14 @@ class AgentMetrics:
             "interrupted operations finished)",
             registry=self.registry,
         )
+        self.announcements = Counter(
+            "nvi_agent_catalogue_announcements",
+            "Announcements of this server in the directory's catalogue, by outcome (ok, error)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "error"):
+            self.announcements.labels(outcome)
 
     @contextmanager
     def operation(self, name: str, kind: str) -> Iterator[None]:

@@ -94,3 +94,7 @@ class AgentStatus(BaseModel):
     drivers: dict[str, str] = Field(description="Each node kind's driver and its engine's state")
     ovs: str
     directory: str
+    catalogue: str = Field(
+        "off (no [catalogue] section)",
+        description="This server's last announcement in the directory's catalogue, or its error",
+    )

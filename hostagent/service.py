@@ -20,7 +20,9 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from federation.client import DirectoryClient
 from hostagent.agent import Agent, missing
+from hostagent.announcer import Announcer
 from hostagent.config import AgentConfig
 from hostagent.console import relay
 from hostagent.containers import ContainerDriver
@@ -55,6 +57,8 @@ AGENT = web.AppKey("agent", Agent)
 TOKENS = web.AppKey("tokens", TenantTokens)
 OPENAPI = web.AppKey("openapi", dict)
 METRICS = web.AppKey("metrics", AgentMetrics)
+ANNOUNCER = web.AppKey("announcer", Announcer)
+SERVING = web.AppKey("serving", asyncio.Event)  # set once the API answers on every endpoint
 VERSION = "1.0.0"
 OPERATOR = {Role.ADMIN}
 ANYONE = {Role.ADMIN, Role.TENANT}
@@ -110,7 +114,10 @@ def _token(call: Call) -> str | None:
     response=AgentStatus,
 )
 async def status(call: Call) -> AgentStatus:
-    return await _agent(call).status()
+    answer = await _agent(call).status()
+    if ANNOUNCER in call.request.app:
+        answer.catalogue = call.request.app[ANNOUNCER].summary()
+    return answer
 
 
 @api.route(
@@ -301,6 +308,38 @@ async def reconcile_context(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def announcer_context(app: web.Application) -> AsyncIterator[None]:
+    """Subsystem: this server's catalogue entry (if `[catalogue]` is configured), announced
+    once the API answers, renewed every third of the lease and after every create or delete."""
+    catalogue = app[CONFIG].catalogue
+    if catalogue is None:
+        yield
+        return
+    directory = app[CONFIG].directory
+    agent = app[AGENT]
+    client = DirectoryClient(
+        directory.url,
+        directory.credential(),
+        timeout=min(directory.timeout, catalogue.lease_seconds / 3),
+        ca_file=directory.ca_file,
+    )
+    announcer = Announcer(
+        client.announce,
+        lambda: agent.announcement(catalogue),
+        catalogue.lease_seconds,
+        lambda outcome: app[METRICS].announcements.labels(outcome).inc(),
+    )
+    app[ANNOUNCER] = announcer
+    agent.on_change.append(announcer.poke)
+    task = asyncio.create_task(announcer.run_forever(app[SERVING]))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+
 def make_app(config: AgentConfig) -> web.Application:
     metrics = AgentMetrics()
     app = web.Application(
@@ -309,6 +348,7 @@ def make_app(config: AgentConfig) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[SERVING] = asyncio.Event()
     directory = config.directory
     app[TOKENS] = TenantTokens(
         directory_whoami(directory.url, directory.timeout, directory.ca_file)
@@ -319,6 +359,7 @@ def make_app(config: AgentConfig) -> web.Application:
     app[OPENAPI]["paths"][CONSOLE_SOCKET] = _console_socket_openapi(app[OPENAPI])
     app.cleanup_ctx.append(agent_context)
     app.cleanup_ctx.append(reconcile_context)
+    app.cleanup_ctx.append(announcer_context)
     api.add_routes(app)
     app.router.add_get(CONSOLE_SOCKET, console_socket)
     app.router.add_get("/v1/openapi.json", openapi)
@@ -331,7 +372,8 @@ async def run(config: AgentConfig) -> None:
     """Serve until cancelled; the Unix socket appears only once the agent has reconciled, so
     its existence is the readiness signal."""
     tls = server_context(config.tcp.cert_file, config.tcp.key_file) if config.tcp else None
-    runner = web.AppRunner(make_app(config), access_log=None)
+    app = make_app(config)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     config.socket.parent.mkdir(parents=True, exist_ok=True)
     config.socket.unlink(missing_ok=True)
@@ -345,6 +387,7 @@ async def run(config: AgentConfig) -> None:
             await site.start()
         temporary.chmod(0o600)
         temporary.rename(config.socket)
+        app[SERVING].set()
         log.info("agent %s serving on %s", config.name, config.socket)
         await asyncio.Event().wait()
     finally:

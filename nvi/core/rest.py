@@ -69,6 +69,7 @@ class Error(BaseModel):
 Handler = Callable[[Call], Awaitable[Any]]
 Authenticate = Callable[[web.Request], Awaitable[Principal]]
 Audit = Callable[[web.Request, "Operation", Principal | None, int, str | None], None]
+Refusal = Callable[[web.Request, Principal], NviError]
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Operation:
     response: Any
     status: int
     on_behalf: bool = False
+    refusal: Refusal | None = None
 
 
 def _validation_error(error: ValidationError, where: str) -> InvalidRequest:
@@ -118,9 +120,11 @@ class Api:
         response: Any = None,
         status: int = 200,
         on_behalf: bool = False,
+        refusal: Refusal | None = None,
     ) -> Callable[[Handler], Handler]:
         """Declare an operation; `roles=None` means no credential is needed. `on_behalf`: a
-        server credential must come with the tenant's token (X-Tenant-Token)."""
+        server credential must come with the tenant's token (X-Tenant-Token). `refusal`: the
+        error for a credential whose role may not call (it may also count the attempt)."""
 
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -135,6 +139,7 @@ class Api:
                     response,
                     status,
                     on_behalf,
+                    refusal,
                 )
             )
             return handler
@@ -170,6 +175,8 @@ class Api:
                 if seen is not None:
                     seen.append(principal)
                 if principal.role not in operation.roles:
+                    if operation.refusal is not None:
+                        raise operation.refusal(request, principal)
                     raise Forbidden(f"a {principal.role} credential may not: {operation.summary}")
                 if operation.on_behalf and principal.tenant is None:
                     raise Forbidden(
