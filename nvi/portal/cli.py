@@ -83,3 +83,28 @@ def serve(
         reasons = (e["msg"].removeprefix("Value error, ") for e in error.errors())
         raise NviError("; ".join(reasons)) from None
     asyncio.run(run(config, ready=lambda url: click.echo(f"portal: {url}", nl=True)))
+
+
+@portal.command()
+@click.argument("url")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--page", default="/nodes", show_default=True, help="The page to take")
+@click.option(
+    "--token-file",
+    envvar="NVI_TOKEN_FILE",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The credential to sign in with (a tenant's, or the admin's) [env NVI_TOKEN_FILE]",
+)
+@click.option(
+    "--cert-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The portal's certificate, trusted for this browser only (no system CA signed it)",
+)
+def screenshot(url: str, out: Path, page: str, token_file: Path, cert_file: Path | None) -> None:
+    """Sign in to the portal at URL in a real headless Chromium and save PAGE as a PNG."""
+    from nvi.client.profiles import read_secret
+    from nvi.portal.browser import screenshot as take
+
+    token = read_secret(token_file)
+    click.echo(take(url, token, out, path=page, cert_file=cert_file))

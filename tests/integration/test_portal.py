@@ -418,3 +418,63 @@ def test_the_operator_sees_tenants_servers_and_the_catalogue(portal: Portal) -> 
     assert "s1" in seen["servers"] and site.server.locators in seen["servers"]
     assert "alive" in seen["servers"]
     assert AGENT_URL in seen["catalogue"]
+
+
+SHOTS = os.environ.get("NVI_PORTAL_SCREENSHOTS")
+
+
+@pytest.mark.skipif(
+    not SHOTS, reason="set NVI_PORTAL_SCREENSHOTS=FOLDER (scripts/portal-screenshots)"
+)
+def test_screenshots_for_the_docs(clean_portal: Portal) -> None:
+    """The pictures in docs/portal.md, taken by the real browser from a real portal."""
+    portal, site = clean_portal, clean_portal.site
+    folder = Path(SHOTS or ".")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shoot(driver: WebDriver, name: str) -> None:
+        assert driver.save_screenshot(str(folder / f"{name}.png")), name
+
+    def scenario(driver: WebDriver) -> None:
+        driver.get(PORTAL + "/signin")
+        shoot(driver, "signin")
+        sign_in(driver, PORTAL, site.acme.token)
+        create_through_the_page(driver, "web")
+        create_through_the_page(driver, "db")
+        driver.find_element(By.ID, "stop").click()
+        wait_for("db stopped", lambda: text(driver, "state") == "exited")
+        driver.get(PORTAL + "/nodes")
+        shoot(driver, "nodes")
+        driver.get(PORTAL + "/nodes/web")
+        shoot(driver, "node")
+        driver.find_element(By.ID, "console").click()
+        wait_for("console", lambda: text(driver, "status") == "connected")
+        driver.find_element(By.ID, "keys").send_keys("ip -4 addr show eth0; ip route\n")
+        wait_for("the routes", lambda: "default via" in text(driver, "screen"))
+        shoot(driver, "console")
+        driver.get(PORTAL + "/networks")
+        form = driver.find_element(By.ID, "create-network")
+        form.find_element(By.NAME, "name").send_keys("store")
+        form.find_element(By.NAME, "cidr").send_keys("10.2.0.0/24")
+        form.find_element(By.TAG_NAME, "button").click()
+        form = driver.find_element(By.ID, "create-link")
+        form.find_element(By.NAME, "a").send_keys("web")
+        form.find_element(By.NAME, "b").send_keys("store")
+        form.find_element(By.TAG_NAME, "button").click()
+        wait_for("link", lambda: driver.find_elements(By.CSS_SELECTOR, "tr[data-link]"))
+        shoot(driver, "networks")
+        driver.get(PORTAL + "/servers")
+        shoot(driver, "servers")
+        for link in driver.find_elements(By.CSS_SELECTOR, "tr[data-link] button"):
+            link.click()
+            break
+        driver.get(PORTAL + "/networks")
+        driver.find_element(By.CSS_SELECTOR, "tr[data-network=store] button").click()
+        driver.find_element(By.CSS_SELECTOR, "form.signout button").click()
+        sign_in(driver, PORTAL, site.admin_token)
+        shoot(driver, "operator")
+
+    portal.browse(scenario)
+    shots = sorted(path.name for path in folder.glob("*.png"))
+    assert {"signin.png", "nodes.png", "console.png", "operator.png"} <= set(shots)
+    assert all((folder / shot).read_bytes().startswith(b"\x89PNG") for shot in shots)
