@@ -17,10 +17,12 @@ from nvi.core.errors import NviError
 COMMANDS = {
     "agent": ("hostagent.cli", "agent", "This server's host agent."),
     "controller": ("openflow.cli", "controller", "This server's OpenFlow controller."),
-    "directory": ("federation.cli", "directory", "The federation directory."),
+    "directory": ("nvi.client.directory_cli", "directory", "The federation directory."),
+    "image": ("nvi.client.image_cli", "image", "Images nodes are created from."),
     "lab": ("nvi.lab.cli", "lab", "Many servers on one machine: lab files and their state."),
-    "node": ("hostagent.cli", "node", "Nodes (containers and VMs) on this server."),
+    "node": ("nvi.client.node_cli", "node", "Nodes (containers and VMs), on any server."),
     "portal": ("nvi.portal.cli", "portal", "The tenants' web portal."),
+    "server": ("nvi.client.server_cli", "server", "The catalogue: servers and their room."),
     "trace": ("nvi.trace_command", "trace_command", "Which flows a packet hits on each server."),
 }
 
@@ -62,5 +64,9 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
+@click.version_option(package_name="nvi", message="nvi %(version)s")
 def main() -> None:
-    """NVI: independent servers, tenant networks that span them."""
+    """NVI: independent servers, tenant networks that span them.
+
+    Shell completion: `eval "$(_NVI_COMPLETE=bash_source nvi)"` in ~/.bashrc (zsh_source,
+    fish_source for the others)."""

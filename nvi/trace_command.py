@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
+from nvi.core.clitools import output_option
 from nvi.core.errors import NviError
-from nvi.core.output import console, print_json, print_table
+from nvi.core.output import console, print_document, print_table
 
 
 @click.command(name="trace")
@@ -23,9 +24,7 @@ from nvi.core.output import console, print_json, print_table
 @click.option("--tcp", type=click.IntRange(1, 65535), metavar="PORT", help="a TCP packet to PORT")
 @click.option("--udp", type=click.IntRange(1, 65535), metavar="PORT", help="a UDP packet to PORT")
 @click.option("--from-ip", metavar="IP", help="a source address other than the node's own")
-@click.option(
-    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@output_option
 def trace_command(
     words: tuple[str, ...],
     config_file: str | None,
@@ -59,8 +58,8 @@ def trace_command(
 
         lab_file, node, destination = words
         report = trace(LabNet(load_lab(lab_file)), node, destination, protocol, port, from_ip)
-    if output == "json":
-        print_json(report)
+    if output != "table":
+        print_document(output, report)
     else:
         _print(report)
 

@@ -77,7 +77,8 @@ def is_full(error: NviError) -> bool:
     return getattr(error, "status", None) == 409 and str(error).startswith(FULL)
 
 
-Create = Callable[[AgentClient, dict[str, Any]], Awaitable[NodeInfo]]
+# Makes the create on one candidate: its entry, a client of its agent, the agent's body.
+Create = Callable[[CatalogueEntry, AgentClient, dict[str, Any]], Awaitable[NodeInfo]]
 
 
 class Cloud:
@@ -89,7 +90,7 @@ class Cloud:
     it as the tenant's own credential, and their certificates checked with the same CA.
     """
 
-    def __init__(self, directory: list[str], token: str, ca_file: Path | None) -> None:
+    def __init__(self, directory: list[str], token: str | None, ca_file: Path | None) -> None:
         if not directory:
             raise NviError("no directory URL given")
         self.urls = list(directory)
@@ -97,7 +98,7 @@ class Cloud:
         self.ca_file = ca_file
         self._directories = {url: DirectoryClient(url, token, ca_file=ca_file) for url in self.urls}
         self._session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
             connector=aiohttp.TCPConnector(ssl=client_context(ca_file)),
             timeout=aiohttp.ClientTimeout(total=10),
         )
@@ -123,8 +124,8 @@ class Cloud:
 
     # the directory
 
-    async def _directory(self, call: Callable[[DirectoryClient], Awaitable[T]]) -> T:
-        """One call, on the first directory that can be reached."""
+    async def directory(self, call: Callable[[DirectoryClient], Awaitable[T]]) -> T:
+        """One call of the directory's client, on the first directory that can be reached."""
         failure: Unavailable | None = None
         for url in list(self.urls):
             try:
@@ -140,7 +141,7 @@ class Cloud:
 
     async def whoami(self) -> Identity:
         if self._identity is None:
-            self._identity = await self._directory(DirectoryClient.whoami)
+            self._identity = await self.directory(DirectoryClient.whoami)
         return self._identity
 
     async def tenant(self, tenant: str | None = None) -> str:
@@ -158,14 +159,14 @@ class Cloud:
         async def read(directory: DirectoryClient) -> list[CatalogueEntry]:
             return await self._get(directory.url, "/v1/catalogue", _CATALOGUE)
 
-        return await self._directory(read)
+        return await self.directory(read)
 
     async def server(self, name: str) -> CatalogueEntry:
         async def read(directory: DirectoryClient) -> CatalogueEntry:
             adapter = TypeAdapter(CatalogueEntry)
             return await self._get(directory.url, f"/v1/catalogue/{name}", adapter)
 
-        return await self._directory(read)
+        return await self.directory(read)
 
     async def _get(self, base: str, path: str, answer: TypeAdapter[T]) -> T:
         """A read the directory's own client does not make: servers never read the catalogue."""
@@ -186,29 +187,29 @@ class Cloud:
 
     async def networks(self, *, tenant: str | None = None) -> list[Network]:
         name = await self.tenant(tenant)
-        return await self._directory(lambda d: d.list_networks(name))
+        return await self.directory(lambda d: d.list_networks(name))
 
     async def create_network(
         self, name: str, cidr: str, gateway: str | None = None, *, tenant: str | None = None
     ) -> Network:
         owner = await self.tenant(tenant)
-        return await self._directory(lambda d: d.create_network(owner, name, cidr, gateway))
+        return await self.directory(lambda d: d.create_network(owner, name, cidr, gateway))
 
     async def delete_network(self, name: str, *, tenant: str | None = None) -> None:
         owner = await self.tenant(tenant)
-        await self._directory(lambda d: d.delete_network(owner, name))
+        await self.directory(lambda d: d.delete_network(owner, name))
 
     async def links(self, *, tenant: str | None = None) -> list[Link]:
         name = await self.tenant(tenant)
-        return await self._directory(lambda d: d.list_links(name))
+        return await self.directory(lambda d: d.list_links(name))
 
     async def create_link(self, kind: str, a: str, b: str, *, tenant: str | None = None) -> Link:
         owner = await self.tenant(tenant)
-        return await self._directory(lambda d: d.create_link(owner, kind, a, b))
+        return await self.directory(lambda d: d.create_link(owner, kind, a, b))
 
     async def delete_link(self, link_id: str, *, tenant: str | None = None) -> None:
         owner = await self.tenant(tenant)
-        await self._directory(lambda d: d.delete_link(owner, link_id))
+        await self.directory(lambda d: d.delete_link(owner, link_id))
 
     # agents and nodes
 
@@ -226,7 +227,7 @@ class Cloud:
         each server's agent; a dead or unreachable server's nodes show state `unknown`."""
         owner = await self.tenant(tenant)
         records, entries = await asyncio.gather(
-            self._directory(lambda d: d.list_nodes(owner)), self.catalogue()
+            self.directory(lambda d: d.list_nodes(owner)), self.catalogue()
         )
         by_server: dict[str, list[Node]] = {}
         for record in records:
@@ -255,7 +256,7 @@ class Cloud:
     async def _record(self, name: str, tenant: str | None) -> tuple[Node, CatalogueEntry | None]:
         owner = await self.tenant(tenant)
         record, entries = await asyncio.gather(
-            self._directory(lambda d: d.get_node(owner, name)), self.catalogue()
+            self.directory(lambda d: d.get_node(owner, name)), self.catalogue()
         )
         return record, next((e for e in entries if e.server == record.server), None)
 
@@ -319,7 +320,7 @@ class Cloud:
         for entry in fits:
             agent = self.agent(entry)
             try:
-                return await (create or _plain_create)(agent, body)
+                return await (create or _plain_create)(entry, agent, body)
             except NviError as error:
                 if not is_full(error):
                     raise
@@ -327,5 +328,7 @@ class Cloud:
         raise NoServer("no server had room after all (" + "; ".join(refusals) + ")")
 
 
-async def _plain_create(agent: AgentClient, body: dict[str, Any]) -> NodeInfo:
+async def _plain_create(
+    entry: CatalogueEntry, agent: AgentClient, body: dict[str, Any]
+) -> NodeInfo:
     return await agent.create(**body)

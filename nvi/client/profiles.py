@@ -43,15 +43,15 @@ class Profile:
 
     def require(self) -> Profile:
         """This profile, if it names a directory and a credential; else a one-line why."""
-        which = f"profile {self.name}" if self.name else "no profile"
+        which = f"profile {self.name}: " if self.name else ""
         if not self.directory:
             raise ProfileError(
-                f"{which}: which directory? set one in a profile (--profile, NVI_PROFILE) "
+                f"{which}which directory? set one in a profile (--profile, NVI_PROFILE) "
                 "or pass --directory (NVI_DIRECTORY)"
             )
         if not self.token:
             raise ProfileError(
-                f"{which}: no credential: set token or token_file in the profile, "
+                f"{which}no credential: set token or token_file in the profile, "
                 "or pass --token-file (NVI_TOKEN_FILE) or --token (NVI_TOKEN)"
             )
         return self
@@ -104,6 +104,8 @@ def resolve(
     name = profile or env.get("NVI_PROFILE") or None
     path = config_path(env)
     settings: dict[str, Any] = {}
+    if name is not None and not path.exists():
+        raise ProfileError(f"no profile {name}: there is no config file {path}")
     if name is not None or path.exists() or env.get("NVI_CONFIG"):
         settings, name = _pick(read_config(path), name, path)
 

@@ -1,5 +1,5 @@
-"""Pieces every `nvi` client command uses: the output option, rendering answers as tables or
-JSON, reading a token file, and running one call of an asyncio client."""
+"""Pieces every `nvi` client command uses: the output option, rendering answers as tables,
+JSON or YAML, the credential's options, and running one call of an asyncio client."""
 
 from __future__ import annotations
 
@@ -13,14 +13,42 @@ import click
 from pydantic import BaseModel
 
 from nvi.core.errors import NviError
-from nvi.core.output import print_json, print_table
+from nvi.core.output import print_document, print_table
 
 C = TypeVar("C")
 T = TypeVar("T")
 
 output_option = click.option(
-    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="A table for people; JSON or YAML for scripts",
 )
+
+
+def credential_options(**extra: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--token and --token-file: the credential has one name everywhere (a tenant's token, or
+    the directory's admin token); `extra` goes to both options."""
+    return option_group(
+        click.option(
+            "--token",
+            envvar="NVI_TOKEN",
+            help="The credential itself (prefer --token-file) [env NVI_TOKEN]",
+            **extra,
+        ),
+        click.option(
+            "--token-file",
+            envvar="NVI_TOKEN_FILE",
+            type=click.Path(dir_okay=False),
+            help="A file holding the credential: a tenant's token or the admin's "
+            "[env NVI_TOKEN_FILE]",
+            **extra,
+        ),
+    )
+
+
 _CA_FILE = "nvi.ca_file"
 
 
@@ -56,10 +84,10 @@ def option_group(*options: Callable[[C], C]) -> Callable[[C], C]:
 
 
 def show_rows(output: str, title: str, rows: list[Any], columns: list[str]) -> None:
-    """Rows (models or dicts) as a table for people, or as JSON for scripts."""
+    """Rows (models or dicts) as a table for people, or as JSON or YAML for scripts."""
     data = [row.model_dump(mode="json") if isinstance(row, BaseModel) else row for row in rows]
-    if output == "json":
-        print_json(data)
+    if output != "table":
+        print_document(output, data)
     else:
         print_table(title, data, columns)
 

@@ -1,4 +1,4 @@
-"""Rendering for the CLI: rich tables for people, JSON for scripts."""
+"""Rendering for the CLI: rich tables for people, JSON or YAML for scripts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -18,6 +19,18 @@ console = Console(width=None if sys.stdout.isatty() else 132)
 def print_json(data: Any) -> None:
     """Machine-readable output: stable keys, one document on stdout."""
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def print_yaml(data: Any) -> None:
+    """The same document as `print_json`, as YAML (what the JSON round-trip gives: plain
+    strings, numbers, lists and maps)."""
+    plain = json.loads(json.dumps(data, default=str))
+    print(yaml.safe_dump(plain, sort_keys=True, default_flow_style=False), end="")
+
+
+def print_document(output: str, data: Any) -> None:
+    """One document for scripts, in the `-o` format asked for (json or yaml)."""
+    print_yaml(data) if output == "yaml" else print_json(data)
 
 
 def print_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:

@@ -3,8 +3,11 @@ namespaces, and one agent per server (a `Daemon` inside the server's namespace, 
 like its OVS: pidfile with start time, readiness path, own log).
 
 An agent's config is made from the server's own lab entry and the directory URL only, so it
-never names another server. The agents share the engine: every container carries its
-agent's id, and the lab's containers also carry `nvi.lab=<lab>`.
+never names another server. Each agent also serves HTTPS on its server's underlay address
+(port 7490, a certificate from the lab's CA) and announces that URL, with its server's cloud,
+in the directory's catalogue, so that users (through the access link) can reach it. The
+agents share the engine: every container carries its agent's id, and the lab's containers
+also carry `nvi.lab=<lab>`.
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ from hostagent.config import (
     LIBVIRT_SOCKET,
     LIBVIRTD_PIDFILE,
     AgentConfig,
+    CatalogueConfig,
     DirectoryConfig,
     DockerConfig,
     OvsConfig,
+    TcpConfig,
     VmConfig,
     render_config,
 )
 from hostagent.guest import cached_guest
+from nvi.core.config import write_secret
+from nvi.core.tls import KeyPair, ensure_certificate
+from nvi.core.tokens import new_token, token_hash
 from nvi.lab.ovs import BRIDGE, OvsInstance
 from nvi.lab.process import Daemon
 from nvi.lab.spec import Server
@@ -33,6 +41,33 @@ from nvi.lab.spec import Server
 LAB_LABEL = "nvi.lab"
 SERVER_TOKEN = "server.token"
 """A lab server's credential from its enrolment, beside its configs in its run directory."""
+OPERATOR_TOKEN = "agent-operator.token"
+"""The operator token of a lab agent's HTTPS endpoint (mode 0600), beside its config."""
+AGENT_PORT = 7490
+
+
+def agent_url(server: Server) -> str:
+    """Where users reach a lab server's agent: its underlay address."""
+    return f"https://{server.address}:{AGENT_PORT}"
+
+
+def ensure_agent_tls(ca: KeyPair, server: Server, rundir: Path) -> tuple[TcpConfig, bool]:
+    """The agent's HTTPS endpoint on its server's underlay address, with a certificate of the
+    lab's CA naming that address and an operator token of its own; (config, whether the
+    certificate was (re)issued: a running agent must then restart to use it)."""
+    token_file = rundir / OPERATOR_TOKEN
+    if not token_file.exists():
+        rundir.mkdir(parents=True, exist_ok=True)
+        write_secret(token_file, new_token())
+    files, issued = ensure_certificate(ca, rundir, "agent", [server.address])
+    tcp = TcpConfig(
+        host=server.address,
+        port=AGENT_PORT,
+        token_sha256=[token_hash(token_file.read_text().strip())],
+        cert_file=files.cert_file,
+        key_file=files.key_file,
+    )
+    return tcp, issued
 
 
 def vm_stack_available() -> bool:
@@ -79,6 +114,8 @@ def agent_config(
     labels: dict[str, str] | None = None,
     vm: VmConfig | None = None,
     ca_file: Path | None = None,
+    tcp: TcpConfig | None = None,
+    catalogue: CatalogueConfig | None = None,
 ) -> AgentConfig:
     """The config of the agent of one lab server; its state lives in the server's run dir;
     `ca_file` is the CA of the directory's certificate (the lab's)."""
@@ -95,6 +132,8 @@ def agent_config(
         directory=DirectoryConfig(
             url=directory_url, credential_file=ovs.rundir / SERVER_TOKEN, ca_file=ca_file
         ),
+        tcp=tcp,
+        catalogue=catalogue,
     )
 
 
@@ -110,20 +149,35 @@ def agent_daemon(config: AgentConfig, netns: str, rundir: Path) -> Daemon:
     )
 
 
-def write_config(config: AgentConfig, rundir: Path) -> None:
+def write_config(config: AgentConfig, rundir: Path) -> bool:
+    """Write `rundir/agent.toml`; whether it changed (a running agent read the old one)."""
     rundir.mkdir(parents=True, exist_ok=True)
-    (rundir / "agent.toml").write_text(render_config(config))
+    path, text = rundir / "agent.toml", render_config(config)
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
 
 
 def lab_agent(
-    lab: str, server: Server, ovs: OvsInstance, directory_url: str, netns: str, ca_file: Path
+    lab: str,
+    server: Server,
+    ovs: OvsInstance,
+    directory_url: str,
+    netns: str,
+    ca_file: Path,
+    tcp: TcpConfig | None = None,
 ) -> tuple[AgentConfig, Daemon]:
     """The agent of a lab server, using the lab's Docker engine, and VMs if the machine has
-    the VM stack (scripts/setup-vm); otherwise containers only."""
+    the VM stack (scripts/setup-vm); otherwise containers only. With `tcp` (from
+    `ensure_agent_tls`) it serves HTTPS there and announces itself in the catalogue."""
     exec_root = lab_docker_root(lab) / "exec"
     vm = VmConfig(enabled=True, owner=lab_vm_owner(lab, server)) if vm_stack_available() else None
     labels = {LAB_LABEL: lab}
-    config = agent_config(server, ovs, directory_url, docker_url(exec_root), labels, vm, ca_file)
+    catalogue = CatalogueConfig(agent_url=agent_url(server), cloud=server.cloud) if tcp else None
+    config = agent_config(
+        server, ovs, directory_url, docker_url(exec_root), labels, vm, ca_file, tcp, catalogue
+    )
     return config, agent_daemon(config, netns, ovs.rundir)
 
 

@@ -8,16 +8,15 @@ from typing import Any
 
 import click
 
+from nvi.core.clitools import output_option
 from nvi.core.errors import NviError
-from nvi.core.output import console, print_json, print_table
+from nvi.core.output import console, print_document, print_table
+from nvi.lab import clientconfig
 from nvi.lab.net import LabNet
 from nvi.lab.populate import populate
 from nvi.lab.spec import load_lab
 
 lab_file = click.argument("lab_file", metavar="FILE", type=click.Path(dir_okay=False))
-output_option = click.option(
-    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
 
 
 @click.group()
@@ -34,12 +33,27 @@ def up(lab_file: str, output: str) -> None:
     net = LabNet(load_lab(lab_file))
     changes = net.up()
     changes += populate(net)
-    if output == "json":
-        print_json({"lab": net.lab.name, "changes": changes})
+    profile = net.write_client_config()
+    if output != "table":
+        client = str(net.client_config) if profile else None
+        print_document(output, {"lab": net.lab.name, "changes": changes, "client_config": client})
         return
     for change in changes:
         console.print(f"  {change}")
     console.print(f"lab [bold]{net.lab.name}[/] is up ({len(changes)} changes)")
+    _print_client_config(net, profile)
+
+
+def _print_client_config(net: LabNet, profile: str | None) -> None:
+    """Where the lab's client profiles are, and how to use them from this machine."""
+    if profile is None:
+        return
+    console.print(f"client config: {net.client_config}", soft_wrap=True)
+    console.print(
+        f"  export NVI_CONFIG={net.client_config}; export NVI_PROFILE={profile}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @lab.command()
@@ -49,8 +63,8 @@ def down(lab_file: str, output: str) -> None:
     """Remove everything the lab created, and nothing else."""
     net = LabNet(load_lab(lab_file))
     removed = net.down()
-    if output == "json":
-        print_json({"lab": net.lab.name, "removed": removed})
+    if output != "table":
+        print_document(output, {"lab": net.lab.name, "removed": removed})
         return
     for item in removed:
         console.print(f"  {item}")
@@ -62,9 +76,10 @@ def down(lab_file: str, output: str) -> None:
 @output_option
 def status(lab_file: str, output: str) -> None:
     """Servers, their OVS and processes; clouds and routers."""
-    state = LabNet(load_lab(lab_file)).status()
-    if output == "json":
-        print_json(state)
+    net = LabNet(load_lab(lab_file))
+    state = net.status()
+    if output != "table":
+        print_document(output, state)
         return
     rows = [
         {
@@ -85,6 +100,17 @@ def status(lab_file: str, output: str) -> None:
     )
     console.print(f"logs: {state['logs']}/<server>/<process>.log")
     print_table(f"lab {state['lab']}: underlay", state["network"], ["member", "kind", "namespace"])
+    link = state["access"]
+    if link is not None:
+        console.print(
+            f"access link: {link['link']} ({link['state'] or 'DOWN'}), this machine at "
+            f"{link['address']}, via router {link['router']} to "
+            f"{', '.join(link['routes']) or 'nothing (its subnets are routed elsewhere here)'}",
+            soft_wrap=True,
+        )
+    if state["client_config"]:
+        text = net.client_config.read_text()
+        _print_client_config(net, clientconfig.default_profile(text))
 
 
 def _controller_summary(metrics: dict[str, Any] | None) -> str | None:
@@ -105,8 +131,8 @@ def _controller_summary(metrics: dict[str, Any] | None) -> str | None:
 def check(lab_file: str, output: str) -> None:
     """Every server pings every other server's underlay address; fails if any cannot."""
     results = LabNet(load_lab(lab_file)).check()
-    if output == "json":
-        print_json(results)
+    if output != "table":
+        print_document(output, results)
     else:
         print_table("underlay reachability", results, ["from", "to", "address", "route", "reached"])
     failed = [r for r in results if not r["reached"]]

@@ -32,9 +32,10 @@ from nvi.core.config import write_secret
 from nvi.core.errors import NviError
 from nvi.core.ports import HOST_COOKIE, vsctl_rows
 from nvi.core.tls import KeyPair, ensure_ca, ensure_certificate
-from nvi.lab import links
+from nvi.lab import access, clientconfig, links
 from nvi.lab.agents import (
     SERVER_TOKEN,
+    ensure_agent_tls,
     lab_agent,
     lab_docker_root,
     lab_dockerd,
@@ -136,6 +137,37 @@ class LabNet:
         )
 
     @property
+    def access(self) -> access.AccessLink | None:
+        """The access link from this machine's root namespace (nvi.lab.access)."""
+        return access.plan(self.lab)
+
+    @property
+    def routing(self) -> Lab:
+        """The lab as its members route: with the access link's segment."""
+        return access.routing(self.lab, self.access)
+
+    @property
+    def client_config(self) -> Path:
+        return self.rundir / clientconfig.CLIENT_CONFIG
+
+    def write_client_config(self) -> str | None:
+        """Write `client.toml` with a profile per tenant whose token the lab keeps, and the
+        admin's; returns its default profile (None for a lab without a directory)."""
+        directory = self.lab.directory
+        if directory is None:
+            return None
+        tenants = {path.stem: path for path in (self.rundir / "tenants").glob("*.token")}
+        text = clientconfig.render(
+            self.lab.name,
+            directory.url,
+            self.ca_file,
+            self.rundir / directory.name / "admin.token",
+            tenants,
+        )
+        _write_if_changed(self.client_config, text)
+        return clientconfig.default_profile(text)
+
+    @property
     def ca_file(self) -> Path:
         """The lab's CA: it signs every lab service's certificate; every lab client trusts it."""
         return self.rundir / "ca.crt"
@@ -198,6 +230,8 @@ class LabNet:
             changes += self._up_cloud(cloud.name)
         for router in self.lab.routers:
             changes += self._up_router(router.name)
+        if self.access:
+            changes += access.ensure(self.access, self.netns(self.access.router), self.lab)
         if self.lab.directory:
             ca, made = ensure_ca(self.rundir, f"NVI lab {self.lab.name}")
             changes += [f"created the lab's CA {ca.cert_file}"] if made else []
@@ -206,6 +240,7 @@ class LabNet:
             changes += [f"started the lab's Docker engine (pid {pid})"] if started else []
         for server in self.lab.servers:
             changes += self._up_server(server)
+        self.write_client_config()
         return changes
 
     def _up_cloud(self, name: str) -> list[str]:
@@ -246,7 +281,7 @@ class LabNet:
             changes += self._attach(name, cloud, cloud)
             if links.ensure_address(ns, cloud, address, self.lab.cloud(cloud).network.prefixlen):
                 changes.append(f"router {name}: address {address} on cloud {cloud}")
-        for subnet, gateway in self.lab.gateways(set(router.addresses), name):
+        for subnet, gateway in self.routing.gateways(set(router.addresses), name):
             if links.ensure_route(ns, subnet, gateway):
                 changes.append(f"router {name}: route to {subnet} via {gateway}")
         return changes
@@ -263,7 +298,7 @@ class LabNet:
         prefixlen = self.lab.cloud(directory.cloud).network.prefixlen
         if links.ensure_address(ns, "eth0", directory.address, prefixlen):
             changes.append(f"directory: address {directory.address}")
-        for subnet, gateway in self.lab.gateways({directory.cloud}, directory.name):
+        for subnet, gateway in self.routing.gateways({directory.cloud}, directory.name):
             if links.ensure_route(ns, subnet, gateway):
                 changes.append(f"directory: route to {subnet} via {gateway}")
         if not (folder / "directory.toml").exists():
@@ -367,7 +402,7 @@ class LabNet:
         prefixlen = self.lab.cloud(server.cloud).network.prefixlen
         if links.ensure_address(ns, BRIDGE, server.address, prefixlen):
             changes.append(f"server {server.name}: address {server.address}")
-        for subnet, gateway in self.lab.gateways({server.cloud}, server.name):
+        for subnet, gateway in self.routing.gateways({server.cloud}, server.name):
             if links.ensure_route(ns, subnet, gateway):
                 changes.append(f"server {server.name}: route to {subnet} via {gateway}")
         ovs.wait_for_bridge()
@@ -376,10 +411,13 @@ class LabNet:
         if self.lab.directory:
             changes += self._ensure_running(server, self.controller_daemon(server))
             ovs.wait_for_controller()
+            ca = KeyPair(self.ca_file, self.rundir / "ca.key")
+            tcp, issued = ensure_agent_tls(ca, server, ovs.rundir)
             config, agent = lab_agent(
-                self.lab.name, server, ovs, self.lab.directory.url, ns, self.ca_file
+                self.lab.name, server, ovs, self.lab.directory.url, ns, self.ca_file, tcp
             )
-            write_config(config, ovs.rundir)
+            if (write_config(config, ovs.rundir) or issued) and stop(agent):
+                changes.append(f"server {server.name}: restarted its agent with a new config")
             pid, started = ensure_running(agent, timeout=60)
             changes += [f"server {server.name}: started agent (pid {pid})"] if started else []
         return changes
@@ -481,7 +519,8 @@ class LabNet:
     def down(self) -> list[str]:
         """Remove everything this lab created, and nothing else; safe after a crash."""
         _require_root()
-        removed = [self._remove_member(ns) for ns in self._our_netns()]
+        removed = access.remove(self.access)
+        removed += [self._remove_member(ns) for ns in self._our_netns()]
         removed += remove_lab_vms(self.lab.name)
         # Last: the engine stops the containers of the (already stopped) agents as it exits.
         if stop(self.docker_daemon(), timeout=30):
@@ -597,11 +636,22 @@ class LabNet:
                     "namespace": None,
                 }
             )
+        link = self.access
         return {
             "lab": self.lab.name,
             "logs": str(self.rundir),
             "servers": servers,
             "network": others,
+            "access": None
+            if link is None
+            else {
+                "link": link.root_end,
+                "state": access.state(link),
+                "address": link.root_address,
+                "router": link.router,
+                "routes": access.routed(link),
+            },
+            "client_config": str(self.client_config) if self.client_config.exists() else None,
         }
 
     def controller_stats(self, server: Server) -> dict[str, Any] | None:

@@ -120,6 +120,7 @@ async def tenant_token(net: LabNet, admin: DirectoryClient, tenant: str) -> str:
     path.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_secret(path, secret)
+    net.write_client_config()
     return secret
 
 

@@ -25,6 +25,7 @@ def populate(net: LabNet) -> list[str]:
     if not net.lab.tenants and not net.lab.nodes:
         return []
     changes, tokens = with_directory(net, lambda client: _tenants(net, client))
+    net.write_client_config()
     return changes + asyncio.run(_nodes(net, tokens))
 
 

@@ -119,7 +119,7 @@ def show(run: NviNet, checks: list[Check]) -> None:
         f"  OVS_RUNDIR={run.ovs.rundir} ovs-ofctl -O OpenFlow13 dump-flows {run.name(first)}\n"
         "or in the CLI: `dpctl dump-flows -O OpenFlow13` (every switch). The directory:\n"
         f"  ip netns exec {run.tag} {Path(sys.executable).parent / 'nvi'} directory nodes {tenant}"
-        f" --url {run.directory_url} --ca-file {run.ca_file}"
+        f" --directory {run.directory_url} --ca-file {run.ca_file}"
         f" --token-file {run.rundir / 'directory' / 'admin.token'}\n"
         f"Controller logs: {run.rundir}/<server>/controller.log. Files: {run.rundir}\n"
     )

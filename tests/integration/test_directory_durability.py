@@ -126,8 +126,8 @@ def test_operator_cli_initialises_serves_and_creates_a_tenant(tmp_path: Path) ->
     process.start()
     try:
         env = {
-            "NVI_DIRECTORY_URL": files["url"],
-            "NVI_DIRECTORY_TOKEN_FILE": files["admin token"],
+            "NVI_DIRECTORY": files["url"],
+            "NVI_TOKEN_FILE": files["admin token"],
             "NVI_CA_FILE": files["ca file"],
             "PATH": "/usr/bin:/bin",
         }
@@ -155,8 +155,8 @@ def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
     process.start()
     try:
         admin = {
-            "NVI_DIRECTORY_URL": files["url"],
-            "NVI_DIRECTORY_TOKEN_FILE": files["admin token"],
+            "NVI_DIRECTORY": files["url"],
+            "NVI_TOKEN_FILE": files["admin token"],
             "NVI_CA_FILE": files["ca file"],
         }
         tokens = {
@@ -168,8 +168,8 @@ def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
 
         def as_tenant(tenant: str, *args: str) -> subprocess.CompletedProcess:
             env = {
-                "NVI_DIRECTORY_URL": files["url"],
-                "NVI_DIRECTORY_TOKEN": tokens[tenant],
+                "NVI_DIRECTORY": files["url"],
+                "NVI_TOKEN": tokens[tenant],
                 "NVI_CA_FILE": files["ca file"],
             }
             return nvi("directory", *args, env=env)
@@ -217,8 +217,8 @@ def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) ->
     process.start()
     try:
         env = {
-            "NVI_DIRECTORY_URL": files["url"],
-            "NVI_DIRECTORY_TOKEN_FILE": files["admin token"],
+            "NVI_DIRECTORY": files["url"],
+            "NVI_TOKEN_FILE": files["admin token"],
             "NVI_CA_FILE": files["ca file"],
         }
         credential = tmp_path / "s1.token"

@@ -43,7 +43,7 @@ def running(service_process: tuple[ServiceProcess, Credentials]) -> tuple[Servic
 
 def test_the_cli_verifies_with_its_ca_file(running: tuple[ServiceProcess, str]) -> None:
     process, admin = running
-    env = {"NVI_DIRECTORY_URL": process.url, "NVI_DIRECTORY_TOKEN": admin}
+    env = {"NVI_DIRECTORY": process.url, "NVI_TOKEN": admin}
     listed = nvi(
         "directory",
         "tenant",
@@ -62,7 +62,7 @@ def test_a_wrong_ca_is_one_line_naming_the_url(
     running: tuple[ServiceProcess, str], tmp_path: Path, ca: str
 ) -> None:
     process, admin = running
-    env = {"NVI_DIRECTORY_URL": process.url, "NVI_DIRECTORY_TOKEN": admin}
+    env = {"NVI_DIRECTORY": process.url, "NVI_TOKEN": admin}
     if ca == "another CA":
         env["NVI_CA_FILE"] = str(ensure_ca(tmp_path / "other")[0].cert_file)
     refused = nvi("directory", "tenant", "list", env=env)

@@ -362,7 +362,7 @@ async def test_sigkill_during_create_then_restart_loses_nothing(clean: Site, del
 
 def test_cli_tables_and_json(clean: Site) -> None:
     site = clean
-    env = {**os.environ, "NVI_AGENT": str(site.config.socket), "NVI_TENANT_TOKEN": site.acme.token}
+    env = {**os.environ, "NVI_AGENT": str(site.config.socket), "NVI_TOKEN": site.acme.token}
 
     def nvi(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

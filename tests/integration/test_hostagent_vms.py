@@ -269,7 +269,7 @@ def test_cli_create_shows_the_boot_and_returns_once_the_guest_has_its_address(
     env = {
         **os.environ,
         "NVI_AGENT": str(clouds.net.rundir / "s1" / "agent.sock"),
-        "NVI_TENANT_TOKEN": clouds.tokens["red"],
+        "NVI_TOKEN": clouds.tokens["red"],
     }
 
     def nvi(*args: str) -> subprocess.CompletedProcess:

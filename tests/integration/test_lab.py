@@ -292,10 +292,12 @@ def test_the_directory_answers_only_https_with_the_labs_ca(lab_net: LabNet) -> N
     ns = lab_net.netns(lab_net.lab.servers[0].name)
     nvi = ["ip", "netns", "exec", ns, sys.executable, "-m", "nvi", "directory", "health"]
     verified = subprocess.run(
-        [*nvi, "--url", url, "--ca-file", str(lab_net.ca_file)], capture_output=True, text=True
+        [*nvi, "--directory", url, "--ca-file", str(lab_net.ca_file)],
+        capture_output=True,
+        text=True,
     )
     assert verified.returncode == 0, verified.stderr
-    unverified = subprocess.run([*nvi, "--url", url], capture_output=True, text=True)
+    unverified = subprocess.run([*nvi, "--directory", url], capture_output=True, text=True)
     assert unverified.returncode == 1
     assert unverified.stderr == (
         f"nvi: directory at {url}: certificate does not verify "

@@ -84,7 +84,7 @@ def test_declared_nodes_are_created_once_and_reach_each_other(tmp_path: Path) ->
         assert shrink.returncode == 0, shrink.stderr
         for change in ("drained container red/db", "drained container blue/db"):
             assert change in shrink.stdout, shrink.stdout
-        admin = {**env, "NVI_DIRECTORY_TOKEN": net.admin_token()}
+        admin = {**env, "NVI_TOKEN": net.admin_token()}
         for tenant in ("red", "blue"):
             listed = nvi(
                 "lab",
@@ -98,7 +98,7 @@ def test_declared_nodes_are_created_once_and_reach_each_other(tmp_path: Path) ->
                 "directory",
                 "nodes",
                 tenant,
-                "--url",
+                "--directory",
                 "https://198.51.100.2:7480",
                 "--ca-file",
                 str(net.ca_file),

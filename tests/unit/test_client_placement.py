@@ -129,7 +129,8 @@ def run_create(
 ) -> tuple[list[str], NodeInfo | Exception]:
     tried: list[str] = []
 
-    async def create(agent: AgentClient, body: dict[str, Any]) -> NodeInfo:
+    async def create(entry: CatalogueEntry, agent: AgentClient, body: dict[str, Any]) -> NodeInfo:
+        assert agent.address == entry.agent_url
         tried.append(agent.address)
         assert body == {
             "name": "web",

@@ -90,7 +90,29 @@ def test_one_line_errors(tmp_path: Path, content: str, profile: str | None, mess
 
 
 def test_a_named_profile_without_a_file_or_an_unreadable_file(tmp_path: Path) -> None:
-    with pytest.raises(ProfileError, match="cannot read config .*: No such file"):
+    with pytest.raises(ProfileError, match="no profile red: there is no config file"):
         resolve("red", env={"HOME": str(tmp_path)})
+    with pytest.raises(ProfileError, match="cannot read config .*: No such file"):
+        resolve(env={"NVI_CONFIG": str(tmp_path / "missing.toml")})
     with pytest.raises(ProfileError, match="cannot read config .*: Is a directory"):
         resolve(env={"NVI_CONFIG": str(tmp_path)})
+
+
+def test_the_labs_client_config_is_read_as_written(tmp_path: Path) -> None:
+    from nvi.lab.clientconfig import render
+
+    (tmp_path / "red.token").write_text("nvi_red\n")
+    (tmp_path / "admin.token").write_text("nvi_admin\n")
+    text = render(
+        "L",
+        "https://198.51.100.2:7480",
+        tmp_path / "ca.crt",
+        tmp_path / "admin.token",
+        {"red": tmp_path / "red.token"},
+    )
+    (tmp_path / "client.toml").write_text(text)
+    env = {"NVI_CONFIG": str(tmp_path / "client.toml")}
+    red = resolve(env=env)
+    assert (red.name, red.token, red.ca_file) == ("L-red", "nvi_red", tmp_path / "ca.crt")
+    assert red.directory == ("https://198.51.100.2:7480",)
+    assert resolve(env=env | {"NVI_PROFILE": "L-admin"}).token == "nvi_admin"
