@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from nvi.core.errors import NviError
 from nvi.portal.context import cloud_of, refused, require
-from nvi.portal.pages import read, show
+from nvi.portal.pages import name_in, read, show
 from nvi.portal.security import same_origin
 
 routes = web.RouteTableDef()
@@ -32,7 +32,7 @@ def add_routes(app: web.Application) -> None:
 async def console_page(request: web.Request) -> web.Response:
     session = require(request)
     cloud = await cloud_of(request, session)
-    node = await read(request, session, cloud.node(request.match_info["name"]))
+    node = await read(request, session, cloud.node(name_in(request)))
     return show(request, session, "console.html", node=node)
 
 
@@ -44,7 +44,7 @@ async def console_socket(request: web.Request) -> web.StreamResponse:
     if not session.csrf_ok(request.query.get("csrf")):
         return refused(request, "the console's CSRF token is missing or wrong: reload the page")
     cloud = await cloud_of(request, session)
-    name = request.match_info["name"]
+    name = name_in(request)
     agent = await read(request, session, cloud.agent_of(name))  # 404 unless the tenant's
     try:
         async with agent.console_socket(session.tenant, name) as upstream:

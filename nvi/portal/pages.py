@@ -9,12 +9,15 @@ notice on the next page; a node that is not the tenant's is a 404, as a missing 
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 
 from nvi.core.errors import NviError
+from nvi.core.model import NAME_PATTERN, NodeKind
 from nvi.portal.context import (
     CLOUDS,
     COOKIE,
@@ -55,7 +58,9 @@ def show(request: web.Request, session: Session, template: str, **values: Any) -
     )
 
 
-async def act(session: Session, action: Awaitable[Any], back: str, done: str = "") -> web.Response:
+async def act(
+    request: web.Request, session: Session, action: Awaitable[Any], back: str, done: str = ""
+) -> web.Response:
     """Run a form's action and go back to `back`, with what happened as a notice; a 404 (not
     this tenant's, or gone) is a 404 page; a session whose token the directory no longer
     knows ends."""
@@ -65,7 +70,7 @@ async def act(session: Session, action: Awaitable[Any], back: str, done: str = "
         if status_of(error) == 404:
             raise web.HTTPNotFound(text=str(error)) from None
         if status_of(error) == 401:
-            session.notices.clear()
+            await end(request.app, session)
             raise web.HTTPSeeOther(SIGN_IN) from None
         session.notices.append(str(error))
     else:
@@ -86,6 +91,20 @@ async def read(request: web.Request, session: Session, what: Awaitable[Any]) -> 
             await end(request.app, session)
             raise web.HTTPSeeOther(SIGN_IN) from None
         raise
+
+
+SIZES = ("cpus", "memory_mib")
+NAME = re.compile(NAME_PATTERN)
+LINK_ID = re.compile(r"^(network|node):([a-z0-9-]{1,63}):([a-z0-9-]{1,63})$")
+
+
+def name_in(request: web.Request, key: str = "name") -> str:
+    """A name from the URL; anything that cannot be a record's name is simply not found
+    (and never reaches the directory's or an agent's paths)."""
+    name = request.match_info[key]
+    if not NAME.match(name):
+        raise web.HTTPNotFound(text=f"no {key} {name!r}")
+    return name
 
 
 def field(form: Any, name: str) -> str:
@@ -132,6 +151,8 @@ async def sign_in(request: web.Request) -> web.Response:
             await cloud.__aexit__(None, None, None)
         else:
             if identity.role in ROLES:
+                if (previous := session_of(request)) is not None:
+                    await end(request.app, previous)  # never two sessions in one browser
                 session = request.app[SESSIONS].open(token, identity.role, identity.tenant)
                 session.cloud = cloud
                 response = web.HTTPSeeOther("/")
@@ -192,7 +213,11 @@ async def create_node(request: web.Request) -> web.Response:
     session = require(request)
     form = await request.post()
     name = field(form, "name")
-    spec: dict[str, Any] = {"name": name, "kind": field(form, "kind") or "container"}
+    kind = field(form, "kind") or NodeKind.CONTAINER.value
+    if kind not in {each.value for each in NodeKind}:
+        session.notices.append(f"node {name} not created: no kind {kind}")
+        raise web.HTTPSeeOther("/nodes")
+    spec: dict[str, Any] = {"name": name, "kind": kind}
     for key in ("network", "image", "ip"):
         if value := field(form, key):
             spec[key] = value
@@ -201,8 +226,10 @@ async def create_node(request: web.Request) -> web.Response:
             spec["cpus"] = float(value)
         if value := field(form, "memory_mib"):
             spec["memory_mib"] = int(value)
+        if not all(math.isfinite(spec.get(key, 1)) and spec.get(key, 1) > 0 for key in SIZES):
+            raise ValueError
     except ValueError:
-        session.notices.append("CPUs and memory are numbers (memory in MiB)")
+        session.notices.append("CPUs and memory are positive numbers (memory in MiB)")
         raise web.HTTPSeeOther("/nodes") from None
     where, _, label = field(form, "where").partition(":")
     server = label if where == "server" and label else None
@@ -224,7 +251,7 @@ async def create_node(request: web.Request) -> web.Response:
 async def node(request: web.Request) -> web.Response:
     session = require(request)
     cloud = await cloud_of(request, session)
-    shown = await read(request, session, cloud.node(request.match_info["name"]))
+    shown = await read(request, session, cloud.node(name_in(request)))
     refresh = None if settled(shown) else IN_FLIGHT_REFRESH
     return show(request, session, "node.html", node=shown, refresh=refresh)
 
@@ -233,10 +260,10 @@ async def node(request: web.Request) -> web.Response:
 async def node_action(request: web.Request) -> web.Response:
     session = require(request)
     cloud = await cloud_of(request, session)
-    name, action = request.match_info["name"], request.match_info["action"]
+    name, action = name_in(request), request.match_info["action"]
     back = "/nodes" if action == "delete" else f"/nodes/{name}"
     done = {"stop": "stopped", "start": "started", "delete": "deleted"}[action]
-    return await act(session, getattr(cloud, action)(name), back, f"node {name} {done}")
+    return await act(request, session, getattr(cloud, action)(name), back, f"node {name} {done}")
 
 
 # networks and links
@@ -260,15 +287,17 @@ async def create_network(request: web.Request) -> web.Response:
     name, cidr = field(form, "name"), field(form, "cidr")
     gateway = field(form, "gateway") or None
     action = cloud.create_network(name, cidr, gateway)
-    return await act(session, action, "/networks", f"network {name} created")
+    return await act(request, session, action, "/networks", f"network {name} created")
 
 
 @routes.post("/networks/{name}/delete")
 async def delete_network(request: web.Request) -> web.Response:
     session = require(request)
     cloud = await cloud_of(request, session)
-    name = request.match_info["name"]
-    return await act(session, cloud.delete_network(name), "/networks", f"network {name} deleted")
+    name = name_in(request)
+    return await act(
+        request, session, cloud.delete_network(name), "/networks", f"network {name} deleted"
+    )
 
 
 @routes.post("/links")
@@ -278,7 +307,7 @@ async def create_link(request: web.Request) -> web.Response:
     cloud = await cloud_of(request, session)
     kind, a, b = field(form, "kind"), field(form, "a"), field(form, "b")
     done = f"{kind} link {a}–{b} made"
-    return await act(session, cloud.create_link(kind, a, b), "/networks", done)
+    return await act(request, session, cloud.create_link(kind, a, b), "/networks", done)
 
 
 @routes.post("/links/{id}/delete")
@@ -286,7 +315,9 @@ async def delete_link(request: web.Request) -> web.Response:
     session = require(request)
     cloud = await cloud_of(request, session)
     link = request.match_info["id"]
-    return await act(session, cloud.delete_link(link), "/networks", f"link {link} removed")
+    if not LINK_ID.match(link):
+        raise web.HTTPNotFound(text=f"no link {link!r}")
+    return await act(request, session, cloud.delete_link(link), "/networks", f"link {link} removed")
 
 
 # the catalogue

@@ -345,3 +345,20 @@ def test_plain_http_only_on_loopback() -> None:
         PortalConfig(directory=["https://d:7480"], host="0.0.0.0")
     with pytest.raises(ValidationError, match="both"):
         PortalConfig(directory=["https://d:7480"], host="0.0.0.0", cert_file="c.pem")
+
+
+async def test_what_cannot_be_a_name_or_a_choice_never_reaches_the_cloud(
+    client: TestClient, world: World
+) -> None:
+    session = await sign_in(client, "acme-token")
+    headers = {"Cookie": session["cookie"]}
+    for path in ("/nodes/Web1", "/nodes/a%2Fb/console", "/nodes/-x", "/nodes/a..b"):
+        assert (await client.get(path, headers=headers)).status == 404, path
+    for path in ("/nodes/A/delete", "/networks/a%2F..%2F/delete", "/links/x:..:y/delete"):
+        response = await client.post(path, data={"csrf": session["csrf"]}, headers=headers)
+        assert response.status == 404, path
+    for form in ({"kind": "kvm"}, {"cpus": "nan"}, {"memory_mib": "-5"}, {"cpus": "inf"}):
+        data = {"csrf": session["csrf"], "name": "n1", "network": "web"} | form
+        page = await (await client.post("/nodes", data=data, headers=headers)).text()
+        assert "not created: no kind kvm" in page or "positive numbers" in page, form
+    assert world.calls == []
