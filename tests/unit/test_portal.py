@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -362,3 +363,22 @@ async def test_what_cannot_be_a_name_or_a_choice_never_reaches_the_cloud(
         page = await (await client.post("/nodes", data=data, headers=headers)).text()
         assert "not created: no kind kvm" in page or "positive numbers" in page, form
     assert world.calls == []
+
+
+def test_serve_refuses_plain_http_off_loopback_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nvi.cli import main
+
+    runner = CliRunner()
+    listing = runner.invoke(main, ["--help"])
+    assert "portal" in listing.output
+    args = ["portal", "serve", "--directory", "https://192.0.2.9:7480", "--listen", "0.0.0.0:7443"]
+    result = runner.invoke(
+        main, args, env={"NVI_CONFIG": "", "NVI_PROFILE": "", "XDG_CONFIG_HOME": str(tmp_path)}
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "nvi: the portal serves plain HTTP only on a loopback address, not 0.0.0.0: "
+        "give --cert-file and --key-file"
+    ]
