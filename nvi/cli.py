@@ -21,6 +21,7 @@ COMMANDS = {
     "image": ("nvi.client.image_cli", "image", "Images nodes are created from."),
     "lab": ("nvi.lab.cli", "lab", "Many servers on one machine: lab files and their state."),
     "node": ("nvi.client.node_cli", "node", "Nodes (containers and VMs), on any server."),
+    "portal": ("nvi.portal.cli", "portal", "The tenants' web portal."),
     "server": ("nvi.client.server_cli", "server", "The catalogue: servers and their room."),
     "trace": ("nvi.trace_command", "trace_command", "Which flows a packet hits on each server."),
 }
