@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import subprocess
 import sys
@@ -328,6 +329,54 @@ def fourth_server(demo: Demo, result: list[str]) -> Path:
     return bigger_file
 
 
+def self_service(demo: Demo, result: list[str]) -> None:
+    """A tenant with only its profile (the directory's URL, the lab's CA, its token), from
+    this machine: the catalogue, automatic placement, its nodes on every server, the portal."""
+    net = demo.net
+    net.write_client_config()  # now with the tenants' profiles
+    env = {**os.environ, "NVI_CONFIG": str(net.client_config), "NVI_PROFILE": f"{net.lab.name}-red"}
+    console.print(f"[dim]$ export NVI_CONFIG={net.client_config} NVI_PROFILE={net.lab.name}-red[/]")
+
+    def nvi(*args: str) -> str:
+        console.print(f"[dim]$ nvi {' '.join(args)}[/]")
+        argv = [str(REPO / ".venv/bin/nvi"), *args]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise StepFailed(f"`nvi {' '.join(args)}`: {done.stderr.strip()}")
+        return done.stdout
+
+    catalogue = json.loads(nvi("server", "list", "-o", "json"))
+    console.print(nvi("server", "list"), markup=False)
+    dead = [entry["server"] for entry in catalogue if not entry["alive"]]
+    if dead or len(catalogue) < len(net.lab.servers):
+        raise StepFailed(f"the catalogue lacks live servers: {dead or catalogue}")
+    placed = json.loads(
+        nvi("node", "create", "red/red-auto", "-n", NETWORK, *CONTAINER, "-o", "json")
+    )
+    console.print(f"automatic placement put red-auto on [bold]{placed[0]['server']}[/]")
+    listed = json.loads(nvi("node", "list", "-o", "json"))
+    console.print(nvi("node", "list"), markup=False)
+    tenants = {row["tenant"] for row in listed}
+    if tenants != {"red"} or not any(row["name"] == "red-auto" for row in listed):
+        raise StepFailed(f"red's node list shows tenants {tenants} or lacks red-auto")
+    servers = {row["server"] for row in listed}
+    nvi("node", "delete", "red/red-auto")
+    portal = net.lab.portal
+    if portal is None:
+        raise StepFailed("the lab file has no [portal]")
+    picture = net.rundir / "portal-red.png"
+    token = str(token_path(net, "red"))
+    nvi("portal", "screenshot", portal.url, "--token-file", token, "--out", str(picture))
+    if not picture.read_bytes().startswith(b"\x89PNG"):
+        raise StepFailed(f"{picture} is not a PNG")
+    console.print(f"the tenants' portal: [bold]{portal.url}[/] (sign in with a tenant token)")
+    console.print(f"red's page, as a real browser shows it: {picture}")
+    result.append(
+        f"red placed a node by itself, listed {len(listed)} nodes on {len(servers)} servers; "
+        f"portal {portal.url}, screenshot {picture}"
+    )
+
+
 def _fingerprint(net: LabNet) -> str:
     """The other members' processes (pid and start) and every file they were configured by."""
     parts = []
@@ -440,6 +489,8 @@ def main() -> int:
                 underlay_summary(demo, result, capture)
             with demo.step("a fourth server joins the running lab") as result:
                 final_file = fourth_server(demo, result)
+            with demo.step("tenants serve themselves: CLI from anywhere, the portal") as result:
+                self_service(demo, result)
     except StepFailed as failure:
         print(f"demo: {failure}", file=sys.stderr)
         return 1

@@ -119,10 +119,12 @@ def link_state(ns: str, name: str) -> str | None:
 
 
 def accepts_tcp(ns: str, host: str, port: int) -> bool:
-    """Whether something in namespace `ns` accepts TCP connections on host:port."""
+    """Whether something in namespace `ns` ("": the caller's own) accepts TCP connections
+    on host:port."""
     netns.pushns()
     try:
-        netns.setns(ns, flags=0)  # pyroute2 creates a missing namespace unless told not to
+        if ns:
+            netns.setns(ns, flags=0)  # pyroute2 creates a missing namespace unless told not to
         with socket.create_connection((host, port), timeout=0.2):
             return True
     except OSError:

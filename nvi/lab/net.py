@@ -136,6 +136,31 @@ class LabNet:
             ready=lambda: links.accepts_tcp(ns, directory.address, directory.port),
         )
 
+    def portal_daemon(self) -> Daemon | None:
+        """The tenants' portal, in this machine's own namespace (through the access link)."""
+        portal, directory = self.lab.portal, self.lab.directory
+        if portal is None or directory is None or self.access is None:
+            return None
+        return Daemon(
+            name="portal",
+            netns="",
+            argv=(
+                sys.executable,
+                "-m",
+                "nvi",
+                "portal",
+                "serve",
+                "--directory",
+                directory.url,
+                "--ca-file",
+                str(self.ca_file),
+                "--listen",
+                f"127.0.0.1:{portal.port}",
+            ),
+            rundir=self.rundir / "portal",
+            ready=lambda: links.accepts_tcp("", "127.0.0.1", portal.port),
+        )
+
     @property
     def access(self) -> access.AccessLink | None:
         """The access link from this machine's root namespace (nvi.lab.access)."""
@@ -241,6 +266,11 @@ class LabNet:
         for server in self.lab.servers:
             changes += self._up_server(server)
         self.write_client_config()
+        portal = self.portal_daemon()
+        if portal and self.lab.portal:
+            pid, started = ensure_running(portal)
+            started_portal = f"started the portal at {self.lab.portal.url} (pid {pid})"
+            changes += [started_portal] if started else []
         return changes
 
     def _up_cloud(self, name: str) -> list[str]:
@@ -519,7 +549,9 @@ class LabNet:
     def down(self) -> list[str]:
         """Remove everything this lab created, and nothing else; safe after a crash."""
         _require_root()
-        removed = access.remove(self.access)
+        portal = self.portal_daemon()
+        removed = ["stopped the portal"] if portal and stop(portal) else []
+        removed += access.remove(self.access)
         removed += [self._remove_member(ns) for ns in self._our_netns()]
         removed += remove_lab_vms(self.lab.name)
         # Last: the engine stops the containers of the (already stopped) agents as it exits.
@@ -633,6 +665,17 @@ class LabNet:
                 {
                     "member": "docker",
                     "kind": "the agents' Docker engine " + (f"pid {engine}" if engine else "DOWN"),
+                    "namespace": None,
+                }
+            )
+        portal = self.portal_daemon()
+        if portal and self.lab.portal:
+            pid = running_pid(portal)
+            others.append(
+                {
+                    "member": "portal",
+                    "kind": f"the tenants' portal {self.lab.portal.url} "
+                    + (f"pid {pid}" if pid else "DOWN"),
                     "namespace": None,
                 }
             )

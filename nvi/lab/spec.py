@@ -105,6 +105,18 @@ class Directory(_Strict):
         return f"https://{self.address}:{self.port}"
 
 
+class Portal(_Strict):
+    """The tenants' web portal, run on this machine (it reaches the directory and the agents
+    through the lab's access link, so a lab without a directory or a router has none); plain
+    HTTP, so on loopback only."""
+
+    port: int = Field(7443, ge=1, le=65535)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 class ControllerSettings(_Strict):
     """What every server's controller is given besides its own facts (tests shorten the
     idle timeout to watch conversations expire)."""
@@ -145,6 +157,7 @@ class Lab(_Strict):
     routers: list[Router] = []
     servers: list[Server] = Field(min_length=1)
     directory: Directory | None = None
+    portal: Portal | None = None
     controller: ControllerSettings = ControllerSettings()
     tenants: list[Tenant] = []
     nodes: list[LabNode] = []

@@ -79,7 +79,13 @@ def test_every_command_with_output_offers_table_json_and_yaml() -> None:
 
 def test_every_users_command_takes_a_profile() -> None:
     users = ("directory", "node", "server", "image")
-    service = {"directory serve", "directory init", "directory credential", "directory audit"}
+    service = {
+        "directory serve",
+        "directory init",
+        "directory credential",
+        "directory audit",
+        "directory openapi",
+    }
     for name, command in commands(main):
         if name.split()[0] in users and name not in service:
             assert "profile" in [p.name for p in command.params], name

@@ -85,10 +85,12 @@ async def test_the_agents_tcp_endpoint_serves_https_only(
     )
     app = web.Application()
     app.router.add_get("/v1/images", _empty)
+    app[service.SERVING] = asyncio.Event()  # what make_app gives the announcer to wait on
     monkeypatch.setattr(service, "make_app", lambda _config: app)
     running = asyncio.create_task(service.run(config))
     try:
         while not config.socket.exists():
+            assert not running.done(), running.exception()
             await asyncio.sleep(0.01)
         async with AgentClient(f"https://127.0.0.1:{port}", ca_file=ca.cert_file) as agent:
             assert await agent.images() == []
