@@ -21,7 +21,7 @@ from collections.abc import Callable
 from federation.models import Announcement, Resources
 from hostagent.config import AgentConfig, CatalogueConfig
 from hostagent.drivers import NodeDriver
-from hostagent.errors import Conflict, NotFound, Unauthorized
+from hostagent.errors import Conflict, Full, NotFound, Unauthorized
 from hostagent.metrics import AgentMetrics
 from hostagent.models import AgentStatus, Desired, ImageInfo, NodeCreate, NodeInfo, Phase
 from hostagent.ovs import Switch
@@ -123,12 +123,12 @@ class Agent:
         capacity = self.config.capacity
         cpus, memory = self.state.reserved()
         if request.cpus > capacity.cpus or request.memory_mib > capacity.memory_mib:
-            raise Conflict(
+            raise Full(
                 f"limits beyond this server's capacity ({capacity.cpus:g} CPUs, "
                 f"{capacity.memory_mib} MiB)"
             )
         if cpus + request.cpus > capacity.cpus or memory + request.memory_mib > capacity.memory_mib:
-            raise Conflict(
+            raise Full(
                 f"not enough free capacity: {capacity.cpus - cpus:g} CPUs and "
                 f"{capacity.memory_mib - memory} MiB are left"
             )

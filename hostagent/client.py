@@ -81,11 +81,12 @@ class AgentClient:
             raise AgentError(self._unreachable(error)) from None
         if response.status >= 400:
             try:
-                message = TypeAdapter(dict).validate_json(body)["error"]
+                answer = TypeAdapter(dict).validate_json(body)
+                message, code = answer["error"], answer.get("code")
             except (ValueError, KeyError):
-                message = body.decode(errors="replace")[:200] or str(response.reason)
+                message, code = body.decode(errors="replace")[:200] or str(response.reason), None
             failure = AgentError(message)
-            failure.status = response.status
+            failure.status, failure.code = response.status, code
             raise failure
         return TypeAdapter(answer).validate_json(body) if answer is not None else None
 

@@ -33,6 +33,12 @@ class Conflict(AgentError):
     status = 409
 
 
+class Full(Conflict):
+    """This server has no room for the node (CPUs, memory or locators); another may have."""
+
+    code = "server_full"
+
+
 class Failed(AgentError):
     """The server itself failed (Docker, OVS, the kernel); the change was rolled back."""
 

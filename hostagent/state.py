@@ -16,7 +16,7 @@ from typing import Any
 
 import netaddr
 
-from hostagent.errors import Conflict
+from hostagent.errors import Conflict, Full
 from hostagent.models import Desired, NodeCreate, NodeInfo, Phase
 
 _SCHEMA = """
@@ -80,7 +80,7 @@ class State:
             used = taken | {row[0] for row in self.db.execute("SELECT locator FROM nodes")}
             locator = next((str(ip) for ip in pool if str(ip) not in used), None)
             if locator is None:
-                raise Conflict(f"no free locator: all {pool.size} of this server's are in use")
+                raise Full(f"no free locator: all {pool.size} of this server's are in use")
             node_id = uuid.uuid4().hex[:16]
             self.db.execute(
                 "INSERT INTO nodes (id, tenant, name, kind, network, image, cpus, memory_mib,"

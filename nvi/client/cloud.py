@@ -20,6 +20,7 @@ from federation.client import DirectoryClient
 from federation.errors import Unavailable, from_status
 from federation.models import CatalogueEntry, Identity
 from hostagent.client import AgentClient
+from hostagent.errors import Full
 from hostagent.models import NodeInfo
 from nvi.client.placement import NoServer, candidates
 from nvi.client.profiles import Profile
@@ -31,8 +32,6 @@ T = TypeVar("T")
 UNKNOWN = "unknown"
 # How long a listing waits for one server's agent before showing its nodes as unknown.
 AGENT_TIMEOUT = 5.0
-# An agent's refusals that mean "this server is full": the next candidate may have room.
-FULL = ("not enough free capacity", "no free locator")
 _CATALOGUE = TypeAdapter(list[CatalogueEntry])
 
 
@@ -74,7 +73,7 @@ def _live(info: NodeInfo) -> dict[str, Any]:
 
 def is_full(error: NviError) -> bool:
     """Whether an agent refused a create for lack of room (and so created nothing)."""
-    return getattr(error, "status", None) == 409 and str(error).startswith(FULL)
+    return error.code == Full.code
 
 
 # Makes the create on one candidate: its entry, a client of its agent, the agent's body.

@@ -5,7 +5,10 @@ from typing import Any
 
 
 class NviError(Exception):
-    """A failure a user can act on; its message is shown as-is, without a traceback."""
+    """A failure a user can act on; its message is shown as-is, without a traceback.
+    `code`, where set, is a stable word a program can act on (the message may change)."""
+
+    code: str | None = None
 
 
 class HttpError(NviError):

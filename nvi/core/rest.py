@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, Literal, get_origin
 
 from aiohttp import web
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from nvi.core.errors import Forbidden, InvalidRequest, NotFound, NviError
 from nvi.core.model import Server
@@ -63,6 +63,9 @@ class Error(BaseModel):
     """Every error answer's body."""
 
     error: str
+    code: str | None = Field(
+        None, description="A stable word for programs, where one applies (e.g. server_full)"
+    )
     details: list[dict] | None = None
 
 

@@ -23,6 +23,8 @@ def json_errors(errors: type[NviError], log: logging.Logger, where: str) -> Midd
         except errors as error:
             status = getattr(error, "status", 500)
             body: dict = {"error": str(error)}
+            if error.code:
+                body["code"] = error.code
             if details := getattr(error, "details", None):
                 body["details"] = details
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

@@ -11,7 +11,7 @@ import pytest
 
 from federation.models import CatalogueEntry, Identity, Resources
 from hostagent.client import AgentClient
-from hostagent.errors import Conflict, Invalid
+from hostagent.errors import Conflict, Full, Invalid
 from hostagent.models import NodeInfo
 from nvi.client.cloud import Cloud, is_full
 from nvi.client.placement import NoServer, candidates
@@ -157,7 +157,7 @@ def run_create(
 
 
 def test_a_stale_entry_whose_agent_is_full_passes_to_the_next() -> None:
-    full = Conflict("not enough free capacity: 0 CPUs and 0 MiB are left")
+    full = Full("not enough free capacity: 0 CPUs and 0 MiB are left")
     assert is_full(full)
     tried, node = run_create(
         [entry("s1", memory=2048), entry("s2")], {"https://s1.example:7490": full}
@@ -178,7 +178,7 @@ def test_another_refusal_stops_at_once() -> None:
 
 
 def test_all_full_is_no_server_and_the_cloud_is_honoured() -> None:
-    full = Conflict("no free locator: all 8 of this server's are in use")
+    full = Full("no free locator: all 8 of this server's are in use")
     entries = [entry("s1", memory=4096), entry("s2", cloud="west"), entry("s3")]
     tried, node = run_create(entries, {}, cloud="west")
     assert tried == ["s2"] and isinstance(node, NodeInfo)
