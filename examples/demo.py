@@ -364,7 +364,7 @@ def self_service(demo: Demo, result: list[str]) -> None:
     portal = net.lab.portal
     if portal is None:
         raise StepFailed("the lab file has no [portal]")
-    picture = net.rundir / "portal-red.png"
+    picture = net.root / f"{net.lab.name}-portal-red.png"  # kept after the lab goes down
     token = str(token_path(net, "red"))
     nvi("portal", "screenshot", portal.url, "--token-file", token, "--out", str(picture))
     if not picture.read_bytes().startswith(b"\x89PNG"):

@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -109,12 +110,23 @@ class ServerEnrolled(Server):
     token: str = Field(description="The server's credential; shown only in this answer")
 
 
+def _not_a_boolean(value: object) -> object:
+    """JSON's true is not the number 1 (pydantic's lax mode would take it as one)."""
+    if isinstance(value, bool):
+        raise ValueError("a number, not true or false")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_a_boolean)]
+Count = Annotated[int, BeforeValidator(_not_a_boolean)]
+
+
 class Resources(BaseModel):
     """CPUs, memory and locators: a server's whole capacity, or what is still free of it."""
 
-    cpus: float = Field(ge=0)
-    memory_mib: int = Field(ge=0)
-    locators: int = Field(ge=0, description="Node addresses on the underlay (one per node)")
+    cpus: Number = Field(ge=0)
+    memory_mib: Count = Field(ge=0)
+    locators: Count = Field(ge=0, description="Node addresses on the underlay (one per node)")
 
 
 class Announcement(Body):

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_LAB = REPO / "examples" / "labs" / "two-clouds.toml"
+
+
+def example_lab_text(name: str) -> str:
+    """The example lab file under another name, without its portal: test labs run side by
+    side, and the portal's port is one per machine (the demo's test keeps it)."""
+    text = EXAMPLE_LAB.read_text()
+    assert 'name = "demo"' in text and "\n[portal]\n" in text
+    text = text.replace('name = "demo"', f'name = "{name}"')
+    return re.sub(r"(?ms)^\[portal\]\n.*?(?=^\[|\Z)", "", text)
+
 
 # Test modules import helpers from this fixture plugin directly; whichever module pytest
 # imports first, its asserts must still be rewritten (and pytest must not warn).

@@ -216,7 +216,9 @@ def setup_vm() -> None:
 
 def example_lab(root: Path) -> LabNet:
     """The example lab (3 servers, 2 clouds, directory) under a test name `t<7 hex>`."""
-    spec = load_lab(EXAMPLE_LAB).model_copy(update={"name": "t" + uuid.uuid4().hex[:7]})
+    spec = load_lab(EXAMPLE_LAB).model_copy(
+        update={"name": "t" + uuid.uuid4().hex[:7], "portal": None}
+    )
     return LabNet(spec, root=root)
 
 

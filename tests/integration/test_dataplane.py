@@ -66,7 +66,9 @@ class Lab:
 @contextlib.contextmanager
 def running_lab(tmp_path_factory: pytest.TempPathFactory, **update: Any) -> Iterator[LabNet]:
     """The example lab under a fresh name (and `update`), removed whole afterwards."""
-    spec = load_lab(EXAMPLE_LAB).model_copy(update={"name": "t" + uuid.uuid4().hex[:7], **update})
+    spec = load_lab(EXAMPLE_LAB).model_copy(
+        update={"name": "t" + uuid.uuid4().hex[:7], "portal": None, **update}
+    )
     net = LabNet(spec, root=tmp_path_factory.mktemp("run"))
     try:
         net.up()

@@ -27,6 +27,7 @@ STEPS = [
     "the other tenant's nodes are unreachable",
     "what crossed the underlay",
     "a fourth server joins the running lab",
+    "tenants serve themselves: CLI from anywhere, the portal",
 ]
 
 
@@ -53,4 +54,7 @@ def test_the_demo_completes_every_step_and_tears_down(tmp_path: Path) -> None:
     assert "hello from red-s3 (tenant red" in demo.stdout
     assert "hello from blue-s3 (tenant blue" in demo.stdout
     assert "largest 1500 bytes" in report
+    screenshot = tmp_path / "run" / "labs" / f"{name}-portal-red.png"
+    assert "the tenants' portal: http://127.0.0.1:7443" in demo.stdout
+    assert screenshot.read_bytes().startswith(b"\x89PNG")  # taken by Chromium, kept
     assert [ns for ns in links.list_netns() if ns.startswith(f"nvi-{name}-")] == []

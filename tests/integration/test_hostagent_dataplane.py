@@ -90,7 +90,9 @@ def pid_of(engine: DockerEngine, node: NodeInfo) -> int:
 
 @pytest.fixture(scope="module")
 def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clouds]:
-    spec = load_lab(EXAMPLE_LAB).model_copy(update={"name": "t" + uuid.uuid4().hex[:7]})
+    spec = load_lab(EXAMPLE_LAB).model_copy(
+        update={"name": "t" + uuid.uuid4().hex[:7], "portal": None}
+    )
     net = LabNet(spec, root=tmp_path_factory.mktemp("run"))
     engine = DockerEngine(docker_url(lab_docker_root(spec.name) / "exec"))
     try:

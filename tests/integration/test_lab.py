@@ -24,7 +24,7 @@ from nvi.lab.net import LabNet
 from nvi.lab.ovs import BRIDGE, UPLINK
 from nvi.lab.process import running_pid
 from nvi.lab.spec import Lab, load_lab
-from tests.conftest import EXAMPLE_LAB, REPO
+from tests.conftest import EXAMPLE_LAB, REPO, example_lab_text
 
 pytestmark = pytest.mark.root
 
@@ -34,7 +34,7 @@ def unique_name() -> str:
 
 
 def example(name: str) -> Lab:
-    return load_lab(EXAMPLE_LAB).model_copy(update={"name": name})
+    return load_lab(EXAMPLE_LAB).model_copy(update={"name": name, "portal": None})
 
 
 def root_links() -> set[str]:
@@ -205,7 +205,7 @@ def test_cli_and_down_after_a_crashed_up(tmp_path: Path) -> None:
     """Kill `nvi lab up` half-way, lose its run directory too: `down` still removes it all."""
     name = unique_name()
     lab_file = tmp_path / "lab.toml"
-    lab_file.write_text(EXAMPLE_LAB.read_text().replace('name = "demo"', f'name = "{name}"'))
+    lab_file.write_text(example_lab_text(name))
     env = {**os.environ, "NVI_RUN_DIR": str(tmp_path / "run")}
     net = LabNet(load_lab(lab_file), root=tmp_path / "run" / "labs")
 

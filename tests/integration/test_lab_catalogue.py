@@ -1,17 +1,22 @@
 """The lab's catalogue, from this machine's root namespace through the access link: every
 lab agent is listed alive with its cloud; a tenant, with its token from the lab's
 client.toml and the lab's CA, reaches an agent at the URL the catalogue gives and creates a
-node there; and after all that work no server ever read (or tried to read) the catalogue.
+node there, then with only the profile and the `nvi` command places, watches and deletes a
+VM; and after all that work no server ever read (or tried to read) the catalogue.
 `lab up` again changes nothing; `lab down` removes the access link."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
+import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -55,6 +60,15 @@ def directory_metrics(url: str, ca_file: Path) -> dict[tuple[str, tuple], float]
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def nvi(env: dict[str, str], *args: str) -> Any:
+    """`nvi ARGS` from this machine as the profile's holder; the JSON it prints, if any."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nvi", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if "-o" in args else None
 
 
 def root_routes_via(link: str) -> list[str]:
@@ -118,6 +132,21 @@ def test_users_reach_the_lab_catalogue_and_agents_from_this_machine(
         after = catalogue(red)
         s3_after = next(e for e in after if e.server == "s3")
         assert s3_after.free.locators == s3.free.locators - 1
+
+        # A VM, with nothing but the profile: placed in cloud west, watched until it has
+        # booted, listed with its live state, deleted with its record.
+        env = {**os.environ, "NVI_CONFIG": str(net.client_config)}
+        env["NVI_PROFILE"] = f"{net.lab.name}-red"
+        create = ["node", "create", "vm1", "-n", "net", "--kind", "vm", "--memory", "192"]
+        created = nvi(env, *create, "--cloud", "west", "-o", "json")
+        assert [(n["name"], n["server"], n["ready"]) for n in created] == [("vm1", "s3", True)]
+        listed = {n["name"]: n for n in nvi(env, "node", "list", "-o", "json")}
+        assert set(listed) == {"web", "vm1"}
+        assert (listed["vm1"]["kind"], listed["vm1"]["state"]) == ("vm", "running")
+        assert "locator" not in listed["vm1"]
+        nvi(env, "node", "delete", "vm1")
+        records = with_directory(net, lambda client: client.list_nodes("red"))
+        assert [n.name for n in records] == ["web"]
 
         counted = directory_metrics(net.lab.directory.url, net.ca_file)
         assert counted[("nvi_directory_catalogue_reads_total", (("role", "server"),))] == 0

@@ -24,7 +24,7 @@ from nvi.lab.net import LabNet
 from nvi.lab.nodes import NetnsNode, add_node, with_directory
 from nvi.lab.spec import load_lab
 from openflow import flows as f
-from tests.conftest import EXAMPLE_LAB
+from tests.conftest import example_lab_text
 
 pytestmark = pytest.mark.root
 
@@ -95,10 +95,8 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     name = "t" + uuid.uuid4().hex[:7]
     folder = tmp_path_factory.mktemp("trace")
-    text = EXAMPLE_LAB.read_text()
-    assert 'name = "demo"' in text
     file = folder / "lab.toml"
-    file.write_text(text.replace('name = "demo"', f'name = "{name}"'))
+    file.write_text(example_lab_text(name))
     net = LabNet(load_lab(file), root=folder / "run" / "labs")
     try:
         net.up()
