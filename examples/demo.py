@@ -51,14 +51,6 @@ CIDR = "10.0.0.0/24"
 VM = ("red", "vm", "10.0.0.30")  # tenant, name, address: on the lab's last server
 BLUE_ONLY = "10.0.0.99"  # an address only blue has
 CONTAINER = ("--cpus", "0.25", "--memory", "64")  # small: a lab server's capacity is the machine's
-# The fourth server, exactly as an operator appends it to the lab file: its own facts only.
-NEW_SERVER = """
-[[servers]]
-name = "s4"
-cloud = "west"
-address = "203.0.113.14"
-locators = "203.0.113.96/27"
-"""
 PAIR_FLOWS = "cookie=0x0200000000000000/0xff00000000000000"  # openflow.flows.PAIR class
 ENCAPSULATIONS = {4: "IP-in-IP", 47: "GRE", 41: "IPv6-in-IPv4"}
 TUNNEL_PORTS = {4789: "VXLAN", 6081: "Geneve", 4790: "VXLAN-GPE"}
@@ -306,12 +298,24 @@ def underlay_summary(demo: Demo, result: list[str], capture: Path) -> None:
     )
 
 
+def new_server(lab: Lab) -> str:
+    """The fourth server, exactly as an operator appends it to the lab file: its own facts
+    only (in the last server's cloud: with the example lab, 203.0.113.14)."""
+    cloud = lab.cloud(lab.servers[-1].cloud)
+    subnet = ipaddress.ip_network(cloud.subnet)
+    return (
+        f'\n[[servers]]\nname = "s4"\ncloud = "{cloud.name}"\naddress = "{subnet[14]}"\n'
+        f'locators = "{subnet[96]}/27"\n'
+    )
+
+
 def fourth_server(demo: Demo, result: list[str]) -> Path:
     bigger_file = demo.net.rundir / f"{demo.lab_file.stem}+s4.toml"
-    bigger_file.write_text(demo.lab_file.read_text() + NEW_SERVER)
+    appended = new_server(demo.net.lab)
+    bigger_file.write_text(demo.lab_file.read_text() + appended)
     bigger = LabNet(with_tenants(load_lab(bigger_file)), demo.net.root)
     console.print(f"the operator appends to the lab file ({bigger_file}):")
-    console.print(NEW_SERVER, markup=False)
+    console.print(appended, markup=False)
     before = _fingerprint(demo.net)
     changes = bigger.up()
     foreign = [change for change in changes if "s4" not in change]

@@ -21,6 +21,13 @@ def example_lab_text(name: str) -> str:
     return re.sub(r"(?ms)^\[portal\]\n.*?(?=^\[|\Z)", "", text)
 
 
+def readdressed(text: str, east: str, west: str) -> str:
+    """A lab file's text with its two clouds on other /24s (`east`, `west`: "a.b.c"), so a
+    test lab reached from this machine (the access link) does not collide with the example
+    lab a user left running (`./scripts/demo`)."""
+    return text.replace("198.51.100.", f"{east}.").replace("203.0.113.", f"{west}.")
+
+
 # Test modules import helpers from this fixture plugin directly; whichever module pytest
 # imports first, its asserts must still be rewritten (and pytest must not warn).
 pytest.register_assert_rewrite("tests.integration.hostagent_fixtures")

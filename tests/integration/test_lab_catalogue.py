@@ -29,6 +29,9 @@ from nvi.core.tls import client_context
 from nvi.lab import access
 from nvi.lab.nodes import tenant_token, with_directory
 from nvi.lab.populate import token_path
+from nvi.lab.spec import parse_lab
+from tests.conftest import example_lab_text, readdressed
+from tests.integration.hostagent_fixtures import setup_vm
 from tests.integration.test_dataplane import running_lab
 
 pytestmark = pytest.mark.root
@@ -86,10 +89,13 @@ def root_routes_via(link: str) -> list[str]:
 def test_users_reach_the_lab_catalogue_and_agents_from_this_machine(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    with running_lab(tmp_path_factory) as net:
+    setup_vm()  # the lab's agents run VMs when the machine can (a fresh CI machine: now)
+    own = parse_lab(tomllib.loads(readdressed(example_lab_text("x"), "198.18.1", "198.18.2")))
+    addresses = {key: getattr(own, key) for key in ("clouds", "routers", "servers", "directory")}
+    with running_lab(tmp_path_factory, **addresses) as net:
         link = net.access
         assert link is not None and access.state(link) is not None
-        assert root_routes_via(link.root_end) == ["198.51.100.0/24", "203.0.113.0/24"]
+        assert root_routes_via(link.root_end) == ["198.18.1.0/24", "198.18.2.0/24"]
         assert access.routed(link) == root_routes_via(link.root_end)
 
         async def tenant(client) -> str:  # noqa: ANN001
@@ -156,7 +162,7 @@ def test_users_reach_the_lab_catalogue_and_agents_from_this_machine(
         assert counted[("nvi_directory_catalogue_announcements_total", (("kind", "new"),))] >= 3
         assert counted[("nvi_directory_catalogue_announcements_total", (("kind", "renewal"),))]
         published = ("nvi_http_requests_total", (("method", "POST"), ("route", "/v1/tenants/{tenant}/nodes"), ("status", "201")))  # fmt: skip
-        assert counted[published] == 1
+        assert counted[published] == 2  # web and vm1, each published once
 
         assert net.up() == []  # the access link, certificates and agents are all in place
     assert access.state(link) is None
