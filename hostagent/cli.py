@@ -3,40 +3,22 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
 
 from hostagent.client import DEFAULT_SOCKET, AgentClient
-from hostagent.models import NodeInfo
 from nvi.core.clitools import (
     ca_file,
     ca_file_option,
     credential_options,
-    option_group,
     output_option,
     read_token,
     run_client,
     show_rows,
 )
 from nvi.core.errors import NviError
-from nvi.core.output import ProgressLine
-
-NODE_COLUMNS = [
-    "tenant",
-    "name",
-    "kind",
-    "network",
-    "ip",
-    "mac",
-    "locator",
-    "state",
-    "ready",
-    "port",
-]
-POLL_SECONDS = 0.3
 
 agent_option = click.option(
     "--agent",
@@ -65,70 +47,6 @@ def _run(
         ),
         call,
     )
-
-
-_wait_options = option_group(
-    click.option(
-        "--wait/--no-wait",
-        default=True,
-        show_default=True,
-        help="Return once the node has booted (a VM's guest has its address), showing progress",
-    ),
-    click.option(
-        "--boot-timeout",
-        type=click.FloatRange(min=1),
-        default=300,
-        show_default=True,
-        help="Seconds to wait for the boot",
-    ),
-)
-
-
-async def _create_watching(
-    client: AgentClient, body: dict[str, Any], wait: bool, boot_timeout: float
-) -> NodeInfo:
-    """Create, showing the agent's step while it works (building an image, starting the
-    node), then the boot."""
-    tenant, name = body["tenant"], body["name"]
-    with ProgressLine(f"{tenant}/{name}") as progress:
-        progress.update("asking the agent")
-        creating = asyncio.ensure_future(client.create(**body))
-        while not (await asyncio.wait({creating}, timeout=POLL_SECONDS))[0]:
-            try:
-                progress.update((await client.show(tenant, name)).progress)
-            except NviError:
-                pass  # not reserved yet: the agent is still checking the request
-        node = creating.result()
-        return await _until_booted(client, node, progress, boot_timeout) if wait else node
-
-
-async def _until_booted(
-    client: AgentClient, node: NodeInfo, progress: ProgressLine, timeout: float
-) -> NodeInfo:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        node = await client.show(node.tenant, node.name)
-        if node.ready:
-            progress.update("booted")
-            return node
-        if node.state != "running":
-            raise NviError(f"node {node.tenant}/{node.name} is {node.state}, not running")
-        if asyncio.get_running_loop().time() > deadline:
-            raise NviError(
-                f"node {node.tenant}/{node.name} runs but did not finish booting in "
-                f"{timeout:g} s; its last console line: {node.progress!r} "
-                f"(look with: nvi node console {node.tenant}/{node.name})"
-            )
-        progress.update(f"booting: {node.progress}" if node.progress else "booting")
-        await asyncio.sleep(POLL_SECONDS)
-
-
-def _split(name: str, tenant: str | None) -> tuple[str, str]:
-    if "/" in name:
-        tenant, _, name = name.partition("/")
-    if not tenant:
-        raise NviError(f"which tenant's {name}? write TENANT/{name} or pass --tenant")
-    return tenant, name
 
 
 @click.group()
