@@ -3,8 +3,11 @@ services, the directory and the agents, over HTTPS, as a user's computer reaches
 through the internet.
 
 It is a veth from the root namespace to one of the lab's routers, on a small segment of its
-own (a /29 of 100.64.0.0/10 chosen by the lab's name). The root namespace gets routes for the
-lab's cloud subnets only, via the router; every lab member gets a route back to the segment,
+own (a /29 of 100.64.0.0/10 chosen by the lab's name). The root namespace gets a host route
+(/32) for each of the lab's public services only — the directory and every server's agent —
+via the router, never a whole cloud subnet: the lab's subnets are documentation ranges, and
+the machine may reach real things in them (a package mirror); an address on one of the
+machine's own links is never taken over. Every lab member gets a route back to the segment,
 computed like its routes between clouds. Tenant nodes gain nothing: they never reach the
 underlay at all (tests/integration/test_trust.py).
 
@@ -85,8 +88,9 @@ def routing(lab: Lab, link: AccessLink | None) -> Lab:
 
 def ensure(link: AccessLink, router_ns: str, lab: Lab) -> list[str]:
     """Create or repair the link and the root namespace's routes; returns what changed. A
-    route the machine already has to a lab subnet through something else (another lab's
-    link) is left alone, which is no change: `routed` shows what goes through this link."""
+    route the machine already has to a lab address through something else (another lab's
+    link, its own network) is left alone, which is no change: `routed` shows what goes
+    through this link. Routes through it to addresses no longer in the lab are removed."""
     changes = []
     with IPRoute() as ipr, IPRoute(netns=router_ns) as router:
         here = ipr.link_lookup(ifname=link.root_end)
@@ -123,25 +127,47 @@ def ensure(link: AccessLink, router_ns: str, lab: Lab) -> list[str]:
         if (link.root_address, link.prefixlen) not in present:
             ipr.addr("add", index=index, address=link.root_address, prefixlen=link.prefixlen)
             changes.append(f"access link: this machine's address {link.root_address}")
-        for cloud in lab.clouds:
-            changes += _ensure_route(ipr, index, cloud.subnet, link)
+        wanted = dict(public_addresses(lab))
+        for address in set(_via(ipr, index, link)) - set(wanted.values()):
+            ipr.route("del", dst=f"{address}/32", gateway=link.router_address, oif=index)
+            changes.append(f"access link: no route to {address} (no longer in the lab)")
+        for member, address in wanted.items():
+            changes += _ensure_route(ipr, index, member, address, link)
     return changes
 
 
-def _ensure_route(ipr: IPRoute, index: int, subnet: str, link: AccessLink) -> list[str]:
-    prefix, length = subnet.split("/")
+def public_addresses(lab: Lab) -> list[tuple[str, str]]:
+    """(member, address) of what users reach: the directory and every server's agent."""
+    members = [(server.name, server.address) for server in lab.servers]
+    return [(lab.directory.name, lab.directory.address), *members] if lab.directory else members
+
+
+def _ensure_route(
+    ipr: IPRoute, index: int, member: str, address: str, link: AccessLink
+) -> list[str]:
+    ip = ipaddress.ip_address(address)
     for route in ipr.get_routes(family=2, table=254):
-        if (route.get("dst"), route["dst_len"]) != (prefix, int(length)):
-            continue
-        if route.get("oif") == index and route.get("gateway") == link.router_address:
+        dst, length = route.get("dst"), route["dst_len"]
+        if (dst, length) == (address, 32) and route.get("oif") == index:
             return []
-        return []  # someone else's route: never taken over
-    ipr.route("add", dst=subnet, gateway=link.router_address, oif=index)
-    return [f"access link: route to {subnet} via {link.router_address}"]
+        if dst is None or route.get("oif") == index:
+            continue  # the default route is no claim on the address
+        if ip in ipaddress.ip_network(f"{dst}/{length}"):
+            return []  # the machine reaches it otherwise (its own network, another lab)
+    ipr.route("add", dst=f"{address}/32", gateway=link.router_address, oif=index)
+    return [f"access link: route to {member} ({address}) via {link.router_address}"]
+
+
+def _via(ipr: IPRoute, index: int, link: AccessLink) -> list[str]:
+    return [
+        route.get("dst")
+        for route in ipr.get_routes(family=2, table=254)
+        if route.get("oif") == index and route.get("gateway") == link.router_address
+    ]
 
 
 def routed(link: AccessLink | None) -> list[str]:
-    """The subnets the machine routes through this link."""
+    """The addresses (as /32) the machine routes through this link."""
     if link is None:
         return []
     with IPRoute() as ipr:

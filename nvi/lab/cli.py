@@ -105,7 +105,7 @@ def status(lab_file: str, output: str) -> None:
         console.print(
             f"access link: {link['link']} ({link['state'] or 'DOWN'}), this machine at "
             f"{link['address']}, via router {link['router']} to "
-            f"{', '.join(link['routes']) or 'nothing (its subnets are routed elsewhere here)'}",
+            f"{', '.join(link['routes']) or 'nothing (its addresses are routed elsewhere here)'}",
             soft_wrap=True,
         )
     if state["client_config"]:

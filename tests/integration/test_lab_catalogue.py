@@ -95,7 +95,9 @@ def test_users_reach_the_lab_catalogue_and_agents_from_this_machine(
     with running_lab(tmp_path_factory, **addresses) as net:
         link = net.access
         assert link is not None and access.state(link) is not None
-        assert root_routes_via(link.root_end) == ["198.18.1.0/24", "198.18.2.0/24"]
+        # Host routes to the directory and the agents only, never the clouds' whole subnets.
+        public = ["198.18.1.2", "198.18.1.11", "198.18.1.12", "198.18.2.13"]
+        assert root_routes_via(link.root_end) == sorted(f"{ip}/32" for ip in public)
         assert access.routed(link) == root_routes_via(link.root_end)
 
         async def tenant(client) -> str:  # noqa: ANN001
