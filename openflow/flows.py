@@ -43,7 +43,7 @@ BACKOFF_HARD_TIMEOUT = 1  # a first packet met an unreachable directory: ask aga
 
 PRIO_HOST_ARP_REPLY = 1001  # above the lab's host flows (1000)
 PRIO_DHCP = 320
-PRIO_DNS = 320  # a query to the gateway's resolver: above anti-spoofing's goto egress
+PRIO_DNS = 330  # a query to the gateway's resolver: above anti-spoofing's goto egress
 PRIO_ARP_OWN = 310
 PRIO_ARP_ANSWER = 300
 PRIO_ALLOW = 200
