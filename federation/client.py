@@ -236,16 +236,18 @@ class DirectoryClient:
         ip: str | None = None,
         *,
         locator: str | None = None,
+        name: str | None = None,
         source: str | None = None,
         tenant: str | None = None,
         network: str | None = None,
         source_ip: str | None = None,
     ) -> Resolution:
-        """Name the destination by tenant address or by locator; the source by node id, or by
-        tenant, network and source_ip."""
+        """Name the destination by tenant address, locator or node name; the source by node id,
+        or by tenant, network and source_ip."""
         params = {
             "ip": ip,
             "locator": locator,
+            "name": name,
             "source": source,
             "tenant": tenant,
             "network": network,

@@ -128,6 +128,15 @@ class _Write:
         )
 
 
+def _destination_key(query: ResolveQuery, tenant: str | None) -> str:
+    """Where a lookup's destination is kept: by locator, or by name or address in the tenant."""
+    if query.locator:
+        return f"loc/{query.locator}"
+    if query.name:
+        return f"n/{tenant}/{query.name}"
+    return f"ip/{tenant}/{query.ip}"
+
+
 def _node_keys(node: Node) -> list[str]:
     return [
         f"n/{node.tenant}/{node.name}",
@@ -685,9 +694,7 @@ class Directory:
             snapshot = await self.store.get(source_key, *filter(None, [by_locator]))
         else:
             source_key = f"ip/{query.tenant}/{query.source_ip}"
-            snapshot = await self.store.get(
-                source_key, by_locator or f"ip/{query.tenant}/{query.ip}"
-            )
+            snapshot = await self.store.get(source_key, _destination_key(query, query.tenant))
         raw = snapshot.value(source_key)
         source = _load(Node, raw) if raw else None
         if (
@@ -697,14 +704,20 @@ class Directory:
             or (server is not None and not _hosts(server, source))
         ):
             raise NotFound("no such source node")
-        destination_key = by_locator or f"ip/{source.tenant}/{query.ip}"
+        destination_key = _destination_key(query, source.tenant)
         if destination_key not in snapshot.entries and query.source is not None:
             snapshot.entries.update((await self.store.get(destination_key)).entries)
         destination_raw = snapshot.value(destination_key)
         destination = _load(Node, destination_raw) if destination_raw else None
         if destination is None or destination.tenant != source.tenant:
             # Another tenant's locator answers exactly like a free one.
-            wanted = f"locator {query.locator}" if by_locator else f"address {query.ip}"
+            wanted = (
+                f"name {query.name}"
+                if query.name
+                else f"locator {query.locator}"
+                if by_locator
+                else f"address {query.ip}"
+            )
             raise NotFound(f"no node with {wanted} in the source's tenant")
         return Resolution(
             source=source,

@@ -187,10 +187,14 @@ class NodeQuery(Body):
 
 class ResolveQuery(Body):
     """The source is named by node id, or by (tenant, network, source_ip); the destination by
-    its tenant address, or by its locator (a receiving server knows only the locator)."""
+    its tenant address, by its locator (a receiving server knows only the locator), or by its
+    name (the server's DNS answers a node's question for another node of its tenant)."""
 
     RULES: ClassVar = (
-        OneOf((("ip",), ("locator",)), "name the destination: ip=<tenant address> or locator"),
+        OneOf(
+            (("ip",), ("locator",), ("name",)),
+            "name the destination: ip=<tenant address>, locator or name",
+        ),
         OneOf(
             (("source",), ("tenant", "network", "source_ip")),
             "name the source by node id, or by tenant, network and source_ip (not both)",
@@ -200,6 +204,7 @@ class ResolveQuery(Body):
 
     ip: IPAddress | None = Field(None, description="The destination tenant address")
     locator: IPAddress | None = Field(None, description="Or the destination's locator")
+    name: Name | None = Field(None, description="Or the destination's node name")
     source: NodeId | None = None
     tenant: Name | None = None
     network: Name | None = None

@@ -25,6 +25,7 @@ from hostagent.models import ImageInfo, NodeCreate, NodeInfo
 from hostagent.plumbing import plumb, plumbed, ports_here, unplumb
 from hostagent.state import port_name
 from nvi.core.model import NodeKind
+from nvi.core.names import search_domain
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,17 @@ class ContainerDriver:
         ]
 
     async def create(self, node: NodeInfo) -> None:
-        """Create (not start) the node's container; CPU and memory are hard limits."""
+        """Create (not start) the node's container; CPU and memory are hard limits.
+
+        Its resolv.conf names its own server's resolver (the network's gateway address) and
+        its tenant's search domain, so `ping red-s3` works in it."""
+        dns: JSONObject = {}
+        if node.gateway:
+            dns = {
+                "Dns": [node.gateway],
+                "DnsSearch": [search_domain(node.tenant)],
+                "DnsOptions": ["ndots:1"],
+            }
         config: JSONObject = {
             "Image": node.image,
             "Hostname": node.name,
@@ -158,6 +169,7 @@ class ContainerDriver:
                 "Init": True,
                 "NanoCpus": int(node.cpus * 1e9),
                 "Memory": node.memory_mib * 1024 * 1024,
+                **dns,
             },
         }
         try:

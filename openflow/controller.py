@@ -18,13 +18,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from os_ken.lib.packet import arp, ipv4, packet
+from os_ken.lib.packet import arp, ipv4, packet, udp
 
 from federation.errors import DirectoryError, NotFound
 from federation.models import Change, ChangeType
+from nvi.core.names import RESOLVER_PORT
 from nvi.core.ports import NodePort
 from openflow import arp as next_hops
-from openflow import decide, dhcp
+from openflow import decide, dhcp, dns
 from openflow import flows as f
 from openflow.decide import Outcome, Pair
 
@@ -243,6 +244,10 @@ class Controller:
             self.stats["dropped_unexpected"] += 1
             return
         if table_id == f.T_CLASSIFY and in_port in self.nodes:
+            datagram = parsed.get_protocol(udp.udp)
+            if datagram is not None and datagram.dst_port == RESOLVER_PORT:
+                await self._name_query(self.nodes[in_port], data)
+                return
             answer = dhcp.reply(data, self.nodes[in_port])
             if answer is not None and self.channel:
                 self.channel.send_packet(in_port, answer)
@@ -268,6 +273,28 @@ class Controller:
         # The decision's flows are in the table (barrier): the packet now takes them.
         if self.channel:
             self.channel.resubmit(in_port, data)
+
+    async def _name_query(self, node: f.LocalNode, data: bytes) -> None:
+        """Answer a node's DNS query from the directory (through the change-following cache),
+        within the node's own tenant only; an unreadable query is dropped and counted."""
+        try:
+            asked = dns.query(data, node)
+        except dns.Malformed as error:
+            self.stats["dns_dropped"] += 1
+            log.debug("dropped a DNS query from %s: %s", node.node_id, error)
+            return
+        found: dns.Found | str | None = None
+        if asked.name is not None:
+            try:
+                answer = await self.resolver.resolve(name=asked.name, source=node.node_id)
+                found = dns.Found(answer.destination.network, str(answer.destination.ip))
+            except NotFound:
+                found = None
+            except DirectoryError:
+                found = dns.UNAVAILABLE
+        self.stats[f"dns_{dns.outcome(asked, found)}"] += 1
+        if self.channel:
+            self.channel.send_packet(node.port, dns.answer(asked, node, found))
 
     async def _timed(self, kind: str, work: Awaitable[None]) -> None:
         """Run one decision and keep its duration (the last few hundred, per kind)."""

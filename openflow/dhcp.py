@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 
+import dns.name
 from os_ken.lib.packet import dhcp, ether_types, ethernet, in_proto, ipv4, packet, udp
 
+from nvi.core.names import search_domain
 from openflow.flows import LocalNode, gateway_mac
 
 DHCP_NAK = 6  # RFC 2132 message type; os-ken names the others only
+DHCP_DOMAIN_SEARCH_OPT = 119  # RFC 3397: the search list, names in DNS wire format
 LEASE_SECONDS = 86400
 TENANT_MTU = 1500  # no encapsulation: tenants keep the full Ethernet MTU
 
@@ -42,6 +45,7 @@ def reply(request: bytes, node: LocalNode) -> bytes | None:
 def _build(asked: dhcp.dhcp, node: LocalNode, answer: int) -> bytes:
     network = ipaddress.ip_network(node.cidr)
     gateway = ipaddress.ip_address(node.gateway)
+    domain = search_domain(node.tenant)
     options = [
         dhcp.option(dhcp.DHCP_MESSAGE_TYPE_OPT, bytes([answer])),
         dhcp.option(dhcp.DHCP_SERVER_IDENTIFIER_OPT, gateway.packed),
@@ -52,6 +56,10 @@ def _build(asked: dhcp.dhcp, node: LocalNode, answer: int) -> bytes:
             dhcp.option(dhcp.DHCP_GATEWAY_ADDR_OPT, gateway.packed),
             dhcp.option(dhcp.DHCP_IP_ADDR_LEASE_TIME_OPT, LEASE_SECONDS.to_bytes(4, "big")),
             dhcp.option(dhcp.DHCP_INTERFACE_MTU_OPT, TENANT_MTU.to_bytes(2, "big")),
+            # the node's own server answers its names at the gateway (openflow.dns)
+            dhcp.option(dhcp.DHCP_DNS_SERVER_ADDR_OPT, gateway.packed),
+            dhcp.option(dhcp.DHCP_DOMAIN_NAME_OPT, domain.encode()),
+            dhcp.option(DHCP_DOMAIN_SEARCH_OPT, dns.name.from_text(domain).to_wire()),
         ]
     body = dhcp.dhcp(
         op=dhcp.DHCP_BOOT_REPLY,

@@ -24,6 +24,8 @@ import ipaddress
 import zlib
 from dataclasses import dataclass
 
+from nvi.core.names import RESOLVER_PORT
+
 T_CLASSIFY, T_EGRESS, T_INGRESS = 0, 1, 2
 
 # Cookie layout: [class: 8 bits][local locator hash: 24 bits][remote locator hash: 32 bits].
@@ -41,6 +43,7 @@ BACKOFF_HARD_TIMEOUT = 1  # a first packet met an unreachable directory: ask aga
 
 PRIO_HOST_ARP_REPLY = 1001  # above the lab's host flows (1000)
 PRIO_DHCP = 320
+PRIO_DNS = 330  # a query to the gateway's resolver: above anti-spoofing's goto egress
 PRIO_ARP_OWN = 310
 PRIO_ARP_ANSWER = 300
 PRIO_ALLOW = 200
@@ -388,7 +391,8 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
 
     A node may only send IP from its own MAC and address, and only ARP requests that tell the
     truth about itself; everything else from the port is dropped before it can reach the
-    controller, except DHCP requests from its own MAC, which the controller answers. ARP for
+    controller, except DHCP requests from its own MAC and DNS queries from its own MAC and
+    address to the gateway's port 53, which the controller answers. ARP for
     any address of its network is answered with the network's gateway MAC (an L3 network: no
     broadcast leaves the port). The server answers ARP for the node's
     locator on the uplink with its own MAC, so the underlay delivers locator traffic here.
@@ -401,6 +405,20 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
             T_CLASSIFY,
             PRIO_DHCP,
             {**own, "eth_type": ETH_IP, "ip_proto": UDP, "udp_src": 68, "udp_dst": 67},
+            [Output(CONTROLLER)],
+            base,
+        ),
+        flow(
+            T_CLASSIFY,
+            PRIO_DNS,
+            {
+                **own,
+                "eth_type": ETH_IP,
+                "ipv4_src": node.ip,
+                "ipv4_dst": node.gateway,
+                "ip_proto": UDP,
+                "udp_dst": RESOLVER_PORT,
+            },
             [Output(CONTROLLER)],
             base,
         ),

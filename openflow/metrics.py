@@ -28,6 +28,8 @@ OUTCOMES = {
     "dropped_unknown_locator": "unknown_locator",
 }
 ERRORS = "errors_"
+DNS = "dns_"  # controller.stats key prefix -> the answer given to a node's DNS query
+DNS_ANSWERS = ("answered", "nxdomain", "servfail", "notimp", "dropped")
 # A decision is a directory lookup (cached: microseconds; asked: a round trip) plus flow mods.
 DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -88,8 +90,16 @@ class ControllerMetrics(Collector):
         for key, count in sorted(stats.items()):
             if key.startswith(ERRORS):
                 errors.add_metric([key.removeprefix(ERRORS)], count)
-            elif key not in OUTCOMES and key != "packet_in":
+            elif key not in OUTCOMES and key != "packet_in" and not key.startswith(DNS):
                 events.add_metric([key], count)
+        names = CounterMetricFamily(
+            "nvi_controller_dns_queries",
+            "Nodes' DNS queries by answer: answered (a node of the tenant), nxdomain, servfail "
+            "(directory unavailable), notimp, or dropped (malformed)",
+            labels=["answer"],
+        )
+        for answer in DNS_ANSWERS:
+            names.add_metric([answer], stats[DNS + answer])
         lookups = CounterMetricFamily(
             "nvi_controller_directory_lookups",
             "Directory lookups by cache result: hit, miss, or bypass (change stream not "
@@ -103,6 +113,7 @@ class ControllerMetrics(Collector):
             decisions,
             errors,
             events,
+            names,
             lookups,
             _gauge("nvi_controller_pairs", "Conversations installed", len(self.controller.pairs)),
             _gauge(

@@ -190,6 +190,7 @@ def role(hit: Hit) -> str:
     return {
         f.PRIO_HOST_ARP_REPLY: "ARP reply to the server",
         f.PRIO_DHCP: "DHCP request: to the controller",
+        f.PRIO_DNS: "DNS query to the gateway: to the controller",
         f.PRIO_ARP_OWN: "ARP for the node's own address: drop",
         f.PRIO_ARP_ANSWER: "ARP answer",
         f.PRIO_ANTI_SPOOF: "anti-spoofing: drop",
@@ -256,6 +257,8 @@ def _why_controller(hit: Hit) -> str:
         return "first packet from a new peer: no ingress flow for this pair of locators yet"
     if hit.priority == f.PRIO_DHCP:
         return "a DHCP request: the controller answers it from the port's facts"
+    if hit.priority == f.PRIO_DNS:
+        return "a DNS query: the controller answers the names of the node's tenant"
     if hit.priority == f.PRIO_HOST_ARP_REPLY:
         return "an ARP reply to the server: the controller learns a next hop's MAC"
     return "to the controller"

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from nvi.core.names import search_domain
 from nvi.lab import links
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import NetnsNode, add_node, remove_node, with_directory
@@ -466,6 +467,7 @@ case "$1" in
     ip addr flush dev "$interface"
     ip addr add "$ip/$mask" dev "$interface"
     ip route replace default via "$router"
+    echo "dns=$dns domain=$domain" >"$0.lease"
     ;;
 esac
 """
@@ -497,7 +499,74 @@ def test_a_node_learns_its_address_by_dhcp_from_its_own_server(lab: Lab, tmp_pat
     assert client.returncode == 0, client.stdout + client.stderr
     assert "inet 10.0.0.20/24" in lab.run(node.name, ["ip", "-4", "addr", "show", "eth0"]).stdout
     assert "default via 10.0.0.1" in lab.run(node.name, ["ip", "route"]).stdout
+    # the lease names the node's own server's resolver and its tenant's search domain
+    assert Path(f"{script}.lease").read_text().split() == [
+        "dns=10.0.0.1",
+        "domain=red.nvi.internal",
+    ]
     assert lab.pings(node.name, "10.0.0.11") and lab.pings("red13", "10.0.0.20")
+    with_directory(lab.net, lambda c: remove_node(lab.net, c, node))
+
+
+@contextlib.contextmanager
+def resolv_conf(lab: Lab, *names: str) -> Iterator[None]:
+    """What a container gets (hostagent.containers): its server's resolver and its tenant's
+    search domain, as `ip netns exec` shows a namespace node (/etc/netns/NS/resolv.conf)."""
+    made = []
+    try:
+        for name in names:
+            node = lab.nodes[name]
+            directory = Path("/etc/netns") / node.netns
+            directory.mkdir(parents=True)
+            made.append(directory)
+            (directory / "resolv.conf").write_text(
+                f"nameserver 10.0.0.1\nsearch {search_domain(node.tenant)}\n"
+            )
+        yield
+    finally:
+        for directory in made:
+            (directory / "resolv.conf").unlink()
+            directory.rmdir()
+
+
+def lookup(lab: Lab, node: str, name: str) -> list[str]:
+    """The addresses the node's own server answers for `name` (busybox nslookup, type A)."""
+    answer = lab.run(node, ["busybox", "nslookup", "-type=a", name, "10.0.0.1"], timeout=10)
+    _, _, names = answer.stdout.partition("Name:")
+    return re.findall(r"Address:\s*([0-9.]+)\s*$", names, re.MULTILINE)
+
+
+def test_names_resolve_for_the_tenants_own_nodes_only(lab: Lab) -> None:
+    assert lookup(lab, "red11", "red13") == ["10.0.0.13"]
+    assert lookup(lab, "red11", "reddmz.dmz") == ["10.0.1.5"]
+    assert lookup(lab, "red11", "red13.net.red.nvi.internal") == ["10.0.0.13"]
+    assert lookup(lab, "blue11", "red13") == []  # another tenant's name never resolves
+    assert lookup(lab, "blue11", "reddmz.dmz.red.nvi.internal") == []
+    assert lookup(lab, "blue11", "blue13") == ["10.0.0.13"]
+    assert lookup(lab, "red11", "red13.dmz") == []  # red13 is in net, not dmz
+    refused = lab.run("blue11", ["busybox", "nslookup", "-type=a", "red13", "10.0.0.1"])
+    assert "NXDOMAIN" in refused.stdout + refused.stderr
+    with resolv_conf(lab, "red11", "blue11"):
+        assert lab.run("red11", ["getent", "hosts", "red13"]).stdout.split()[:1] == ["10.0.0.13"]
+        assert lab.run("red11", ["ping", "-c", "1", "-W", "2", "red13"]).returncode == 0
+        assert lab.run("blue11", ["getent", "hosts", "red13"]).returncode != 0
+    assert controller_stats(lab, "s1", lambda s: s.get("dns_nxdomain", 0) >= 4)["dns_nxdomain"] >= 4
+
+
+def test_a_name_follows_its_node_deleted_and_recreated_elsewhere(lab: Lab) -> None:
+    node = lab.add("s2", "red", "net", "redmoving", "10.0.0.40")
+    assert lookup(lab, "red11", "redmoving") == ["10.0.0.40"]
+    with_directory(lab.net, lambda c: remove_node(lab.net, c, node))
+    deadline = time.monotonic() + 2
+    while lookup(lab, "red11", "redmoving") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lookup(lab, "red11", "redmoving") == []
+    node = lab.add("s3", "red", "net", "redmoving", "10.0.0.41")
+    added = time.monotonic()
+    while lookup(lab, "red11", "redmoving") != ["10.0.0.41"] and time.monotonic() < added + 2:
+        time.sleep(0.1)
+    assert lookup(lab, "red11", "redmoving") == ["10.0.0.41"]
+    assert lab.pings("red11", "10.0.0.41")
     with_directory(lab.net, lambda c: remove_node(lab.net, c, node))
 
 

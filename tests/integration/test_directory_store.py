@@ -398,3 +398,25 @@ async def test_revoking_a_server_withdraws_its_nodes_and_its_credential(
     with pytest.raises(NotFound):
         await directory.revoke_server("s3")
     await directory.enroll_server("s4", ["203.0.113.0/28"])  # the pool is free again
+
+
+async def test_resolve_by_name_stays_inside_the_tenant(directory: Directory) -> None:
+    await tenant_with_networks(directory, "acme")
+    await tenant_with_networks(directory, "umbrella")
+    a1 = await directory.create_node("acme", spec("a1", locator="192.0.2.1"), S1)
+    a2 = await directory.create_node("acme", spec("a2", locator="198.51.100.2"), S2)
+    u1 = await directory.create_node("umbrella", spec("u1", locator="192.0.2.4"), S1)
+
+    by_name = await directory.resolve(ResolveQuery(name="a2", source=a1.id))
+    assert by_name.destination == a2 and by_name.allowed
+    by_address = await directory.resolve(
+        ResolveQuery(name="a2", tenant="acme", network=a1.network, source_ip=a1.ip)
+    )
+    assert by_address.destination == a2
+    for source, name in ((a1, "u1"), (u1, "a2"), (a1, "nobody")):
+        with pytest.raises(NotFound):  # another tenant's name is like no name at all
+            await directory.resolve(ResolveQuery(name=name, source=source.id))
+    with pytest.raises(NotFound):  # a server resolves only for the nodes it hosts
+        await directory.resolve(ResolveQuery(name="a1", source=a2.id), server=S1)
+    with pytest.raises(ValueError, match="name the destination"):
+        ResolveQuery(ip=a2.ip, name="a2", source=a1.id)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiodocker
 import pytest
@@ -104,6 +105,10 @@ async def test_container_gets_its_tenant_address_port_and_record(clean: Site) ->
     assert "default via 10.1.0.1 dev eth0" in inside(pid, "ip", "route")
     assert "tx-checksumming: off" in inside(pid, "ethtool", "-k", "eth0")
     assert inside(pid, "ip", "-o", "link").count("link/") == 2  # lo and eth0: no Docker network
+    # names are asked of the container's own server, at its network's gateway
+    resolv = Path(f"/proc/{pid}/root/etc/resolv.conf").read_text().splitlines()
+    assert {"nameserver 10.1.0.1", "search acme.nvi.internal"} <= set(resolv), resolv
+    assert [line for line in resolv if line.startswith("nameserver")] == ["nameserver 10.1.0.1"]
 
     async def limits(docker: aiodocker.Docker) -> dict:
         return (await docker.containers.container(f"nvi-{node.id}").show())["HostConfig"]

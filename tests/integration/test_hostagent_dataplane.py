@@ -154,3 +154,22 @@ def test_the_other_tenant_with_the_same_addresses_reaches_nothing(clouds: Clouds
     for ip in ("10.0.0.11", "10.0.0.12"):
         assert not clouds.pings("blue13", ip, within=2), ip
         assert clouds.ask("blue13", ip) == "unreachable", ip
+
+
+def test_containers_reach_their_tenants_nodes_by_name(clouds: Clouds) -> None:
+    """Inside the container (its own /etc/resolv.conf from the agent): its server answers its
+    tenant's names, on any server, and never another tenant's."""
+
+    def inside(node: str, *argv: str) -> subprocess.CompletedProcess:
+        pid = clouds.containers[node][1]
+        return subprocess.run(
+            ["nsenter", "-t", str(pid), "-a", *argv], capture_output=True, text=True, timeout=30
+        )
+
+    looked_up = inside("red11", "nslookup", "-type=a", "red13")
+    assert "10.0.0.13" in looked_up.stdout.partition("Name:")[2], looked_up.stdout
+    assert inside("red11", "ping", "-c", "3", "-W", "1", "-w", "4", "red13").returncode == 0
+    assert inside("red11", "ping", "-c", "3", "-W", "1", "-w", "4", "red12.net").returncode == 0
+    refused = inside("blue13", "nslookup", "-type=a", "red11")
+    assert "NXDOMAIN" in refused.stdout + refused.stderr
+    assert inside("blue13", "ping", "-c", "1", "-W", "1", "red11").returncode != 0

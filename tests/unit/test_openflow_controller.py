@@ -11,8 +11,10 @@ import asyncio
 import ipaddress
 from types import SimpleNamespace
 
+import dns.message
+import dns.rcode
 import pytest
-from os_ken.lib.packet import ethernet, ipv4, packet
+from os_ken.lib.packet import ethernet, ipv4, packet, udp
 
 from federation.errors import DirectoryError, NotFound, Unauthorized, Unavailable
 from federation.models import Change, ChangeType, Resolution
@@ -56,11 +58,17 @@ class Directory:
         self.links: set[frozenset[str]] = set()
 
     async def resolve(
-        self, ip: str | None = None, *, locator: str | None = None, source: str
+        self,
+        ip: str | None = None,
+        *,
+        locator: str | None = None,
+        name: str | None = None,
+        source: str,
     ) -> Resolution:
         origin = self.nodes[source]
         for node in self.nodes.values():
-            if node.tenant == origin.tenant and (node.ip == ip or node.locator == locator):
+            wanted = (node.ip, node.locator, node.name)
+            if node.tenant == origin.tenant and (ip or locator or name) in wanted:
                 allowed = node.network == origin.network or (
                     frozenset((node.network, origin.network)) in self.links
                 )
@@ -166,8 +174,8 @@ def server() -> Server:
 def test_connect_installs_the_base_flows_and_a_reconnect_changes_nothing(server: Server) -> None:
     server.connect()
     base = dict(server.switch.flows)
-    # server flows (one drop per infrastructure address, its own included), then 7 per port
-    assert len(base) == 4 + 3 + 2 * 7
+    # server flows (one drop per infrastructure address, its own included), then 8 per port
+    assert len(base) == 4 + 3 + 2 * 8
     server.first_packet(A, B.ip)
     held = dict(server.switch.flows)
     server.controller = server.new_controller()  # a restarted controller process
@@ -420,3 +428,40 @@ def test_a_connection_whose_setup_fails_is_dropped_and_the_next_one_works(
     server.first_packet(A, B.ip)
     assert server.send(A, B.ip)[0][0] == UPLINK
     assert server.controller.stats["dropped_unexpected"] == 0
+
+
+def name_query(source: Node, payload: bytes) -> bytes:
+    frame = packet.Packet()
+    frame.add_protocol(ethernet.ethernet(dst="02:00:00:00:00:01", src=source.mac))
+    frame.add_protocol(ipv4.ipv4(src=source.ip, dst="10.0.0.1", proto=17))
+    frame.add_protocol(udp.udp(src_port=5353, dst_port=53))
+    frame.add_protocol(payload)
+    frame.serialize()
+    return bytes(frame.data)
+
+
+def test_names_are_answered_within_the_tenant_and_bad_queries_only_counted() -> None:
+    other = record("u", "10.0.0.9", "203.0.113.70", tenant="blue")
+    server = Server(Directory([A, B, C, D, other]), {"a": A, "c": C})
+    channel = server.connect()
+    port = server.ports["a"][0]
+
+    def ask(payload: bytes) -> dns.message.Message | None:
+        channel.sent.clear()
+        asyncio.run(server.controller.packet_in(port, f.T_CLASSIFY, name_query(A, payload)))
+        if not channel.sent:
+            return None
+        [(out, data)] = channel.sent
+        assert out == port
+        return dns.message.from_wire(packet.Packet(data).protocols[-1])
+
+    answered = ask(dns.message.make_query("b.net", "A").to_wire())
+    assert answered is not None
+    assert [r.address for r in answered.answer[0]] == [B.ip]
+    for name in ("u", "u.red.nvi.internal", "u.net.blue.nvi.internal", "b.dmz"):
+        refused = ask(dns.message.make_query(name, "A").to_wire())
+        assert refused is not None and refused.rcode() == dns.rcode.NXDOMAIN, name
+    assert ask(b"\x00\x01garbage") is None
+    stats = server.controller.stats
+    assert (stats["dns_answered"], stats["dns_nxdomain"], stats["dns_dropped"]) == (1, 4, 1)
+    assert not any(key.startswith("errors_") for key in stats)

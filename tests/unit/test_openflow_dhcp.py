@@ -95,3 +95,15 @@ def test_only_the_nodes_own_mac_reaches_the_controller() -> None:
     }
     assert [port for port, _ in switch.process(A.port, discover).outputs] == [CONTROLLER]
     assert switch.process(A.port, {**discover, "eth_src": "52:54:00:00:00:99"}).dropped
+
+
+def test_the_lease_names_the_servers_resolver_and_the_tenants_search_domain() -> None:
+    for kind, wanted in ((dhcp.DHCP_DISCOVER, None), (dhcp.DHCP_REQUEST, A.ip)):
+        _, _, _, options = parse(responder.reply(request(kind, wanted=wanted), A))
+        assert options[dhcp.DHCP_DNS_SERVER_ADDR_OPT] == ipaddress.ip_address(A.gateway).packed
+        assert options[dhcp.DHCP_DOMAIN_NAME_OPT] == f"{A.tenant}.nvi.internal".encode()
+        assert options[responder.DHCP_DOMAIN_SEARCH_OPT] == (
+            bytes([len(A.tenant)]) + A.tenant.encode() + b"\x03nvi\x08internal\x00"
+        )
+    _, _, _, options = parse(responder.reply(request(dhcp.DHCP_REQUEST, wanted="10.0.0.77"), A))
+    assert dhcp.DHCP_DNS_SERVER_ADDR_OPT not in options  # a NAK carries no configuration
