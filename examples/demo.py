@@ -225,12 +225,22 @@ def http_across_clouds(demo: Demo, result: list[str], capture: Path) -> None:
             console.print(f"{client} GET http://{target_ip}/ -> [bold]{body or got.stderr}[/]")
             if f"tenant {tenant}," not in body:
                 raise StepFailed(f"{client} got {body!r} instead of its own tenant's page")
+            name = f"{tenant}-{servers[-1]}"  # by name: answered by the client's own server
+            got = demo.in_container(client, "wget", "-q", "-O", "-", f"http://{name}/")
+            console.print(
+                f"{client} GET http://{name}/ -> [bold]{got.stdout.strip() or got.stderr}[/]"
+            )
+            if got.stdout.strip() != body:
+                raise StepFailed(f"{client} got {got.stdout!r} by name, not its node's page")
         big = demo.in_container(
             f"red/red-{servers[0]}", "wget", "-q", "-O", "/dev/null", f"http://{target_ip}/big"
         )
         if big.returncode != 0:
             raise StepFailed("the 512 KiB download failed")
-    result.append(f"each tenant's GET of {target_ip} answered by its own node; 512 KiB fetched")
+    result.append(
+        f"each tenant's GET of {target_ip} (and of its node by name) answered by its own "
+        "node; 512 KiB fetched"
+    )
 
 
 def isolation(demo: Demo, result: list[str]) -> None:

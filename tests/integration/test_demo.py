@@ -58,6 +58,7 @@ def test_the_demo_completes_every_step_and_tears_down(tmp_path: Path) -> None:
         assert re.search(rf"│ {number} ", report), f"step {number} missing from the report"
     assert "hello from red-s3 (tenant red" in demo.stdout
     assert "hello from blue-s3 (tenant blue" in demo.stdout
+    assert "GET http://red-s3/ -> hello from red-s3 (tenant red" in demo.stdout  # by name
     assert "largest 1500 bytes" in report
     screenshot = tmp_path / "run" / "labs" / f"{name}-portal-red.png"
     assert f"the tenants' portal: http://127.0.0.1:{PORTAL_PORT}" in demo.stdout
