@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from federation.models import Resolution
+from federation.models import Outbound, Resolution
 from nvi.core.ports import HOST_COOKIE
 from openflow import decide
 from openflow import flows as f
@@ -325,6 +325,16 @@ def _ask(step: Step, answer: decide.Answer, me: str) -> tuple[str, decide.Result
     return f"resolve locator {question.locator} for {me}", step(answer)
 
 
+def _ask_outbound(
+    step: Step, asked: str, result: decide.Result, outbound: Outbound | None, me: str
+) -> tuple[str, decide.Result]:
+    """No node holds the address: the controller's second question, whether it may go out."""
+    if not (isinstance(result, decide.Lookup) and result.outbound):
+        return asked, result
+    answer = outbound or Outbound(allowed=False, revision=0)
+    return f"{asked}; may {me} reach {result.ip} outside (source NAT)", step(answer)
+
+
 def egress_decision(
     local: f.LocalNode,
     destination_ip: str,
@@ -333,15 +343,29 @@ def egress_decision(
     labels: Mapping[str, str],
     *,
     server: f.Server | None = None,
+    outbound: Outbound | None = None,
 ) -> Decision:
-    """What `decide.egress` makes of a first packet from `local` to `destination_ip`."""
+    """What `decide.egress` makes of a first packet from `local` to `destination_ip`
+    (`outbound`: the directory's answer when no node holds it; none counts as not allowed)."""
     facts = decide.Facts(server or _UNKNOWN_SERVER, tuple(nodes))
     me = labels.get(local.locator) or local.node_id
-    asked, result = _ask(
-        lambda known: decide.egress(facts, local, destination_ip, known), answer, me
-    )
+
+    def step(known: decide.Answer) -> decide.Result:
+        return decide.egress(facts, local, destination_ip, known)
+
+    asked, result = _ask(step, answer, me)
+    asked, result = _ask_outbound(step, asked, result, outbound, me)
     target = answer.destination if answer is not None else None
     name = f"{target.tenant}/{target.name}" if target is not None else destination_ip
+    if isinstance(result, decide.NextHop) and target is None:
+        return Decision(
+            True,
+            f"{destination_ip} is outside tenant {local.tenant} and {local.network} has "
+            "outbound access: the controller would source-NAT the pair to this server's address "
+            "and send the packet out the uplink",
+            f"would send it out through source NAT to {destination_ip}",
+            asked,
+        )
     if isinstance(result, decide.NextHop):
         return Decision(
             True,
