@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -78,11 +79,11 @@ class NetworkCreate(Body):
     gateway: IPAddress | None = Field(
         None, description="A host address of the cidr; defaults to the first one"
     )
-    outbound: bool = Field(False, description="Let nodes reach the outside (source NAT)")
+    outbound: StrictBool = Field(False, description="Let nodes reach the outside (source NAT)")
 
 
 class NetworkUpdate(Body):
-    outbound: bool = Field(description="Let nodes reach the outside (source NAT)")
+    outbound: StrictBool = Field(description="Let nodes reach the outside (source NAT)")
 
 
 class NodeCreate(Body):
