@@ -158,6 +158,8 @@ def decode_cookie(cookie: int, labels: Mapping[str, str]) -> str:
         return f"conversation {local} ⇄ {remote}"
     if kind == f.DENY:
         return f"refused {local} → {remote}"
+    if kind == f.OUTBOUND:
+        return f"outbound {local} → {remote} (source NAT)"
     return "not NVI's" if cookie else "not NVI's (no cookie)"
 
 
@@ -179,9 +181,15 @@ def role(hit: Hit) -> str:
         return "egress: rewrite and send" if hit.table == f.T_EGRESS else "ingress: restore"
     if kind == f.DENY:
         return "refused conversation: drop"
+    if kind == f.OUTBOUND:
+        if hit.table == f.T_EGRESS:
+            return "outbound: source-NAT to the server's address and send"
+        return "outbound reply: restore"
     if kind != f.BASE:
         return "not NVI's"
     if hit.priority == f.PRIO_MISS:
+        if hit.table == f.T_OUTBOUND_RETURN:
+            return "no outbound connection: the server's own traffic"
         return "default drop" if hit.table == f.T_CLASSIFY else "miss: to the controller"
     if hit.priority == f.PRIO_ALLOW:
         if f"goto_table:{f.T_EGRESS}" in hit.actions:
@@ -189,6 +197,7 @@ def role(hit: Hit) -> str:
         return "to a locator of this server"
     return {
         f.PRIO_HOST_ARP_REPLY: "ARP reply to the server",
+        f.PRIO_OUTBOUND_RETURN: "to the server: conntrack undoes outbound NAT",
         f.PRIO_DHCP: "DHCP request: to the controller",
         f.PRIO_ARP_OWN: "ARP for the node's own address: drop",
         f.PRIO_ARP_ANSWER: "ARP answer",
