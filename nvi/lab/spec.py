@@ -134,7 +134,8 @@ class Outside(_Strict):
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.port}/"
+        port = "" if self.port == 80 else f":{self.port}"
+        return f"http://{self.address}{port}/"
 
 
 class ControllerSettings(_Strict):

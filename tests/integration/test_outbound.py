@@ -141,3 +141,11 @@ def test_the_underlay_carries_no_tenant_address_and_no_encapsulation(
     assert [line for line in towards_outside if any(loc in line for loc in locators)] == []
     assert [line for line in lines if "802.1Q" in line or "vlan" in line.lower()] == []
     assert [line for line in lines if ".4789:" in line or ".6081:" in line or "GRE" in line] == []
+
+
+def test_the_outside_host_is_repaired_idempotently_and_shown_by_status(lab: Lab) -> None:
+    assert lab.net.up() == []  # everything there: nothing to do
+    members = {m["member"]: m for m in lab.net.status()["network"]}
+    assert members["outside"]["kind"].startswith(f"outside host {PAGE} pid ")
+    assert members["outside"]["namespace"] == lab.net.netns("outside")
+    assert members["internet"]["namespace"] == lab.net.netns("internet")

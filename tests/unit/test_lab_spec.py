@@ -247,7 +247,7 @@ def with_outside(address: str = "192.0.2.80", cloud: str = "internet", **extra: 
 
 def test_the_outside_host_loads_and_is_routed_via_the_router() -> None:
     lab = parse_lab(with_outside())
-    assert lab.outside is not None and lab.outside.url == "http://192.0.2.80:80/"
+    assert lab.outside is not None and lab.outside.url == "http://192.0.2.80/"
     assert "outside" in lab.member_names()
     assert ("198.51.100.0/24", "192.0.2.1") in lab.gateways({"internet"}, "outside")
     assert ("192.0.2.0/24", "198.51.100.1") in lab.gateways({"east"}, "s1")
