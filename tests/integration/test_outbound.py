@@ -7,6 +7,7 @@ access, blue's has not (until a test turns it on).
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,3 +150,15 @@ def test_the_outside_host_is_repaired_idempotently_and_shown_by_status(lab: Lab)
     assert members["outside"]["kind"].startswith(f"outside host {PAGE} pid ")
     assert members["outside"]["namespace"] == lab.net.netns("outside")
     assert members["internet"]["namespace"] == lab.net.netns("internet")
+
+
+def test_the_outside_reaches_no_node(lab: Lab) -> None:
+    """Outbound access opens nothing inwards: from the outside host, red11's locator and the
+    NATed flow's server address do not lead to red11 (which answers pings from its tenant)."""
+    assert fetch(lab, "red11") == "you are 198.51.100.11"  # a NATed flow exists right now
+    outside = lab.net.netns("outside")
+    red11 = lab.nodes["red11"]
+    for address in (red11.locator, "10.0.0.11"):
+        argv = ["ip", "netns", "exec", outside, "ping", "-c", "1", "-W", "1", address]
+        assert subprocess.run(argv, capture_output=True).returncode != 0, address
+    assert lab.pings("red13", "10.0.0.11")  # while its own tenant reaches it
