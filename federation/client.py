@@ -28,6 +28,7 @@ from federation.models import (
     Health,
     Identity,
     Location,
+    Outbound,
     Resolution,
     ServerEnrolled,
     TokenCreated,
@@ -172,10 +173,23 @@ class DirectoryClient:
     # networks, nodes, links
 
     async def create_network(
-        self, tenant: str, name: str, cidr: str, gateway: str | None = None
+        self,
+        tenant: str,
+        name: str,
+        cidr: str,
+        gateway: str | None = None,
+        *,
+        outbound: bool = False,
     ) -> Network:
-        body = {"name": name, "cidr": cidr} | ({"gateway": gateway} if gateway else {})
+        body: dict[str, Any] = {"name": name, "cidr": cidr}
+        body |= ({"gateway": gateway} if gateway else {}) | ({"outbound": True} if outbound else {})
         return await self._call("POST", f"/v1/tenants/{tenant}/networks", Network, json=body)
+
+    async def update_network(self, tenant: str, name: str, *, outbound: bool) -> Network:
+        body = {"outbound": outbound}
+        return await self._call(
+            "PATCH", f"/v1/tenants/{tenant}/networks/{name}", Network, json=body
+        )
 
     async def list_networks(self, tenant: str) -> list[Network]:
         return await self._call("GET", f"/v1/tenants/{tenant}/networks", list[Network])
@@ -255,6 +269,11 @@ class DirectoryClient:
         }
         params = {key: value for key, value in params.items() if value is not None}
         return await self._call("GET", "/v1/resolve", Resolution, params=params)
+
+    async def outbound(self, source: str, ip: str) -> Outbound:
+        """Whether node `source` may reach `ip`, outside its tenant, through source NAT."""
+        params = {"source": source, "ip": ip}
+        return await self._call("GET", "/v1/outbound", Outbound, params=params)
 
     async def locate(self, locator: str) -> Location:
         return await self._call("GET", f"/v1/locators/{locator}", Location)
@@ -378,6 +397,10 @@ class CachedResolver:
     async def resolve(self, ip: str | None = None, **names: str) -> Resolution:
         key = ("resolve", ip, *sorted(names.items()))
         return await self._cached(key, lambda: self.client.resolve(ip, **names))
+
+    async def outbound(self, source: str, ip: str) -> Outbound:
+        """Not cached: its answer becomes flows, and a network.updated change removes them."""
+        return await self.client.outbound(source, ip)
 
     async def locate(self, locator: str) -> Location:
         return await self._cached(("locate", locator), lambda: self.client.locate(locator))

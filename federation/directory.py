@@ -49,8 +49,11 @@ from federation.models import (
     LinkCreate,
     Location,
     NetworkCreate,
+    NetworkUpdate,
     NodeCreate,
     NodeUpdate,
+    Outbound,
+    OutboundQuery,
     Resolution,
     ResolveQuery,
     ServerEnrolled,
@@ -419,7 +422,9 @@ class Directory:
     async def create_network(self, tenant: str, spec: NetworkCreate) -> Network:
         cidr = ipaddress.ip_network(spec.cidr)
         gateway = spec.gateway or str(next(cidr.hosts()))
-        network = Network(tenant=tenant, name=spec.name, cidr=spec.cidr, gateway=gateway)
+        network = Network(
+            tenant=tenant, name=spec.name, cidr=spec.cidr, gateway=gateway, outbound=spec.outbound
+        )
         if ipaddress.ip_address(gateway) not in cidr or gateway in (
             str(cidr.network_address),
             str(cidr.broadcast_address),
@@ -451,6 +456,22 @@ class Directory:
         await self.get_tenant(tenant)
         entries = (await self.store.scan(f"w/{tenant}/")).entries.values()
         return [_load(Network, entry.value) for entry in entries]
+
+    async def update_network(self, tenant: str, name: str, spec: NetworkUpdate) -> Network:
+        """Turn outbound access on or off; controllers learn it from the change stream."""
+
+        async def attempt() -> _Write:
+            key = f"w/{tenant}/{name}"
+            write, raw = await self._lock_record(
+                tenant, key, f"tenant {tenant!r} has no network {name!r}"
+            )
+            network = _load(Network, raw).model_copy(update={"outbound": spec.outbound})
+            write.put(key, network)
+            write.change(ChangeType.NETWORK_UPDATED, tenant, network=network)
+            write.result = network
+            return write
+
+        return await self._write(attempt)
 
     async def delete_network(self, tenant: str, name: str) -> None:
         async def attempt() -> _Write:
@@ -725,6 +746,28 @@ class Directory:
             allowed=await self._allowed(source, destination),
             revision=snapshot.revision,
         )
+
+    async def outbound(
+        self, query: OutboundQuery, tenant: str | None = None, server: Server | None = None
+    ) -> Outbound:
+        """Whether source node `query.source` may reach `query.ip` through its server's source
+        NAT: its network has outbound on and the address is outside every network of its
+        tenant. A source outside the caller's tenant or not hosted by the server is not found."""
+        snapshot = await self.store.get(f"id/{query.source}")
+        raw = snapshot.value(f"id/{query.source}")
+        source = _load(Node, raw) if raw else None
+        if (
+            source is None
+            or tenant not in (None, source.tenant)
+            or (server is not None and not _hosts(server, source))
+        ):
+            raise NotFound("no such source node")
+        networks = await self.store.scan(f"w/{source.tenant}/")
+        loaded = [_load(Network, entry.value) for entry in networks.entries.values()]
+        own = next((n for n in loaded if n.name == source.network), None)
+        inside = any(n.contains(query.ip) for n in loaded)
+        allowed = own is not None and own.outbound and not inside
+        return Outbound(allowed=allowed, revision=max(snapshot.revision, networks.revision))
 
     async def _allowed(self, source: Node, destination: Node) -> bool:
         if source.network == destination.network:

@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -24,6 +25,7 @@ from nvi.core.model import (
     Link,
     LinkKind,
     Name,
+    Network,
     Node,
     NodeKind,
     Pool,
@@ -77,6 +79,11 @@ class NetworkCreate(Body):
     gateway: IPAddress | None = Field(
         None, description="A host address of the cidr; defaults to the first one"
     )
+    outbound: StrictBool = Field(False, description="Let nodes reach the outside (source NAT)")
+
+
+class NetworkUpdate(Body):
+    outbound: StrictBool = Field(description="Let nodes reach the outside (source NAT)")
 
 
 class NodeCreate(Body):
@@ -216,6 +223,19 @@ class ResolveQuery(Body):
         return self
 
 
+class OutboundQuery(Body):
+    source: NodeId
+    ip: IPAddress = Field(description="The destination, an address outside the tenant")
+
+
+class Outbound(BaseModel):
+    allowed: bool = Field(
+        description="The source's network has outbound access on and the address is outside "
+        "every network of its tenant"
+    )
+    revision: int = Field(description="The directory revision this answer was read at")
+
+
 class Resolution(BaseModel):
     source: Node
     destination: Node
@@ -234,6 +254,7 @@ class ChangeType(StrEnum):
     NODE_DELETED = "node.deleted"
     LINK_CREATED = "link.created"
     LINK_REMOVED = "link.removed"
+    NETWORK_UPDATED = "network.updated"
 
 
 class Change(BaseModel):
@@ -243,6 +264,7 @@ class Change(BaseModel):
     node: Node | None = Field(None, description="The node as it is now (as it was, if deleted)")
     previous: Node | None = Field(None, description="For node.moved: the node before the move")
     link: Link | None = None
+    network: Network | None = Field(None, description="For network.updated: the network now")
 
 
 class ChangesQuery(Body):

@@ -27,10 +27,13 @@ from federation.models import (
     LinkCreate,
     Location,
     NetworkCreate,
+    NetworkUpdate,
     NodeCreate,
     NodeDeleteQuery,
     NodeQuery,
     NodeUpdate,
+    Outbound,
+    OutboundQuery,
     Resolution,
     ResolveQuery,
     ServerEnroll,
@@ -385,6 +388,20 @@ async def get_network(call: Call) -> Network:
 
 
 @api.route(
+    "PATCH",
+    "/v1/tenants/{tenant}/networks/{network}",
+    "Turn a network's outbound access (source NAT) on or off",
+    roles=MANAGE,
+    body=NetworkUpdate,
+    response=Network,
+)
+async def update_network(call: Call) -> Network:
+    return await _directory(call).update_network(
+        call.path["tenant"], call.path["network"], call.body
+    )
+
+
+@api.route(
     "DELETE",
     "/v1/tenants/{tenant}/networks/{network}",
     "Delete a network that has no nodes, and its links",
@@ -513,6 +530,24 @@ async def resolve(call: Call) -> Resolution:
     return await call.request.app[METRICS].lookup(
         "resolve",
         lambda: _directory(call).resolve(call.query, call.scope(), _server(call)),
+        lambda answer: "allowed" if answer.allowed else "denied",
+    )
+
+
+@api.route(
+    "GET",
+    "/v1/outbound",
+    "Whether the source node may reach an address outside its tenant (source NAT)",
+    roles=LOOKUP,
+    query=OutboundQuery,
+    response=Outbound,
+    headers=(ACTING_FOR,),
+    errors={404: "No such source"},
+)
+async def outbound(call: Call) -> Outbound:
+    return await call.request.app[METRICS].lookup(
+        "outbound",
+        lambda: _directory(call).outbound(call.query, call.scope(), _server(call)),
         lambda answer: "allowed" if answer.allowed else "denied",
     )
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from federation.client import DirectoryClient
 from federation.errors import DirectoryError, NotFound
-from federation.models import Resolution
+from federation.models import Outbound, Resolution
 from nvi.core.errors import NviError
 from nvi.core.ports import NAME, NodePort, vsctl_rows
 from openflow import flows as f
@@ -135,8 +135,11 @@ def _decide(
     if table == f.T_EGRESS and in_port in view.nodes:
         local = view.nodes[in_port].node
         answer = _resolve(view.ask, packet.ip_dst, source=local.node_id)
+        outbound = _outbound(view.ask, local.node_id, packet.ip_dst) if answer is None else None
         others = [n.node for n in view.nodes.values()]
-        return t.egress_decision(local, packet.ip_dst, answer, others, labels, server=view.facts)
+        return t.egress_decision(
+            local, packet.ip_dst, answer, others, labels, server=view.facts, outbound=outbound
+        )
     if table == f.T_INGRESS:
         owner = view.node_at(packet.ip_dst)
         facts = view.facts
@@ -219,6 +222,18 @@ def _resolve(ask: Ask, ip: str | None = None, **names: str) -> Resolution | None
             return None
 
     return ask(resolve)
+
+
+def _outbound(ask: Ask, source: str, ip: str) -> Outbound | None:
+    """Whether the directory lets `source` reach `ip` outside its tenant (None: no answer)."""
+
+    async def outbound(client: DirectoryClient) -> Outbound | None:
+        try:
+            return await client.outbound(source, ip)
+        except NotFound:
+            return None
+
+    return ask(outbound)
 
 
 def locator_names(ask: Ask, locators: list[str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ from os_ken.lib.packet import arp, ipv4, packet, udp
 
 from federation.errors import DirectoryError, NotFound
 from federation.models import Change, ChangeType
+from nvi.core.model import Network
 from nvi.core.names import RESOLVER_PORT
 from nvi.core.ports import NodePort
 from openflow import arp as next_hops
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 # The counters each outcome adds to (`controller.stats.json`, `nvi lab status`).
 OUTCOME_COUNTERS = {
     Outcome.ALLOWED: "conversations",
+    Outcome.OUTBOUND: "outbound",
     Outcome.NOT_IN_TENANT: "denied",
     Outcome.POLICY: "denied",
     Outcome.INFRASTRUCTURE: "refused_infrastructure",
@@ -62,6 +64,7 @@ class Channel(Protocol):
 
 class Resolver(Protocol):
     async def resolve(self, ip: str | None = None, **names: str) -> Any: ...
+    async def outbound(self, source: str, ip: str) -> Any: ...
 
 
 class Controller:
@@ -211,7 +214,7 @@ class Controller:
         return [
             *(
                 f.DeleteCookie(f.cookie(kind, node.locator), f.CLASS_MASK | f.LOCAL_MASK)
-                for kind in (f.BASE, f.PAIR, f.DENY)
+                for kind in (f.BASE, f.PAIR, f.DENY, f.OUTBOUND)
             ),
             f.DeleteCookie(f.cookie(f.PAIR, "", node.locator), f.CLASS_MASK | f.REMOTE_MASK),
         ]
@@ -336,6 +339,9 @@ class Controller:
     async def _lookup(self, question: decide.Lookup) -> decide.Answer:
         """The directory's answer; "not found" is an answer, any other failure is none."""
         try:
+            if question.outbound:
+                assert question.ip is not None, "an outbound question names an address"
+                return await self.resolver.outbound(question.source, question.ip)
             if question.ip is not None:
                 return await self.resolver.resolve(question.ip, source=question.source)
             assert question.locator is not None, "a lookup names an address or a locator"
@@ -371,10 +377,23 @@ class Controller:
             self.pairs = {k: p for k, p in self.pairs.items() if k[1] != gone.locator}
         if change.type in (ChangeType.NODE_CREATED, ChangeType.LINK_CREATED, ChangeType.NODE_MOVED):
             mods.append(f.DeleteCookie(f.cookie(f.DENY), f.CLASS_MASK))
+        if change.type == ChangeType.NETWORK_UPDATED and change.network is not None:
+            mods += self._outbound_changed(change.network)
         await self._push(mods)
         if change.type == ChangeType.LINK_REMOVED:
             affected = [p for p in self.pairs.values() if p.local.tenant == change.tenant]
             await asyncio.gather(*(self._revalidate(p) for p in affected))
+
+    def _outbound_changed(self, network: Network) -> list[f.FlowMod]:
+        """Outbound turned off: the network's local nodes lose their NATed flows at once; on:
+        denied first packets are asked again."""
+        if network.outbound:
+            return [f.DeleteCookie(f.cookie(f.DENY), f.CLASS_MASK)]
+        return [
+            f.DeleteCookie(f.cookie(f.OUTBOUND, node.locator), f.CLASS_MASK | f.LOCAL_MASK)
+            for node in self.nodes.values()
+            if (node.tenant, node.network) == (network.tenant, network.name)
+        ]
 
     async def on_resync(self) -> None:
         """Changes were lost: check every conversation again."""

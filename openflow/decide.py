@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from federation.models import Resolution
+from federation.models import Outbound, Resolution
 from openflow import flows as f
 
 
@@ -24,6 +24,7 @@ class Outcome(StrEnum):
     NOT_IN_TENANT = "denied: not in tenant"
     POLICY = "denied: policy"
     INFRASTRUCTURE = "refused: infrastructure"
+    OUTBOUND = "allowed: outbound (source NAT)"
     DIRECTORY_UNAVAILABLE = "backoff: directory unavailable"
     UNKNOWN_LOCATOR = "dropped: unknown locator"
 
@@ -55,11 +56,13 @@ class Decision:
 @dataclass(frozen=True)
 class Lookup:
     """The question for the directory, on behalf of local node `source`: who holds tenant
-    address `ip` in its tenant, or who holds `locator`."""
+    address `ip` in its tenant, or who holds `locator`; with `outbound`, whether `ip` (no
+    node of the tenant) is outside the tenant and the source's network may reach it."""
 
     source: str
     ip: str | None = None
     locator: str | None = None
+    outbound: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,9 @@ class NotAsked(Enum):
 
 
 NOT_ASKED = NotAsked.NOT_ASKED
-# The directory's answer: a resolution, None when it knows no such node, or why there is none.
-Answer = Resolution | Unavailable | NotAsked | None
+# The directory's answer: a resolution, None when it knows no such node, or why there is none;
+# after a None, whether the address may be reached through source NAT.
+Answer = Resolution | Outbound | Unavailable | NotAsked | None
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,9 @@ def egress(
         backoff = f.deny_egress(local, destination_ip, f.BACKOFF_HARD_TIMEOUT)
         return Decision(Outcome.DIRECTORY_UNAVAILABLE, (backoff,), detail=answer.error)
     deny = f.deny_egress(local, destination_ip)
-    if answer is None or answer.destination.tenant != local.tenant:
+    if answer is None or isinstance(answer, Outbound):
+        return _outbound(facts, local, destination_ip, answer, next_hop_mac)
+    if answer.destination.tenant != local.tenant:
         return Decision(Outcome.NOT_IN_TENANT, (deny,))
     if not answer.allowed:
         return Decision(Outcome.POLICY, (deny,))
@@ -134,6 +140,28 @@ def egress(
         return NextHop(target.locator)
     flows = _conversation(facts, f.Conversation(local, remote, next_hop_mac=next_hop_mac))
     return Decision(Outcome.ALLOWED, flows, (Pair(local, remote.ip, remote.locator),))
+
+
+def _outbound(
+    facts: Facts,
+    local: f.LocalNode,
+    destination_ip: str,
+    answer: Outbound | None,
+    next_hop_mac: str | None,
+) -> Result:
+    """No node of the tenant holds `destination_ip`: out through source NAT if the directory
+    says the node's network may reach it, never towards infrastructure, else denied."""
+    deny = f.deny_egress(local, destination_ip)
+    if f.is_infrastructure(facts.server, destination_ip):
+        return Decision(Outcome.INFRASTRUCTURE, (deny,), detail=destination_ip)
+    if answer is None:
+        return Lookup(local.node_id, ip=destination_ip, outbound=True)
+    if not answer.allowed:
+        return Decision(Outcome.NOT_IN_TENANT, (deny,))
+    if next_hop_mac is None:
+        return NextHop(destination_ip)
+    flows = f.outbound_flows(facts.server, local, destination_ip, next_hop_mac, facts.idle_timeout)
+    return Decision(Outcome.OUTBOUND, tuple(flows))
 
 
 def ingress(
@@ -155,7 +183,7 @@ def ingress(
     if isinstance(answer, Unavailable):
         backoff = f.deny_ingress(local_locator, source_locator, f.BACKOFF_HARD_TIMEOUT)
         return Decision(Outcome.DIRECTORY_UNAVAILABLE, (backoff,), detail=answer.error)
-    if answer is None or answer.destination.tenant != local.tenant:
+    if not isinstance(answer, Resolution) or answer.destination.tenant != local.tenant:
         return Decision(Outcome.NOT_IN_TENANT, (deny,))
     if not answer.allowed:
         return Decision(Outcome.POLICY, (deny,))

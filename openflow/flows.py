@@ -12,6 +12,9 @@ Tables (OpenFlow 1.3, one bridge per server):
      controller.
   2  ingress, keyed by (source locator, destination locator): restore tenant headers and
      deliver; a miss asks the controller.
+  3  outbound return, keyed by (outside address, local locator) after conntrack undid the
+     server's source NAT: restore the node's headers and deliver; a miss is the server's own
+     traffic and goes to LOCAL.
 
 `PIPELINE` declares each table's matchable and writable fields and its next tables; `flow`, the
 only builder, refuses a flow outside its table's declaration.
@@ -26,13 +29,14 @@ from dataclasses import dataclass
 
 from nvi.core.names import RESOLVER_PORT
 
-T_CLASSIFY, T_EGRESS, T_INGRESS = 0, 1, 2
+T_CLASSIFY, T_EGRESS, T_INGRESS, T_OUTBOUND_RETURN = 0, 1, 2, 3
 
 # Cookie layout: [class: 8 bits][local locator hash: 24 bits][remote locator hash: 32 bits].
 COOKIE_CLASS_SHIFT = 56
 BASE = 0x01  # per-server and per-port flows, recomputed and reconciled at every connect
 PAIR = 0x02  # a conversation between a local node and another node
 DENY = 0x03  # a refused conversation, short-lived
+OUTBOUND = 0x04  # a local node's source-NATed flow to an address outside its tenant
 CLASS_MASK = 0xFF << COOKIE_CLASS_SHIFT
 LOCAL_MASK = 0xFFFFFF << 32
 REMOTE_MASK = 0xFFFFFFFF
@@ -41,6 +45,7 @@ PAIR_IDLE_TIMEOUT = 120
 DENY_HARD_TIMEOUT = 5
 BACKOFF_HARD_TIMEOUT = 1  # a first packet met an unreachable directory: ask again soon
 
+PRIO_OUTBOUND_RETURN = 1002  # above the lab's host flows (1000): replies to NATed flows
 PRIO_HOST_ARP_REPLY = 1001  # above the lab's host flows (1000)
 PRIO_DHCP = 320
 PRIO_DNS = 330  # a query to the gateway's resolver: above anti-spoofing's goto egress
@@ -51,6 +56,13 @@ PRIO_ANTI_SPOOF = 100
 PRIO_CONVERSATION = 400
 PRIO_INFRASTRUCTURE = 10  # above the egress miss: never a first packet; below conversations
 PRIO_MISS = 0
+
+# Outbound NAT: one conntrack zone for the server's source NAT (the original source is the
+# node's locator, unique in the directory, so overlapping tenant addresses never collide in
+# it), and source ports above Linux's ephemeral range (32768-60999), so a NATed flow never
+# takes a port the server's own sockets use.
+SNAT_ZONE = 0x4E56
+SNAT_PORTS = (61000, 65535)
 
 ETH_IP, ETH_ARP = 0x0800, 0x0806
 UDP = 17
@@ -88,7 +100,21 @@ class Goto:
     table: int
 
 
-Action = Output | SetField | Move | Goto
+@dataclass(frozen=True)
+class Conntrack:
+    """OVS's `ct` action in `zone`: `commit` with `nat_src` (an address, `ports` its source port
+    range) starts a source-NATed connection and the packet goes on rewritten; `nat` alone
+    undoes the NAT of a reply, and `table` continues the (recirculated) packet there."""
+
+    zone: int
+    commit: bool = False
+    nat: bool = False
+    nat_src: str | None = None
+    ports: tuple[int, int] | None = None
+    table: int | None = None
+
+
+Action = Output | SetField | Move | Goto | Conntrack
 
 
 @dataclass(frozen=True)
@@ -165,6 +191,7 @@ class Table:
     match_fields: frozenset[str]
     set_fields: frozenset[str] = frozenset()
     next_tables: frozenset[int] = frozenset()
+    conntrack: bool = False
 
     def check(self, match: dict[str, MatchValue], actions: list[Action]) -> None:
         """Raise ValueError naming the table and the field if the flow breaks the declaration."""
@@ -184,8 +211,13 @@ class Table:
                     f"table {self.name}: {name} needs {needed[0]}={needed[1]:#x} in the match"
                 )
         for action in actions:
-            if isinstance(action, Goto) and action.table not in self.next_tables:
-                raise ValueError(f"table {self.name} may not go to table {action.table}")
+            target = action.table if isinstance(action, Goto | Conntrack) else None
+            if target is not None and target not in self.next_tables:
+                raise ValueError(f"table {self.name} may not go to table {target}")
+            if isinstance(action, Conntrack) and not self.conntrack:
+                raise ValueError(f"table {self.name} may not use conntrack")
+            if isinstance(action, Conntrack) and match.get("eth_type") != ETH_IP:
+                raise ValueError(f"table {self.name}: conntrack needs eth_type=0x800 in the match")
 
 
 _ARP_ANSWER_FIELDS = frozenset(
@@ -203,7 +235,8 @@ PIPELINE: dict[int, Table] = {
             | {"arp_op", "arp_spa", "arp_sha", "arp_tpa", "ipv4_src", "ipv4_dst"}
         ),
         set_fields=_ARP_ANSWER_FIELDS,
-        next_tables=frozenset({T_EGRESS, T_INGRESS}),
+        next_tables=frozenset({T_EGRESS, T_INGRESS, T_OUTBOUND_RETURN}),
+        conntrack=True,  # only to undo the server's source NAT on replies
     ),
     T_EGRESS: Table(
         T_EGRESS,
@@ -211,11 +244,19 @@ PIPELINE: dict[int, Table] = {
         # keyed by (node port, tenant destination); never by L4: conversations are per pair
         match_fields=frozenset({"in_port", "eth_type", "ipv4_dst"}),
         set_fields=_REWRITE_FIELDS,
+        conntrack=True,  # only to source-NAT a node's packets to an outside address
     ),
     T_INGRESS: Table(
         T_INGRESS,
         "ingress",
         # keyed by the locator pair only
+        match_fields=frozenset({"eth_type", "ipv4_src", "ipv4_dst"}),
+        set_fields=_REWRITE_FIELDS,
+    ),
+    T_OUTBOUND_RETURN: Table(
+        T_OUTBOUND_RETURN,
+        "outbound-return",
+        # keyed by (outside address, local locator): what conntrack gave back for a reply
         match_fields=frozenset({"eth_type", "ipv4_src", "ipv4_dst"}),
         set_fields=_REWRITE_FIELDS,
     ),
@@ -362,9 +403,17 @@ def server_flows(server: Server) -> list[Flow]:
             [Output(LOCAL), Output(CONTROLLER)],
             base,
         ),
+        flow(
+            T_CLASSIFY,
+            PRIO_OUTBOUND_RETURN,
+            {"in_port": server.uplink, "eth_type": ETH_IP, "ipv4_dst": server.address},
+            [Conntrack(SNAT_ZONE, nat=True, table=T_OUTBOUND_RETURN)],
+            base,
+        ),
         flow(T_CLASSIFY, PRIO_MISS, {}, [], base),
         flow(T_EGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
         flow(T_INGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
+        flow(T_OUTBOUND_RETURN, PRIO_MISS, {}, [Output(LOCAL)], base),
         *infrastructure_flows(server),
     ]
 
@@ -558,6 +607,52 @@ def conversation_flows(
                 Output(local.port),
             ],
             pair_cookie,
+            idle_timeout=idle_timeout,
+        ),
+    ]
+
+
+def outbound_flows(
+    server: Server,
+    local: LocalNode,
+    destination_ip: str,
+    next_hop_mac: str,
+    idle_timeout: int = PAIR_IDLE_TIMEOUT,
+) -> list[Flow]:
+    """A local node's packets to an address outside its tenant, allowed out by its network:
+    the source becomes the node's locator (unique, so conntrack never confuses two tenants'
+    equal addresses), conntrack commits it with the server's own address and a port of
+    `SNAT_PORTS` as the source, and it leaves by the uplink. Replies to the server's address
+    come back through conntrack (a base flow) with the locator as destination; the return flow
+    gives the node its own headers back. The outside sees only the server's address."""
+    out_cookie = cookie(OUTBOUND, local.locator, destination_ip)
+    return [
+        flow(
+            T_EGRESS,
+            PRIO_CONVERSATION,
+            {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": destination_ip},
+            [
+                SetField("eth_src", server.mac),
+                SetField("eth_dst", next_hop_mac),
+                SetField("ipv4_src", local.locator),
+                Conntrack(SNAT_ZONE, commit=True, nat_src=server.address, ports=SNAT_PORTS),
+                Output(server.uplink),
+            ],
+            out_cookie,
+            idle_timeout=idle_timeout,
+            notify_removal=True,
+        ),
+        flow(
+            T_OUTBOUND_RETURN,
+            PRIO_CONVERSATION,
+            {"eth_type": ETH_IP, "ipv4_src": destination_ip, "ipv4_dst": local.locator},
+            [
+                SetField("eth_src", gateway_mac(local.tenant, local.network)),
+                SetField("eth_dst", local.mac),
+                SetField("ipv4_dst", local.ip),
+                Output(local.port),
+            ],
+            out_cookie,
             idle_timeout=idle_timeout,
         ),
     ]

@@ -22,6 +22,7 @@ from openflow.controller import Controller
 # controller.stats key -> the outcome of a first-packet decision it counts
 OUTCOMES = {
     "conversations": "allowed",
+    "outbound": "outbound",
     "denied": "denied",
     "refused_infrastructure": "refused_infrastructure",
     "directory_unavailable": "directory_unavailable",

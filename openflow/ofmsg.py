@@ -18,6 +18,7 @@ from openflow.flows import (
     TABLE,
     Action,
     Add,
+    Conntrack,
     Delete,
     Flow,
     FlowMod,
@@ -33,6 +34,9 @@ _NAMED_PORTS = {
     LOCAL: ofp.OFPP_LOCAL,
     TABLE: ofp.OFPP_TABLE,
 }
+_CT_COMMIT = 1  # NX_CT_F_COMMIT
+_CT_NO_TABLE = 255  # NX_CT_RECIRC_NONE
+_NAT_SRC, _NAT_RANGE_IPV4_MIN, _NAT_RANGE_PROTO_MIN = 1, 1, 16  # NX_NAT_F_SRC, NX_NAT_RANGE_*
 _PORT_NAMES = {number: name for name, number in _NAMED_PORTS.items()}
 _FIELD_BITS = {
     "eth_src": 48,
@@ -76,9 +80,53 @@ def instructions(entry: Flow) -> list:
                     src_field=action.src, dst_field=action.dst, n_bits=_FIELD_BITS[action.src]
                 )
             )
+        elif isinstance(action, Conntrack):
+            actions.append(_ct(action))
     if actions:
         result.insert(0, parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
     return result
+
+
+def _ct(action: Conntrack) -> parser.NXActionCT:
+    nat: list = []
+    if action.nat_src is not None:
+        low, high = action.ports or (None, None)
+        nat = [
+            parser.NXActionNAT(
+                _NAT_SRC,
+                range_ipv4_min=action.nat_src,
+                range_ipv4_max=action.nat_src,
+                range_proto_min=low,
+                range_proto_max=high,
+            )
+        ]
+    elif action.nat:
+        nat = [parser.NXActionNAT(0)]
+    return parser.NXActionCT(
+        flags=_CT_COMMIT if action.commit else 0,
+        zone_src="",
+        zone_ofs_nbits=action.zone,
+        recirc_table=_CT_NO_TABLE if action.table is None else action.table,
+        alg=0,
+        actions=nat,
+    )
+
+
+def _plain_ct(action: parser.NXActionCT) -> Conntrack:
+    nat = next((a for a in action.actions if isinstance(a, parser.NXActionNAT)), None)
+    nat_src = ports = None
+    if nat is not None and nat.flags & _NAT_SRC:
+        nat_src = nat.range_ipv4_min
+        if nat.range_proto_min is not None:
+            ports = (nat.range_proto_min, nat.range_proto_max)
+    return Conntrack(
+        zone=action.zone_ofs_nbits,
+        commit=bool(action.flags & _CT_COMMIT),
+        nat=nat is not None and nat_src is None,
+        nat_src=nat_src,
+        ports=ports,
+        table=None if action.recirc_table == _CT_NO_TABLE else action.recirc_table,
+    )
 
 
 def flow_add(datapath: Any, entry: Flow) -> parser.OFPFlowMod:
@@ -191,4 +239,6 @@ def _plain_action(action: Any) -> Action:
         return SetField(action.key, value)
     if isinstance(action, parser.NXActionRegMove):
         return Move(action.src_field, action.dst_field)
+    if isinstance(action, parser.NXActionCT):
+        return _plain_ct(action)
     raise ValueError(f"unexpected action {action!r}")

@@ -19,6 +19,7 @@ from openflow.flows import (
     CONTROLLER,
     IN_PORT,
     Add,
+    Conntrack,
     Delete,
     Flow,
     FlowMod,
@@ -55,6 +56,8 @@ class Result:
 class Switch:
     def __init__(self, flows: Iterable[Flow] = ()) -> None:
         self.flows: dict[tuple, Flow] = {}
+        # source NAT, by (zone, remote, translated source): the original source (no L4 ports)
+        self.nat: dict[tuple[int, int | str, int | str], int | str] = {}
         self.install(flows)
 
     def install(self, flows: Iterable[Flow]) -> None:
@@ -98,9 +101,24 @@ class Switch:
                     result.outputs.append((port, headers))
                 elif isinstance(action, Goto):
                     next_table = action.table
+                elif isinstance(action, Conntrack):
+                    self._conntrack(action, packet)
+                    next_table = action.table if action.table is not None else next_table
             if next_table is None:
                 return result
             table = next_table
+
+    def _conntrack(self, action: Conntrack, packet: Packet) -> None:
+        """Source NAT as conntrack does it, by addresses only: a commit rewrites the source and
+        remembers it; a reply to the translated address gets the original back."""
+        if action.commit and action.nat_src is not None:
+            key = (action.zone, packet["ipv4_dst"], action.nat_src)
+            self.nat[key] = packet["ipv4_src"]
+            packet["ipv4_src"] = action.nat_src
+        elif action.nat:
+            original = self.nat.get((action.zone, packet["ipv4_src"], packet["ipv4_dst"]))
+            if original is not None:
+                packet["ipv4_dst"] = original
 
 
 def matches(entry: Flow, packet: Packet) -> bool:

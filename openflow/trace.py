@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from federation.models import Resolution
+from federation.models import Outbound, Resolution
 from nvi.core.ports import HOST_COOKIE
 from openflow import decide
 from openflow import flows as f
@@ -158,6 +158,8 @@ def decode_cookie(cookie: int, labels: Mapping[str, str]) -> str:
         return f"conversation {local} ⇄ {remote}"
     if kind == f.DENY:
         return f"refused {local} → {remote}"
+    if kind == f.OUTBOUND:
+        return f"outbound {local} → {remote} (source NAT)"
     return "not NVI's" if cookie else "not NVI's (no cookie)"
 
 
@@ -179,9 +181,15 @@ def role(hit: Hit) -> str:
         return "egress: rewrite and send" if hit.table == f.T_EGRESS else "ingress: restore"
     if kind == f.DENY:
         return "refused conversation: drop"
+    if kind == f.OUTBOUND:
+        if hit.table == f.T_EGRESS:
+            return "outbound: source-NAT to the server's address and send"
+        return "outbound reply: restore"
     if kind != f.BASE:
         return "not NVI's"
     if hit.priority == f.PRIO_MISS:
+        if hit.table == f.T_OUTBOUND_RETURN:
+            return "no outbound connection: the server's own traffic"
         return "default drop" if hit.table == f.T_CLASSIFY else "miss: to the controller"
     if hit.priority == f.PRIO_ALLOW:
         if f"goto_table:{f.T_EGRESS}" in hit.actions:
@@ -189,6 +197,7 @@ def role(hit: Hit) -> str:
         return "to a locator of this server"
     return {
         f.PRIO_HOST_ARP_REPLY: "ARP reply to the server",
+        f.PRIO_OUTBOUND_RETURN: "to the server: conntrack undoes outbound NAT",
         f.PRIO_DHCP: "DHCP request: to the controller",
         f.PRIO_DNS: "DNS query to the gateway: to the controller",
         f.PRIO_ARP_OWN: "ARP for the node's own address: drop",
@@ -328,6 +337,16 @@ def _ask(step: Step, answer: decide.Answer, me: str) -> tuple[str, decide.Result
     return f"resolve locator {question.locator} for {me}", step(answer)
 
 
+def _ask_outbound(
+    step: Step, asked: str, result: decide.Result, outbound: Outbound | None, me: str
+) -> tuple[str, decide.Result]:
+    """No node holds the address: the controller's second question, whether it may go out."""
+    if not (isinstance(result, decide.Lookup) and result.outbound):
+        return asked, result
+    answer = outbound or Outbound(allowed=False, revision=0)
+    return f"{asked}; may {me} reach {result.ip} outside (source NAT)", step(answer)
+
+
 def egress_decision(
     local: f.LocalNode,
     destination_ip: str,
@@ -336,15 +355,29 @@ def egress_decision(
     labels: Mapping[str, str],
     *,
     server: f.Server | None = None,
+    outbound: Outbound | None = None,
 ) -> Decision:
-    """What `decide.egress` makes of a first packet from `local` to `destination_ip`."""
+    """What `decide.egress` makes of a first packet from `local` to `destination_ip`
+    (`outbound`: the directory's answer when no node holds it; none counts as not allowed)."""
     facts = decide.Facts(server or _UNKNOWN_SERVER, tuple(nodes))
     me = labels.get(local.locator) or local.node_id
-    asked, result = _ask(
-        lambda known: decide.egress(facts, local, destination_ip, known), answer, me
-    )
+
+    def step(known: decide.Answer) -> decide.Result:
+        return decide.egress(facts, local, destination_ip, known)
+
+    asked, result = _ask(step, answer, me)
+    asked, result = _ask_outbound(step, asked, result, outbound, me)
     target = answer.destination if answer is not None else None
     name = f"{target.tenant}/{target.name}" if target is not None else destination_ip
+    if isinstance(result, decide.NextHop) and target is None:
+        return Decision(
+            True,
+            f"{destination_ip} is outside tenant {local.tenant} and {local.network} has "
+            "outbound access: the controller would source-NAT the pair to this server's address "
+            "and send the packet out the uplink",
+            f"would send it out through source NAT to {destination_ip}",
+            asked,
+        )
     if isinstance(result, decide.NextHop):
         return Decision(
             True,

@@ -13,6 +13,7 @@ import click
 
 from federation.cli import directory as service_commands
 from federation.client import DirectoryClient
+from federation.models import Outbound
 from nvi.client.cloud import Cloud
 from nvi.client.options import profile, profile_options
 from nvi.core.clitools import option_group, output_option, show_rows
@@ -22,7 +23,7 @@ from nvi.core.model import LinkKind
 T = TypeVar("T")
 # Where an operator on the directory's own machine finds it, when nothing else is configured.
 LOCAL_DIRECTORY = "https://127.0.0.1:7480"
-NETWORK_COLUMNS = ["tenant", "name", "cidr", "gateway"]
+NETWORK_COLUMNS = ["tenant", "name", "cidr", "gateway", "outbound"]
 LINK_COLUMNS = ["tenant", "id", "kind", "a", "b"]
 NODE_COLUMNS = ["tenant", "name", "kind", "network", "ip", "mac", "locator", "server", "id"]
 SERVER_COLUMNS = ["name", "pools", "created"]
@@ -157,13 +158,38 @@ def network() -> None:
 @click.argument("name")
 @click.argument("cidr")
 @click.option("--gateway", help="Default: the first host address")
+@click.option(
+    "--outbound",
+    type=click.Choice(["on", "off"]),
+    default="off",
+    show_default=True,
+    help="Nodes reach addresses outside the tenant through their server's address (SNAT)",
+)
 @_options
 def network_create(
-    tenant_name: str, name: str, cidr: str, gateway: str | None, output: str
+    tenant_name: str, name: str, cidr: str, gateway: str | None, outbound: str, output: str
 ) -> None:
     """Create network NAME with CIDR (another tenant may use the same CIDR)."""
-    created = _call(lambda c: c.create_network(tenant_name, name, cidr, gateway))
+    created = _call(
+        lambda c: c.create_network(tenant_name, name, cidr, gateway, outbound=outbound == "on")
+    )
     show_rows(output, "network", [created], NETWORK_COLUMNS)
+
+
+@network.command("update")
+@click.argument("tenant_name", metavar="TENANT")
+@click.argument("name")
+@click.option(
+    "--outbound",
+    type=click.Choice(["on", "off"]),
+    required=True,
+    help="Nodes reach addresses outside the tenant through their server's address (SNAT)",
+)
+@_options
+def network_update(tenant_name: str, name: str, outbound: str, output: str) -> None:
+    """Turn outbound access of network NAME on or off; every server follows within a second."""
+    updated = _call(lambda c: c.update_network(tenant_name, name, outbound=outbound == "on"))
+    show_rows(output, "network", [updated], NETWORK_COLUMNS)
 
 
 @network.command("list")
@@ -287,6 +313,24 @@ def resolve(
         "revision": found.revision,
     }
     show_rows(output, "resolution", [found if output != "table" else row], list(row))
+
+
+@directory.command()
+@click.argument("tenant_name", metavar="TENANT")
+@click.argument("node_name", metavar="NODE")
+@click.argument("destination", metavar="DESTINATION_IP")
+@_options
+def outbound(tenant_name: str, node_name: str, destination: str, output: str) -> None:
+    """What a controller would be told: whether NODE may reach DESTINATION_IP, outside its
+    tenant, through its server's source NAT."""
+
+    async def ask(c: DirectoryClient) -> Outbound:
+        node = await c.get_node(tenant_name, node_name)
+        return await c.outbound(node.id, destination)
+
+    found = _call(ask)
+    row = {"node": node_name, "destination": destination, **found.model_dump()}
+    show_rows(output, "outbound", [found if output != "table" else row], list(row))
 
 
 @directory.command()

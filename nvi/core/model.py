@@ -162,6 +162,11 @@ class Network(Record):
     name: Name
     cidr: CIDR
     gateway: IPAddress = Field(description="The first host address, answered by each server")
+    outbound: bool = Field(
+        False,
+        description="Nodes reach addresses outside every network of the tenant, source-NATed "
+        "to their own server's address",
+    )
 
     def contains(self, ip: str) -> bool:
         return ipaddress.ip_address(ip) in ipaddress.ip_network(self.cidr)

@@ -136,6 +136,25 @@ class LabNet:
             ready=lambda: links.accepts_tcp(ns, directory.address, directory.port),
         )
 
+    def outside_daemon(self) -> Daemon:
+        """The outside host's web server, in its own namespace."""
+        outside = self.lab.outside
+        assert outside is not None
+        ns = self.netns(outside.name)
+        return Daemon(
+            name="outside",
+            netns=ns,
+            argv=(
+                sys.executable,
+                "-m",
+                "nvi.lab.outside",
+                outside.address,
+                str(outside.port),
+            ),
+            rundir=self.rundir / outside.name,
+            ready=lambda: links.accepts_tcp(ns, outside.address, outside.port),
+        )
+
     def portal_daemon(self) -> Daemon | None:
         """The tenants' portal, in this machine's own namespace (through the access link)."""
         portal, directory = self.lab.portal, self.lab.directory
@@ -263,6 +282,8 @@ class LabNet:
             changes += self._up_directory(ca)
             pid, started = ensure_running(self.docker_daemon(), timeout=30)
             changes += [f"started the lab's Docker engine (pid {pid})"] if started else []
+        if self.lab.outside:
+            changes += self._up_outside()
         for server in self.lab.servers:
             changes += self._up_server(server)
         self.write_client_config()
@@ -314,6 +335,27 @@ class LabNet:
         for subnet, gateway in self.routing.gateways(set(router.addresses), name):
             if links.ensure_route(ns, subnet, gateway):
                 changes.append(f"router {name}: route to {subnet} via {gateway}")
+        return changes
+
+    def _up_outside(self) -> list[str]:
+        """The outside host: a namespace on its cloud, routes via the routers, its web server."""
+        outside = self.lab.outside
+        assert outside is not None
+        ns = self.netns(outside.name)
+        changes = []
+        if links.ensure_netns(ns, _QUIET):
+            changes.append(f"created namespace {ns}")
+        changes += self._attach(outside.name, outside.cloud, "eth0")
+        prefixlen = self.lab.cloud(outside.cloud).network.prefixlen
+        if links.ensure_address(ns, "eth0", outside.address, prefixlen):
+            changes.append(f"outside host: address {outside.address}")
+        for subnet, gateway in self.routing.gateways({outside.cloud}, outside.name):
+            if links.ensure_route(ns, subnet, gateway):
+                changes.append(f"outside host: route to {subnet} via {gateway}")
+        pid, started = ensure_running(self.outside_daemon())
+        changes += (
+            [f"started the outside host's web server {outside.url} (pid {pid})"] if started else []
+        )
         return changes
 
     def _up_directory(self, ca: KeyPair) -> list[str]:
@@ -666,6 +708,17 @@ class LabNet:
                     "member": "docker",
                     "kind": "the agents' Docker engine " + (f"pid {engine}" if engine else "DOWN"),
                     "namespace": None,
+                }
+            )
+        if self.lab.outside:
+            pid = running_pid(self.outside_daemon())
+            ns = self.netns(self.lab.outside.name)
+            others.append(
+                {
+                    "member": self.lab.outside.name,
+                    "kind": f"outside host {self.lab.outside.url} "
+                    + (f"pid {pid}" if pid else "DOWN"),
+                    "namespace": ns if ns in present else None,
                 }
             )
         portal = self.portal_daemon()

@@ -40,10 +40,18 @@ async def _tenants(net: LabNet, client: DirectoryClient) -> tuple[list[str], dic
             pass
         for network in tenant.networks:
             try:
-                await client.create_network(tenant.name, network.name, network.cidr)
+                await client.create_network(
+                    tenant.name, network.name, network.cidr, outbound=network.outbound
+                )
                 changes.append(f"created network {tenant.name}/{network.name} ({network.cidr})")
             except Conflict:
-                pass
+                found = await client.get_network(tenant.name, network.name)
+                if found.outbound != network.outbound:
+                    await client.update_network(
+                        tenant.name, network.name, outbound=network.outbound
+                    )
+                    turned = "on" if network.outbound else "off"
+                    changes.append(f"turned outbound {turned} for {tenant.name}/{network.name}")
         path = token_path(net, tenant.name)
         if not path.exists():
             created = await client.create_token(tenant.name, f"lab {net.lab.name}")

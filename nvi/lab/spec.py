@@ -117,6 +117,27 @@ class Portal(_Strict):
         return f"http://127.0.0.1:{self.port}"
 
 
+class Outside(_Strict):
+    """A host beyond a router that stands for the internet: on no server, at an address outside
+    every cloud's servers and every tenant network, serving a page that tells each client the
+    address it came from (what tenants' outbound access looks like from outside)."""
+
+    name: MemberName = "outside"
+    cloud: MemberName
+    address: str
+    port: int = Field(80, ge=1, le=65535)
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return _parse_ip(value)
+
+    @property
+    def url(self) -> str:
+        port = "" if self.port == 80 else f":{self.port}"
+        return f"http://{self.address}{port}/"
+
+
 class ControllerSettings(_Strict):
     """What every server's controller is given besides its own facts (tests shorten the
     idle timeout to watch conversations expire)."""
@@ -129,6 +150,7 @@ class ControllerSettings(_Strict):
 class TenantNetwork(_Strict):
     name: Name
     cidr: CIDR
+    outbound: bool = False
 
 
 class Tenant(_Strict):
@@ -158,6 +180,7 @@ class Lab(_Strict):
     servers: list[Server] = Field(min_length=1)
     directory: Directory | None = None
     portal: Portal | None = None
+    outside: Outside | None = None
     controller: ControllerSettings = ControllerSettings()
     tenants: list[Tenant] = []
     nodes: list[LabNode] = []
@@ -185,7 +208,8 @@ class Lab(_Strict):
         ]
         if self.directory:
             members.append(self.directory)
-        return [m.name for m in members]
+        names = [m.name for m in members]
+        return [*names, self.outside.name] if self.outside else names
 
     def gateways(self, clouds: set[str], member: str) -> list[tuple[str, str]]:
         """(subnet, gateway) routes for a member attached to `clouds`, towards every other cloud.
@@ -285,6 +309,16 @@ def _problems(lab: Lab) -> Iterator[str]:
         yield from claim(server.address, server.cloud, f"server {server.name}")
     if lab.directory:
         yield from claim(lab.directory.address, lab.directory.cloud, "the directory")
+    if lab.outside:
+        yield from claim(lab.outside.address, lab.outside.cloud, "the outside host")
+        outside = ipaddress.ip_address(lab.outside.address)
+        for tenant in lab.tenants:
+            for network in tenant.networks:
+                if outside in ipaddress.ip_network(network.cidr):
+                    yield (
+                        f"the outside host {outside} is inside network "
+                        f"{tenant.name}/{network.name} ({network.cidr})"
+                    )
 
     pools: list[tuple[Server, netaddr.IPRange]] = []
     for server in lab.servers:

@@ -146,6 +146,37 @@ async def test_a_server_looks_up_for_its_nodes_but_changes_nothing_else(service,
     assert [n.name for n in await admin.list_nodes("acme")] == ["db", "web"]
 
 
+async def test_outbound_is_opt_in_per_network_and_only_outside_the_tenant(service, admin) -> None:  # noqa: ANN001
+    """Off by default; on for one network, an address outside every network of the tenant is
+    allowed for its nodes only; the change reaches readers of the change stream."""
+    acme = await make_tenant(admin, service, "acme")
+    web, db = await admin.get_node("acme", "web"), await admin.get_node("acme", "db")
+    revision = (await admin.changes(None)).revision
+    async with publisher(service, "s1") as s1, publisher(service, "s2") as s2:
+        assert not (await s1.outbound(web.id, "198.18.0.80")).allowed
+        updated = await acme.update_network("acme", "front", outbound=True)
+        assert updated.outbound and (await acme.get_network("acme", "front")).outbound
+        assert (await s1.outbound(web.id, "198.18.0.80")).allowed
+        assert not (await s1.outbound(web.id, "10.0.1.9")).allowed  # the tenant's own "back"
+        assert not (await s2.outbound(db.id, "198.18.0.80")).allowed  # "back" is still off
+        with pytest.raises(NotFound):  # s1 does not host db
+            await s1.outbound(db.id, "198.18.0.80")
+        page = await s1.changes(revision)
+        (change,) = [c for c in page.changes if c.type == ChangeType.NETWORK_UPDATED]
+        assert change.network is not None and change.network.outbound
+        await acme.update_network("acme", "front", outbound=False)
+        assert not (await s1.outbound(web.id, "198.18.0.80")).allowed
+    await acme.close()
+    async with await make_other(admin, service) as umbrella:
+        with pytest.raises(NotFound):  # another tenant's network does not exist for it
+            await umbrella.update_network("acme", "front", outbound=True)
+
+
+async def make_other(admin: DirectoryClient, service) -> DirectoryClient:  # noqa: ANN001
+    await admin.create_tenant("umbrella")
+    return service.client((await admin.create_token("umbrella")).token)
+
+
 L = "192.0.1.50"  # a free locator of s1's pool
 
 
@@ -242,6 +273,19 @@ L = "192.0.1.50"  # a free locator of s1's pool
         ("GET", "/v1/resolve?ip=10.0.0.2&tenant=acme&source=" + "0" * 32, None, 422),
         ("GET", "/v1/resolve?ip=nope&source=" + "0" * 32, None, 422),
         ("GET", "/v1/changes?since=-1", None, 422),
+        ("PATCH", "/v1/tenants/acme/networks/front", {"outbound": "yes"}, 422),
+        ("PATCH", "/v1/tenants/acme/networks/front", {}, 422),
+        ("PATCH", "/v1/tenants/acme/networks/front", {"outbound": True, "cidr": "1.0.0.0/8"}, 422),
+        ("PATCH", "/v1/tenants/acme/networks/nope", {"outbound": True}, 404),
+        (
+            "POST",
+            "/v1/tenants/acme/networks",
+            {"name": "x", "cidr": "10.9.0.0/24", "outbound": 1},
+            422,
+        ),
+        ("GET", "/v1/outbound?ip=192.0.2.80", None, 422),
+        ("GET", "/v1/outbound?ip=nope&source=" + "0" * 32, None, 422),
+        ("GET", "/v1/outbound?ip=192.0.2.80&source=" + "0" * 32, None, 404),
         ("GET", "/v1/locators/not-an-ip", None, 422),
         ("PUT", "/v1/tenants", None, 405),
         ("GET", "/v1/nowhere", None, 404),
@@ -284,7 +328,7 @@ async def test_malformed_and_oversized_bodies_are_refused(service, admin) -> Non
 async def test_the_openapi_document_describes_every_route(service) -> None:  # noqa: ANN001
     status, document = await raw(service, "GET", "/v1/openapi.json", None)
     assert status == 200 and document["openapi"].startswith("3.1")
-    assert len([op for path in document["paths"].values() for op in path]) == 32
+    assert len([op for path in document["paths"].values() for op in path]) == 34
     catalogue = document["paths"]["/v1/catalogue"]
     assert catalogue["put"]["description"].startswith("Credentials: server.")
     assert catalogue["get"]["description"].startswith("Credentials: admin, tenant.")

@@ -234,3 +234,39 @@ def test_controller_settings_default_and_override() -> None:
         {**POPULATED, "controller": {"idle_timeout": 0}}
     )
     assert "controller.idle: unknown key" in error_of({**POPULATED, "controller": {"idle": 3}})
+
+
+def with_outside(address: str = "192.0.2.80", cloud: str = "internet", **extra: object) -> dict:
+    """The populated lab with cloud "internet" beyond r1 and the outside host on it."""
+    data = copy.deepcopy(POPULATED)
+    data["clouds"] = [*data["clouds"], {"name": "internet", "subnet": "192.0.2.0/24"}]
+    data["routers"][0]["addresses"]["internet"] = "192.0.2.1"
+    data["outside"] = {"cloud": cloud, "address": address, **extra}
+    return data
+
+
+def test_the_outside_host_loads_and_is_routed_via_the_router() -> None:
+    lab = parse_lab(with_outside())
+    assert lab.outside is not None and lab.outside.url == "http://192.0.2.80/"
+    assert "outside" in lab.member_names()
+    assert ("198.51.100.0/24", "192.0.2.1") in lab.gateways({"internet"}, "outside")
+    assert ("192.0.2.0/24", "198.51.100.1") in lab.gateways({"east"}, "s1")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (with_outside("192.0.2.1"), "the outside host: address 192.0.2.1 is already used by"),
+        (with_outside("10.0.0.80", "east"), "is not a host address of cloud east"),
+        (with_outside(cloud="nowhere"), "the outside host: unknown cloud 'nowhere'"),
+        (with_outside(port=0), "outside.port"),
+    ],
+)
+def test_a_bad_outside_host_names_the_problem(data: dict, expected: str) -> None:
+    assert expected in error_of(data)
+
+
+def test_the_outside_host_must_be_outside_every_tenant_network() -> None:
+    data = with_outside()
+    data["tenants"][0]["networks"].append({"name": "wide", "cidr": "192.0.2.0/25"})
+    assert "the outside host 192.0.2.80 is inside network red/wide" in error_of(data)

@@ -17,8 +17,8 @@ import pytest
 from os_ken.lib.packet import ethernet, ipv4, packet, udp
 
 from federation.errors import DirectoryError, NotFound, Unauthorized, Unavailable
-from federation.models import Change, ChangeType, Resolution
-from nvi.core.model import Node
+from federation.models import Change, ChangeType, Outbound, Resolution
+from nvi.core.model import Network, Node
 from nvi.core.ports import NodePort
 from openflow import flows as f
 from openflow.controller import OUTCOME_COUNTERS, Controller
@@ -48,6 +48,8 @@ A = record("a", "10.0.0.2", "198.51.100.64")  # on this server, port 2
 C = record("c", "10.0.0.3", "198.51.100.65")  # on this server, port 3
 B = record("b", "10.0.0.4", "203.0.113.64")  # elsewhere
 D = record("d", "10.0.1.5", "203.0.113.65", "dmz")  # elsewhere, another network of red
+RED_NETWORKS = ("10.0.0.0/24", "10.0.1.0/24")
+OUTSIDE = "203.0.114.80"  # no tenant's, no infrastructure
 
 
 class Directory:
@@ -56,6 +58,15 @@ class Directory:
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = {n.id: n for n in nodes}
         self.links: set[frozenset[str]] = set()
+        self.outbound_networks: set[str] = set()  # networks of red with outbound access on
+
+    async def outbound(self, source: str, ip: str) -> Outbound:
+        origin = self.nodes[source]
+        inside = any(
+            ipaddress.ip_address(ip) in ipaddress.ip_network(cidr) for cidr in RED_NETWORKS
+        )
+        allowed = origin.network in self.outbound_networks and not inside
+        return Outbound(allowed=allowed, revision=1)
 
     async def resolve(
         self,
@@ -174,8 +185,9 @@ def server() -> Server:
 def test_connect_installs_the_base_flows_and_a_reconnect_changes_nothing(server: Server) -> None:
     server.connect()
     base = dict(server.switch.flows)
-    # server flows (one drop per infrastructure address, its own included), then 8 per port
-    assert len(base) == 4 + 3 + 2 * 8
+    # server flows (one drop per infrastructure address, its own included; the outbound return
+    # path through conntrack and its miss), then 8 per port
+    assert len(base) == 4 + 3 + 2 + 2 * 8
     server.first_packet(A, B.ip)
     held = dict(server.switch.flows)
     server.controller = server.new_controller()  # a restarted controller process
@@ -211,6 +223,64 @@ def test_unknown_and_policy_denied_destinations_get_a_drop_flow(server: Server) 
         server.first_packet(A, destination)
         assert server.send(A, destination) == []
     assert server.controller.stats["denied"] == 2
+
+
+def test_outbound_goes_out_nated_only_for_a_network_with_it_on(server: Server) -> None:
+    """The same outside address: denied while the network has outbound off, source-NATed to
+    the server's address once it is on, and the reply reaches the node with its own headers."""
+    server.connect()
+    server.first_packet(A, OUTSIDE)
+    assert server.send(A, OUTSIDE) == []
+    assert server.controller.stats["denied"] == 1
+    server.directory.outbound_networks.add("net")
+    on = Network(tenant="red", name="net", cidr="10.0.0.0/24", gateway="10.0.0.1", outbound=True)
+    asyncio.run(server.controller.on_change(_network_change(on)))
+    server.first_packet(A, OUTSIDE)
+    ((port, headers),) = server.send(A, OUTSIDE)
+    assert port == UPLINK
+    assert (headers["ipv4_src"], headers["ipv4_dst"], headers["eth_dst"]) == (
+        SERVER_ADDRESS,
+        OUTSIDE,
+        ROUTER,
+    )
+    assert server.controller.stats["outbound"] == 1
+    reply = {"eth_type": f.ETH_IP, "ipv4_src": OUTSIDE, "ipv4_dst": SERVER_ADDRESS}
+    ((port, back),) = server.switch.process(UPLINK, reply).outputs
+    assert port == server.ports["a"][0]
+    assert (back["ipv4_src"], back["ipv4_dst"], back["eth_dst"]) == (OUTSIDE, A.ip, A.mac)
+    # the server's own traffic (no NATed connection) still reaches the server
+    own = {"eth_type": f.ETH_IP, "ipv4_src": ROUTER_IP, "ipv4_dst": SERVER_ADDRESS}
+    assert [port for port, _ in server.switch.process(UPLINK, own).outputs] == [f.LOCAL]
+
+
+def test_outbound_never_reaches_infrastructure_or_another_tenant_address(server: Server) -> None:
+    """With outbound on, infrastructure (the directory, a configured prefix, this server) and
+    addresses inside the tenant's networks still get no NAT: dropped, never out the uplink."""
+    server.directory.outbound_networks.add("net")
+    server.connect()
+    for destination in (DIRECTORY_ADDRESS, "192.0.2.80", SERVER_ADDRESS, "10.0.1.99"):
+        server.first_packet(A, destination)
+        assert server.send(A, destination) == [], destination
+    assert server.controller.stats["outbound"] == 0
+    assert server.controller.stats["refused_infrastructure"] == 3
+    assert server.controller.stats["denied"] == 1
+
+
+def test_turning_outbound_off_removes_the_nated_flows_at_once(server: Server) -> None:
+    server.directory.outbound_networks.add("net")
+    server.connect()
+    server.first_packet(A, OUTSIDE)
+    assert [port for port, _ in server.send(A, OUTSIDE)] == [UPLINK]
+    server.directory.outbound_networks.clear()
+    off = Network(tenant="red", name="net", cidr="10.0.0.0/24", gateway="10.0.0.1")
+    asyncio.run(server.controller.on_change(_network_change(off)))
+    assert [port for port, _ in server.send(A, OUTSIDE)] == [f.CONTROLLER]
+    server.first_packet(A, OUTSIDE)
+    assert server.send(A, OUTSIDE) == []
+
+
+def _network_change(network: Network) -> Change:
+    return Change(revision=3, type=ChangeType.NETWORK_UPDATED, tenant="red", network=network)
 
 
 def test_a_deleted_node_loses_its_conversations_at_once(server: Server) -> None:

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from federation.models import Resolution
+from federation.models import Outbound, Resolution
 from nvi.core.model import Node, NodeKind
 from openflow import decide
 from openflow import flows as f
@@ -38,6 +38,7 @@ def local(name: str, port: int, ip: str, locator: str, tenant: str = "red") -> f
 A = local("a", 2, "10.0.0.2", "198.51.100.64")
 C = local("c", 3, "10.0.0.3", "198.51.100.65")
 FACTS = decide.Facts(SERVER, (A, C), idle_timeout=9)
+OUTSIDE = "203.0.114.80"
 
 
 def node(name: str, ip: str, locator: str, tenant: str = "red") -> Node:
@@ -101,7 +102,7 @@ def test_egress_to_a_node_of_this_server_installs_both_halves_without_a_next_hop
 @pytest.mark.parametrize(
     ("resolution", "outcome"),
     [
-        (None, Outcome.NOT_IN_TENANT),
+        (Outbound(allowed=False, revision=1), Outcome.NOT_IN_TENANT),
         (answer(node("b", B.ip, B.locator, tenant="blue")), Outcome.NOT_IN_TENANT),
         (answer(B, allowed=False), Outcome.POLICY),
     ],
@@ -176,3 +177,39 @@ def test_ingress_refusals_get_a_drop_flow_for_the_locator_pair(
     }
     backoff = outcome == Outcome.DIRECTORY_UNAVAILABLE
     assert flow.hard_timeout == (f.BACKOFF_HARD_TIMEOUT if backoff else f.DENY_HARD_TIMEOUT)
+
+
+def test_an_unknown_address_asks_whether_it_may_go_out() -> None:
+    """No node holds the address: the second question is the outbound one, never a verdict."""
+    assert decide.egress(FACTS, A, OUTSIDE, None) == Lookup(A.node_id, ip=OUTSIDE, outbound=True)
+
+
+def test_outbound_allowed_needs_the_next_hop_then_nats_to_the_server_address() -> None:
+    allowed = Outbound(allowed=True, revision=1)
+    assert decide.egress(FACTS, A, OUTSIDE, allowed) == NextHop(OUTSIDE)
+    result = decide.egress(FACTS, A, OUTSIDE, allowed, ROUTER_MAC)
+    assert isinstance(result, Decision) and result.outcome == Outcome.OUTBOUND
+    assert result.pairs == ()
+    out, back = result.flows
+    assert out.match == (("in_port", A.port), ("eth_type", f.ETH_IP), ("ipv4_dst", OUTSIDE))
+    nat = next(a for a in out.actions if isinstance(a, f.Conntrack))
+    assert (nat.commit, nat.nat_src, nat.ports, nat.zone) == (
+        True,
+        SERVER.address,
+        f.SNAT_PORTS,
+        f.SNAT_ZONE,
+    )
+    # the source conntrack sees is the node's locator, never its tenant address
+    assert out.actions.index(f.SetField("ipv4_src", A.locator)) < out.actions.index(nat)
+    assert dict(back.match)["ipv4_dst"] == A.locator and back.table == f.T_OUTBOUND_RETURN
+    assert out.idle_timeout == back.idle_timeout == 9
+
+
+@pytest.mark.parametrize("destination", ["198.51.100.11", "198.51.100.2", "192.0.2.7"])
+def test_outbound_never_towards_infrastructure(destination: str) -> None:
+    """Whatever the directory says, SNAT is for the outside world only."""
+    allowed = Outbound(allowed=True, revision=1)
+    for known in (None, allowed):
+        result = decide.egress(FACTS, A, destination, known, ROUTER_MAC)
+        assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE
+        assert deny(result) == f.deny_egress(A, destination)

@@ -20,6 +20,7 @@ from openflow.flows import (
     T_CLASSIFY,
     T_EGRESS,
     T_INGRESS,
+    Conntrack,
     Conversation,
     Goto,
     LocalNode,
@@ -34,6 +35,7 @@ from openflow.flows import (
     desired_base_flows,
     flow,
     gateway_mac,
+    outbound_flows,
 )
 from openflow.simulate import Switch
 
@@ -330,6 +332,7 @@ def test_every_flow_the_controller_builds_keeps_to_its_tables_declaration() -> N
     built += conversation_flows(SERVER_A, Conversation(A, remote(B), next_hop_mac=ROUTER_MAC))
     built += conversation_flows(SERVER_A, Conversation(A, remote(C), remote_port=C.port))
     built += [deny_egress(A, B.ip), deny_ingress(A.locator, B.locator)]
+    built += outbound_flows(SERVER_A, A, "203.0.114.80", ROUTER_MAC)
     assert {entry.table for entry in built} == set(PIPELINE)
 
 
@@ -349,6 +352,9 @@ def test_every_flow_the_controller_builds_keeps_to_its_tables_declaration() -> N
         (T_CLASSIFY, {"in_port": 2, "ipv4_src": "10.0.0.2"}, [], "ipv4_src needs eth_type"),
         (T_INGRESS, {}, [SetField("ipv4_dst", "10.0.0.2")], "ipv4_dst needs eth_type"),
         (7, {}, [], "no table 7"),
+        (T_INGRESS, {"eth_type": ETH_IP}, [Conntrack(1, commit=True)], "may not use conntrack"),
+        (T_EGRESS, {"in_port": 2}, [Conntrack(1, commit=True)], "conntrack needs eth_type"),
+        (T_CLASSIFY, {"eth_type": ETH_IP}, [Conntrack(1, table=T_CLASSIFY)], "go to table 0"),
     ],
     ids=[
         "egress-l4",
@@ -359,6 +365,9 @@ def test_every_flow_the_controller_builds_keeps_to_its_tables_declaration() -> N
         "prerequisite-match",
         "prerequisite-set",
         "unknown-table",
+        "ingress-conntrack",
+        "conntrack-prerequisite",
+        "conntrack-recirculates-to-an-undeclared-table",
     ],
 )
 def test_a_flow_outside_its_tables_declaration_is_refused(

@@ -121,6 +121,7 @@ def test_lab_status_summarises_a_controller_scrape(server: Server) -> None:
         "connected": True,
         "decisions": {
             "allowed": 1,
+            "outbound": 0,
             "denied": 1,
             "refused_infrastructure": 0,
             "directory_unavailable": 0,

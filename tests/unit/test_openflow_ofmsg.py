@@ -13,6 +13,7 @@ from openflow.flows import (
     conversation_flows,
     deny_egress,
     desired_base_flows,
+    outbound_flows,
 )
 from openflow.ofmsg import flow_add, from_stats
 from tests.unit.test_openflow_flows import ROUTER_MAC, SERVER_A, A, B, remote
@@ -52,6 +53,7 @@ ALL_FLOWS = (
     desired_base_flows(SERVER_A, [A])
     + conversation_flows(SERVER_A, Conversation(A, remote(B), next_hop_mac=ROUTER_MAC))
     + [deny_egress(A, B.ip)]
+    + outbound_flows(SERVER_A, A, "203.0.114.80", ROUTER_MAC)
 )
 
 

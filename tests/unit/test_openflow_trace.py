@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from federation.models import Resolution
+from federation.models import Outbound, Resolution
 from nvi.core.model import Node, NodeKind
 from openflow import flows as f
 from openflow import trace as t
@@ -485,6 +485,19 @@ def test_egress_to_an_unknown_address_is_denied() -> None:
     assert not decision.allowed and decision.remote_locator is None
     assert "no node has 10.0.0.14 in tenant red" in decision.reason
     assert f"{f.DENY_HARD_TIMEOUT} s" in decision.reason
+
+
+def test_egress_to_an_outside_address_explains_outbound_access() -> None:
+    """No node holds it: the trace asks the second question and words the answer."""
+    allowed = t.egress_decision(
+        RED11, "192.0.2.80", None, [RED11], LABELS, outbound=Outbound(allowed=True, revision=1)
+    )
+    assert allowed.allowed and "source-NAT" in allowed.reason
+    assert "reach 192.0.2.80 outside (source NAT)" in allowed.asked
+    refused = t.egress_decision(
+        RED11, "192.0.2.80", None, [RED11], LABELS, outbound=Outbound(allowed=False, revision=1)
+    )
+    assert not refused.allowed and "no node has 192.0.2.80 in tenant red" in refused.reason
 
 
 def test_egress_refused_by_policy_or_answered_from_another_tenant_is_denied() -> None:

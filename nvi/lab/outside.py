@@ -1,0 +1,35 @@
+"""The lab's outside host: a web server that answers every GET with the address it came from.
+
+It stands for the internet beyond the lab's routers; `nvi lab up` runs it in the outside host's
+namespace (`python -m nvi.lab.outside ADDRESS PORT`). Tests read the page to see which source
+address a tenant's outbound fetch arrived with.
+"""
+
+from __future__ import annotations
+
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class EchoAddress(BaseHTTPRequestHandler):
+    """`you are <client address>`, as plain text."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server's name)
+        body = f"you are {self.client_address[0]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        sys.stderr.write(f"{self.client_address[0]} {format % args}\n")
+
+
+def main(argv: list[str]) -> None:
+    address, port = argv[0], int(argv[1])
+    ThreadingHTTPServer((address, port), EchoAddress).serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
