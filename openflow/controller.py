@@ -77,6 +77,7 @@ class Controller:
         uplink: str = "uplink",
         *,
         infrastructure: Iterable[ipaddress.IPv4Network] = (),
+        underlay: Iterable[ipaddress.IPv4Network] = (),
         idle_timeout: int = f.PAIR_IDLE_TIMEOUT,
     ) -> None:
         self.resolver = resolver
@@ -85,6 +86,7 @@ class Controller:
         self.server_address = server_address
         self.uplink_name = uplink
         self.infrastructure = tuple(infrastructure)
+        self.underlay = tuple(underlay)
         self.idle_timeout = idle_timeout
         self.channel: Channel | None = None
         self.server: f.Server | None = None
@@ -128,6 +130,7 @@ class Controller:
                 mac=ports["LOCAL"][1].lower(),
                 uplink=ports[self.uplink_name][0],
                 infrastructure=self.infrastructure,
+                underlay=self.underlay,
             )
             self.nodes = await self._local_nodes(ports)
             present = await channel.dump_flows()

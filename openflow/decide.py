@@ -150,9 +150,12 @@ def _outbound(
     next_hop_mac: str | None,
 ) -> Result:
     """No node of the tenant holds `destination_ip`: out through source NAT if the directory
-    says the node's network may reach it, never towards infrastructure, else denied."""
+    says the node's network may reach it, never towards infrastructure or anywhere in the
+    underlay (other servers), else denied."""
     deny = f.deny_egress(local, destination_ip)
-    if f.is_infrastructure(facts.server, destination_ip):
+    if f.is_infrastructure(facts.server, destination_ip) or f.in_underlay(
+        facts.server, destination_ip
+    ):
         return Decision(Outcome.INFRASTRUCTURE, (deny,), detail=destination_ip)
     if answer is None:
         return Lookup(local.node_id, ip=destination_ip, outbound=True)

@@ -301,12 +301,20 @@ class Server:
     mac: str
     uplink: int
     infrastructure: tuple[ipaddress.IPv4Network, ...] = ()
+    underlay: tuple[ipaddress.IPv4Network, ...] = ()
+    """The underlay's prefixes: outbound access never goes there. A server knows no other
+    server, but its operator knows the underlay's ranges, and other servers live in them."""
 
 
 def infrastructure(server: Server) -> list[ipaddress.IPv4Network]:
     """Every address this server treats as infrastructure: its own, always, and the rest."""
     own = ipaddress.IPv4Network(server.address)
     return sorted({own, *server.infrastructure})
+
+
+def in_underlay(server: Server, address: str) -> bool:
+    """Whether an address lies in the underlay (never a destination of outbound access)."""
+    return any(ipaddress.IPv4Network(address).subnet_of(net) for net in server.underlay)
 
 
 def is_infrastructure(server: Server, address: str) -> bool:

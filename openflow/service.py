@@ -76,6 +76,11 @@ class ControllerConfig(BaseModel):
         description="underlay addresses and prefixes no rewrite may target (routers, other "
         "infrastructure); this server's own address and the directory's are always added",
     )
+    underlay: list[ipaddress.IPv4Network] = Field(
+        default_factory=list,
+        description="the underlay's prefixes (where servers live): outbound access never goes "
+        "there, so a tenant's way out never reaches another server",
+    )
     routes: list[Route] = Field(
         default_factory=list,
         description="this server's underlay routes, for a controller that does not run in the "
@@ -217,6 +222,7 @@ class Runtime:
             self.config.address,
             self.config.uplink,
             infrastructure=[*self.config.infrastructure, *directory],
+            underlay=self.config.underlay,
             idle_timeout=self.config.idle_timeout,
         )
         resolver.on_change = controller.on_change

@@ -413,6 +413,7 @@ class LabNet:
         assert directory is not None
         folder = self.rundir / server.name
         routers = [address for router in self.lab.routers for address in router.addresses.values()]
+        servers = {each.cloud for each in self.lab.servers}  # the outside's cloud has none
         config = ControllerConfig(
             address=server.address,
             directory=directory.url,
@@ -423,6 +424,7 @@ class LabNet:
             metrics_port=METRICS_PORT,
             idle_timeout=self.lab.controller.idle_timeout,
             infrastructure=sorted({IPv4Network(a) for a in [*routers, directory.address]}),
+            underlay=sorted({IPv4Network(c.subnet) for c in self.lab.clouds if c.name in servers}),
         )
         return _write_if_changed(folder / "controller.toml", render_config(config))
 

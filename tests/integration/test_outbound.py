@@ -106,13 +106,17 @@ def test_turning_outbound_on_and_off_reaches_the_servers_within_seconds(lab: Lab
 
 
 def test_outbound_never_reaches_infrastructure(lab: Lab) -> None:
-    """With outbound on, the server itself, the directory and the routers (on every cloud,
-    the outside's side included) stay out of reach of tenant packets."""
+    """With outbound on, the server itself, the directory, the routers (on every cloud, the
+    outside's side included) and the other servers (the underlay's ranges: s1 knows none of
+    them) stay out of reach of tenant packets."""
     directory = lab.net.lab.directory
     assert directory is not None
     assert fetch(lab, "red11", f"https://{directory.address}:{directory.port}/v1/health") is None
     for address in ("198.51.100.11", directory.address, "198.51.100.1", "192.0.2.1"):
         assert not lab.pings("red11", address), address
+    for other_server in ("198.51.100.12", "203.0.113.13"):
+        assert not lab.pings("red11", other_server), other_server
+        assert fetch(lab, "red11", f"https://{other_server}:7490/v1/status") is None
     assert lab.pings("red11", OUTSIDE)  # while the outside answers
     # the base flows dropped them before any controller; the only NATed flows go outside
     nated = [

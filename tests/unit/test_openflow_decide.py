@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -213,3 +214,16 @@ def test_outbound_never_towards_infrastructure(destination: str) -> None:
         result = decide.egress(FACTS, A, destination, known, ROUTER_MAC)
         assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE
         assert deny(result) == f.deny_egress(A, destination)
+
+
+def test_outbound_never_into_the_underlay_where_other_servers_live() -> None:
+    """A server knows no other server, but outbound access stays out of the underlay's
+    ranges, so a tenant's way out never reaches another server's address."""
+    underlay = (ipaddress.IPv4Network("198.51.100.0/24"), ipaddress.IPv4Network("203.0.113.0/24"))
+    facts = decide.Facts(dataclasses.replace(SERVER, underlay=underlay), (A, C), idle_timeout=9)
+    allowed = Outbound(allowed=True, revision=1)
+    for other_server in ("198.51.100.12", "203.0.113.13"):
+        result = decide.egress(facts, A, other_server, allowed, ROUTER_MAC)
+        assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE
+    outside = decide.egress(facts, A, OUTSIDE, allowed, ROUTER_MAC)
+    assert isinstance(outside, Decision) and outside.outcome == Outcome.OUTBOUND
