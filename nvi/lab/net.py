@@ -413,7 +413,9 @@ class LabNet:
         assert directory is not None
         folder = self.rundir / server.name
         routers = [address for router in self.lab.routers for address in router.addresses.values()]
-        servers = {each.cloud for each in self.lab.servers}  # the outside's cloud has none
+        # Every cloud is underlay but the outside host's (it stands for the internet); not "the
+        # clouds with servers", which would change every server's config as servers come and go.
+        internet = self.lab.outside.cloud if self.lab.outside else None
         config = ControllerConfig(
             address=server.address,
             directory=directory.url,
@@ -424,7 +426,7 @@ class LabNet:
             metrics_port=METRICS_PORT,
             idle_timeout=self.lab.controller.idle_timeout,
             infrastructure=sorted({IPv4Network(a) for a in [*routers, directory.address]}),
-            underlay=sorted({IPv4Network(c.subnet) for c in self.lab.clouds if c.name in servers}),
+            underlay=sorted({IPv4Network(c.subnet) for c in self.lab.clouds if c.name != internet}),
         )
         return _write_if_changed(folder / "controller.toml", render_config(config))
 
