@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,15 @@ def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tag() -> str:
+def tag(run_root: Path) -> Iterator[str]:
+    """A fresh tag; a run its test left half-way (a failure, Ctrl-C) is removed afterwards by
+    `--down`, from what its run directory recorded."""
     while (tag := f"nm{secrets.token_hex(2)}") in links.list_netns():
         pass
-    return tag
+    yield tag
+    if (run_root / "mininet" / tag).exists():
+        down = example("two_servers.py", "--down", tag)
+        subprocess.run(down, env=environment(run_root), capture_output=True, timeout=120)
 
 
 def example(script: str, *args: str) -> list[str]:
