@@ -49,8 +49,8 @@ def _call(use: Callable[[DirectoryClient], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
-def _done(output: str, title: str, row: dict[str, Any]) -> None:
-    show_rows(output, title, [row | {"result": "deleted"}], [*row, "result"])
+def _done(output: str, title: str, row: dict[str, Any], result: str = "deleted") -> None:
+    show_rows(output, title, [row | {"result": result}], [*row, "result"])
 
 
 @directory.command()
@@ -140,12 +140,7 @@ def token_list(tenant_name: str, output: str) -> None:
 def token_revoke(tenant_name: str, token_id: str, output: str) -> None:
     """Revoke TENANT's token ID; every agent refuses it within a few seconds."""
     _call(lambda c: c.delete_token(tenant_name, token_id))
-    show_rows(
-        output,
-        "token",
-        [{"tenant": tenant_name, "id": token_id, "result": "revoked"}],
-        ["tenant", "id", "result"],
-    )
+    _done(output, "token", {"tenant": tenant_name, "id": token_id}, "revoked")
 
 
 @directory.group()
