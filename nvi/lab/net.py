@@ -44,7 +44,7 @@ from nvi.lab.agents import (
 )
 from nvi.lab.ovs import BRIDGE, UPLINK, OvsInstance, host_flows
 from nvi.lab.process import Daemon, ensure_running, running_pid, stop, terminate
-from nvi.lab.spec import Lab, Server
+from nvi.lab.spec import Lab, Server, SingleHomed
 from openflow.service import METRICS_PORT, ControllerConfig, render_config
 
 UNDERLAY_BRIDGE = "br0"
@@ -337,21 +337,27 @@ class LabNet:
                 changes.append(f"router {name}: route to {subnet} via {gateway}")
         return changes
 
+    def _up_host(self, host: SingleHomed, label: str) -> list[str]:
+        """A single-homed member (the directory, the outside host): its namespace, its eth0
+        on the cloud with its address, and routes via the routers to the other clouds."""
+        ns = self.netns(host.name)
+        changes = []
+        if links.ensure_netns(ns, _QUIET):
+            changes.append(f"created namespace {ns}")
+        changes += self._attach(host.name, host.cloud, "eth0")
+        prefixlen = self.lab.cloud(host.cloud).network.prefixlen
+        if links.ensure_address(ns, "eth0", host.address, prefixlen):
+            changes.append(f"{label}: address {host.address}")
+        for subnet, gateway in self.routing.gateways({host.cloud}, host.name):
+            if links.ensure_route(ns, subnet, gateway):
+                changes.append(f"{label}: route to {subnet} via {gateway}")
+        return changes
+
     def _up_outside(self) -> list[str]:
         """The outside host: a namespace on its cloud, routes via the routers, its web server."""
         outside = self.lab.outside
         assert outside is not None
-        ns = self.netns(outside.name)
-        changes = []
-        if links.ensure_netns(ns, _QUIET):
-            changes.append(f"created namespace {ns}")
-        changes += self._attach(outside.name, outside.cloud, "eth0")
-        prefixlen = self.lab.cloud(outside.cloud).network.prefixlen
-        if links.ensure_address(ns, "eth0", outside.address, prefixlen):
-            changes.append(f"outside host: address {outside.address}")
-        for subnet, gateway in self.routing.gateways({outside.cloud}, outside.name):
-            if links.ensure_route(ns, subnet, gateway):
-                changes.append(f"outside host: route to {subnet} via {gateway}")
+        changes = self._up_host(outside, "outside host")
         pid, started = ensure_running(self.outside_daemon())
         changes += (
             [f"started the outside host's web server {outside.url} (pid {pid})"] if started else []
@@ -361,18 +367,8 @@ class LabNet:
     def _up_directory(self, ca: KeyPair) -> list[str]:
         directory = self.lab.directory
         assert directory is not None
-        ns = self.netns(directory.name)
         folder = self.rundir / directory.name
-        changes = []
-        if links.ensure_netns(ns, _QUIET):
-            changes.append(f"created namespace {ns}")
-        changes += self._attach(directory.name, directory.cloud, "eth0")
-        prefixlen = self.lab.cloud(directory.cloud).network.prefixlen
-        if links.ensure_address(ns, "eth0", directory.address, prefixlen):
-            changes.append(f"directory: address {directory.address}")
-        for subnet, gateway in self.routing.gateways({directory.cloud}, directory.name):
-            if links.ensure_route(ns, subnet, gateway):
-                changes.append(f"directory: route to {subnet} via {gateway}")
+        changes = self._up_host(directory, "directory")
         if not (folder / "directory.toml").exists():
             shutil.rmtree(folder, ignore_errors=True)
             init = subprocess.run(

@@ -86,19 +86,25 @@ class Server(_Strict):
         return parse_pool(self.locators)
 
 
-class Directory(_Strict):
-    """The federation directory: a service on one cloud's underlay, reached by IP like any
-    internet service. With it, every server also runs its controller."""
+class SingleHomed(_Strict):
+    """A member on one cloud at one address (the directory, the outside host)."""
 
-    name: MemberName = "directory"
+    name: MemberName
     cloud: MemberName
     address: str
-    port: int = Field(7480, ge=1, le=65535)
 
     @field_validator("address")
     @classmethod
     def _ip(cls, value: str) -> str:
         return _parse_ip(value)
+
+
+class Directory(SingleHomed):
+    """The federation directory: a service on one cloud's underlay, reached by IP like any
+    internet service. With it, every server also runs its controller."""
+
+    name: MemberName = "directory"
+    port: int = Field(7480, ge=1, le=65535)
 
     @property
     def url(self) -> str:
@@ -117,20 +123,13 @@ class Portal(_Strict):
         return f"http://127.0.0.1:{self.port}"
 
 
-class Outside(_Strict):
+class Outside(SingleHomed):
     """A host beyond a router that stands for the internet: on no server, at an address outside
     every cloud's servers and every tenant network, serving a page that tells each client the
     address it came from (what tenants' outbound access looks like from outside)."""
 
     name: MemberName = "outside"
-    cloud: MemberName
-    address: str
     port: int = Field(80, ge=1, le=65535)
-
-    @field_validator("address")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        return _parse_ip(value)
 
     @property
     def url(self) -> str:
