@@ -60,16 +60,16 @@ DIRECTORY_URL = f"https://127.0.0.1:{DIRECTORY_PORT}"
 NETWORK_CIDR = "10.1.0.0/24"
 
 
-def in_netns(ns: str | None, factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to its end on a thread of its own (so also from inside a test's event
-    loop), in namespace `ns` if given (its sockets stay there)."""
+def in_namespace(ns: str | None, work: Callable[[], T]) -> T:
+    """Run `work` on a thread of its own, in namespace `ns` if given: its sockets stay there
+    and the processes it starts are born there."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         try:
             if ns is not None:
                 pyroute_netns.setns(ns, flags=0)
-            outcome["value"] = asyncio.run(factory())
+            outcome["value"] = work()
         except BaseException as error:  # handed to the calling thread
             outcome["error"] = error
 
@@ -79,6 +79,12 @@ def in_netns(ns: str | None, factory: Callable[[], Awaitable[T]]) -> T:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def in_netns(ns: str | None, factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to its end (so also from inside a test's event loop), in namespace
+    `ns` if given."""
+    return in_namespace(ns, lambda: asyncio.run(factory()))
 
 
 @dataclass

@@ -10,12 +10,10 @@ The directory, the agent and the portal listen on the lab server's loopback, so 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +22,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from pyroute2 import netns as pyroute_netns
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -33,7 +30,14 @@ from nvi.core.tls import client_context, ensure_ca, ensure_certificate
 from nvi.lab.agents import write_config
 from nvi.lab.process import Daemon, ensure_running, running_pid, stop
 from nvi.portal.browser import chromium, sign_in, wait_for
-from tests.integration.hostagent_fixtures import DIRECTORY_URL, EMPTY, Site, snapshot
+from tests.integration.hostagent_fixtures import (
+    DIRECTORY_URL,
+    EMPTY,
+    Site,
+    in_namespace,
+    in_netns,
+    snapshot,
+)
 
 pytest_plugins = ["tests.integration.hostagent_fixtures"]
 pytestmark = pytest.mark.root
@@ -42,26 +46,6 @@ T = TypeVar("T")
 AGENT_URL = "https://127.0.0.1:7490"
 PORTAL = "https://127.0.0.1:7443"
 COOKIE = "nvi_portal"
-
-
-def in_namespace(ns: str, work: Callable[[], T]) -> T:
-    """Run `work` on a thread inside namespace `ns`; the processes it starts (chromedriver,
-    Chromium) are born there too."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            pyroute_netns.setns(ns, flags=0)
-            outcome["value"] = work()
-        except BaseException as error:  # handed to the calling thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 @dataclass
@@ -88,7 +72,7 @@ class Portal:
             ) as session:
                 return await work(session)
 
-        return in_namespace(self.site.ns, lambda: asyncio.run(go()))
+        return in_netns(self.site.ns, go)
 
 
 def restart_agent_announcing(site: Site) -> None:
@@ -235,7 +219,7 @@ def test_another_tenants_node_never_appears_and_its_urls_answer_404(
         async with site.remote(site.acme.token) as acme:
             await acme.create(name="secret", tenant="acme", network="web")
 
-    in_namespace(site.ns, lambda: asyncio.run(acme_creates()))
+    in_netns(site.ns, acme_creates)
 
     def rival_browses(driver: WebDriver) -> dict[str, Any]:
         seen: dict[str, Any] = {}
