@@ -128,11 +128,13 @@ def ensure(link: AccessLink, router_ns: str, lab: Lab) -> list[str]:
             ipr.addr("add", index=index, address=link.root_address, prefixlen=link.prefixlen)
             changes.append(f"access link: this machine's address {link.root_address}")
         wanted = dict(public_addresses(lab))
-        for address in set(_via(ipr, index, link)) - set(wanted.values()):
+        routes = ipr.get_routes(family=2, table=254)
+        ours = {route.get("dst") for route in _through(routes, index, link)}
+        for address in ours - set(wanted.values()):
             ipr.route("del", dst=f"{address}/32", gateway=link.router_address, oif=index)
             changes.append(f"access link: no route to {address} (no longer in the lab)")
         for member, address in wanted.items():
-            changes += _ensure_route(ipr, index, member, address, link)
+            changes += _ensure_route(ipr, routes, index, member, address, link)
     return changes
 
 
@@ -143,10 +145,12 @@ def public_addresses(lab: Lab) -> list[tuple[str, str]]:
 
 
 def _ensure_route(
-    ipr: IPRoute, index: int, member: str, address: str, link: AccessLink
+    ipr: IPRoute, routes: list, index: int, member: str, address: str, link: AccessLink
 ) -> list[str]:
+    """A host route to `address` through the link, unless the machine already has one or
+    reaches the address otherwise; `routes` is the main table as it was read once."""
     ip = ipaddress.ip_address(address)
-    for route in ipr.get_routes(family=2, table=254):
+    for route in routes:
         dst, length = route.get("dst"), route["dst_len"]
         if (dst, length) == (address, 32) and route.get("oif") == index:
             return []
@@ -158,10 +162,11 @@ def _ensure_route(
     return [f"access link: route to {member} ({address}) via {link.router_address}"]
 
 
-def _via(ipr: IPRoute, index: int, link: AccessLink) -> list[str]:
+def _through(routes: list, index: int, link: AccessLink) -> list:
+    """The routes (of the main table, as read) that go through the link."""
     return [
-        route.get("dst")
-        for route in ipr.get_routes(family=2, table=254)
+        route
+        for route in routes
         if route.get("oif") == index and route.get("gateway") == link.router_address
     ]
 
@@ -174,10 +179,9 @@ def routed(link: AccessLink | None) -> list[str]:
         found = ipr.link_lookup(ifname=link.root_end)
         if not found:
             return []
+        routes = ipr.get_routes(family=2, table=254)
         return sorted(
-            f"{route.get('dst')}/{route['dst_len']}"
-            for route in ipr.get_routes(family=2, table=254)
-            if route.get("oif") == found[0] and route.get("gateway") == link.router_address
+            f"{route.get('dst')}/{route['dst_len']}" for route in _through(routes, found[0], link)
         )
 
 

@@ -143,8 +143,11 @@ def test_users_reach_the_lab_catalogue_and_agents_from_this_machine(
 
         # A VM, with nothing but the profile: placed in cloud west, watched until it has
         # booted, listed with its live state, deleted with its record.
-        env = {**os.environ, "NVI_CONFIG": str(net.client_config)}
-        env["NVI_PROFILE"] = f"{net.lab.name}-red"
+        env = {
+            **os.environ,
+            "NVI_CONFIG": str(net.client_config),
+            "NVI_PROFILE": f"{net.lab.name}-red",
+        }
         create = ["node", "create", "vm1", "-n", "net", "--kind", "vm", "--memory", "192"]
         created = nvi(env, *create, "--cloud", "west", "-o", "json")
         assert [(n["name"], n["server"], n["ready"]) for n in created] == [("vm1", "s3", True)]
