@@ -767,7 +767,9 @@ class Directory:
         own = next((n for n in loaded if n.name == source.network), None)
         inside = any(n.contains(query.ip) for n in loaded)
         allowed = own is not None and own.outbound and not inside
-        return Outbound(allowed=allowed, revision=max(snapshot.revision, networks.revision))
+        return Outbound(
+            allowed=allowed, outside=not inside, revision=max(snapshot.revision, networks.revision)
+        )
 
     async def _allowed(self, source: Node, destination: Node) -> bool:
         if source.network == destination.network:

@@ -111,6 +111,9 @@ class NodeDeleteQuery(Body):
 class ServerEnroll(Body):
     name: Name
     pools: list[Pool] = Field(min_length=1, max_length=64)
+    floating: list[Pool] = Field(
+        default_factory=list, max_length=64, description="The server's floating address pools"
+    )
 
 
 class ServerEnrolled(Server):
@@ -232,6 +235,11 @@ class Outbound(BaseModel):
     allowed: bool = Field(
         description="The source's network has outbound access on and the address is outside "
         "every network of its tenant"
+    )
+    outside: bool = Field(
+        description="The address is outside every network of the source's tenant (a node with "
+        "a floating address, or answering on a published port, may reach it whatever its "
+        "network's outbound access)"
     )
     revision: int = Field(description="The directory revision this answer was read at")
 

@@ -27,6 +27,7 @@ import ipaddress
 import zlib
 from dataclasses import dataclass
 
+from nvi.core.model import PublishedPort
 from nvi.core.names import RESOLVER_PORT
 
 T_CLASSIFY, T_EGRESS, T_INGRESS, T_OUTBOUND_RETURN = 0, 1, 2, 3
@@ -336,6 +337,8 @@ class LocalNode:
     locator: str
     cidr: str
     gateway: str
+    floating: str = ""
+    published: tuple[PublishedPort, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -343,7 +343,7 @@ def _ask_outbound(
     """No node holds the address: the controller's second question, whether it may go out."""
     if not (isinstance(result, decide.Lookup) and result.outbound):
         return asked, result
-    answer = outbound or Outbound(allowed=False, revision=0)
+    answer = outbound or Outbound(allowed=False, outside=False, revision=0)
     return f"{asked}; may {me} reach {result.ip} outside (source NAT)", step(answer)
 
 

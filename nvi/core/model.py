@@ -99,6 +99,46 @@ MAC = Annotated[
 ]
 
 
+SERVER_NAT_PORTS = (61000, 65535)
+"""The server's own source ports for outbound NAT (above Linux's ephemeral range, 32768-60999):
+never a published port, so a reply to a NATed flow is never taken for a published one."""
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+_PUBLISHED = re.compile(r"^(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?$")
+
+
+class PublishedPort(BaseModel):
+    """A port of the server's own address forwarded to a port of one node (`docker run -p`):
+    written `HOST:NODE[/tcp|udp]`, TCP by default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_port: int = Field(
+        ge=1,
+        le=SERVER_NAT_PORTS[0] - 1,
+        description="On the server's underlay address; below the server's NAT ports",
+    )
+    node_port: int = Field(ge=1, le=65535)
+    protocol: Protocol = Protocol.TCP
+
+    @classmethod
+    def parse(cls, text: str) -> PublishedPort:
+        """`8080:80/tcp`, `5353:53/udp` or `8080:80`; ValueError says what is wrong."""
+        match = _PUBLISHED.match(text.strip())
+        if match is None:
+            raise ValueError(f"{text!r} is not HOST_PORT:NODE_PORT[/tcp|udp] (e.g. 8080:80/tcp)")
+        host, node, protocol = match.groups()
+        return cls(host_port=int(host), node_port=int(node), protocol=Protocol(protocol or "tcp"))
+
+    def __str__(self) -> str:
+        return f"{self.host_port}:{self.node_port}/{self.protocol}"
+
+
 def parse_pool(text: str) -> netaddr.IPRange:
     """A pool of underlay addresses written as `a.b.c.d/n` or `first-last`."""
     try:
@@ -189,6 +229,9 @@ class Node(Record):
     mac: MAC
     locator: IPAddress = Field(description="The underlay address, unique in the directory")
     server: Label = Field(description="Opaque label of the server hosting the node")
+    floating: IPAddress | None = Field(
+        None, description="The floating address attached to it, from its server's floating pools"
+    )
 
 
 class Link(Record):
@@ -211,6 +254,9 @@ class Server(Record):
 
     name: Name
     pools: list[Pool] = Field(min_length=1)
+    floating: list[Pool] = Field(
+        default_factory=list, description="Public addresses its nodes may be reached at (1:1)"
+    )
     created: datetime
 
     def holds(self, address: str) -> bool:

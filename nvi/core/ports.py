@@ -9,9 +9,12 @@ spells the keys and decodes them through this one module.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from nvi.core.model import PublishedPort
 
 NODE_ID = "nvi-node-id"
 TENANT = "nvi-tenant"
@@ -22,6 +25,11 @@ GATEWAY = "nvi-gateway"  # the network's gateway address (the directory's Networ
 LOCATOR = "nvi-locator"
 MAC = "attached-mac"  # the OVS convention for the MAC behind the port
 KEYS = (NODE_ID, TENANT, NETWORK, IP, CIDR, GATEWAY, LOCATOR, MAC)
+# Ways in, optional (absent when the node has none): its floating address, one of the server's
+# floating pool, mapped 1:1 to the node; and its published ports, `PublishedPort`s joined by
+# commas (`8080:80/tcp,5353:53/udp`), forwarded from the server's own address.
+FLOATING = "nvi-floating"
+PUBLISH = "nvi-publish"
 
 # The host agent's own keys: whose port it is (reconciliation removes exactly its own ports),
 # and the node's local id and name (for people reading the bridge, and for `nvi trace`).
@@ -43,9 +51,13 @@ class NodePort:
     gateway: str
     locator: str
     mac: str
+    floating: str = ""
+    published: tuple[PublishedPort, ...] = ()
 
     def external_ids(self) -> dict[str, str]:
-        return {
+        """Every key of the contract; the optional ones only when set (a writer replacing a
+        port's keys removes the optional ones it does not write)."""
+        ids = {
             NODE_ID: self.node_id,
             TENANT: self.tenant,
             NETWORK: self.network,
@@ -55,6 +67,11 @@ class NodePort:
             LOCATOR: self.locator,
             MAC: self.mac,
         }
+        if self.floating:
+            ids[FLOATING] = self.floating
+        if self.published:
+            ids[PUBLISH] = ",".join(map(str, self.published))
+        return ids
 
     @classmethod
     def from_external_ids(cls, ids: dict[str, str]) -> NodePort | None:
@@ -70,7 +87,27 @@ class NodePort:
             gateway=ids[GATEWAY],
             locator=ids[LOCATOR],
             mac=ids[MAC].lower(),
+            floating=_ipv4_or_empty(ids.get(FLOATING, "")),
+            published=_published(ids.get(PUBLISH, "")),
         )
+
+
+def _ipv4_or_empty(text: str) -> str:
+    """A malformed optional key is ignored (the node keeps its other flows, gains no way in)."""
+    try:
+        return str(ipaddress.IPv4Address(text)) if text else ""
+    except ValueError:
+        return ""
+
+
+def _published(text: str) -> tuple[PublishedPort, ...]:
+    ports = []
+    for item in filter(None, text.split(",")):
+        try:
+            ports.append(PublishedPort.parse(item))
+        except ValueError:
+            continue
+    return tuple(ports)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class Directory:
             ipaddress.ip_address(ip) in ipaddress.ip_network(cidr) for cidr in RED_NETWORKS
         )
         allowed = origin.network in self.outbound_networks and not inside
-        return Outbound(allowed=allowed, revision=1)
+        return Outbound(allowed=allowed, outside=True, revision=1)
 
     async def resolve(
         self,

@@ -103,7 +103,7 @@ def test_egress_to_a_node_of_this_server_installs_both_halves_without_a_next_hop
 @pytest.mark.parametrize(
     ("resolution", "outcome"),
     [
-        (Outbound(allowed=False, revision=1), Outcome.NOT_IN_TENANT),
+        (Outbound(allowed=False, outside=True, revision=1), Outcome.NOT_IN_TENANT),
         (answer(node("b", B.ip, B.locator, tenant="blue")), Outcome.NOT_IN_TENANT),
         (answer(B, allowed=False), Outcome.POLICY),
     ],
@@ -186,7 +186,7 @@ def test_an_unknown_address_asks_whether_it_may_go_out() -> None:
 
 
 def test_outbound_allowed_needs_the_next_hop_then_nats_to_the_server_address() -> None:
-    allowed = Outbound(allowed=True, revision=1)
+    allowed = Outbound(allowed=True, outside=True, revision=1)
     assert decide.egress(FACTS, A, OUTSIDE, allowed) == NextHop(OUTSIDE)
     result = decide.egress(FACTS, A, OUTSIDE, allowed, ROUTER_MAC)
     assert isinstance(result, Decision) and result.outcome == Outcome.OUTBOUND
@@ -209,7 +209,7 @@ def test_outbound_allowed_needs_the_next_hop_then_nats_to_the_server_address() -
 @pytest.mark.parametrize("destination", ["198.51.100.11", "198.51.100.2", "192.0.2.7"])
 def test_outbound_never_towards_infrastructure(destination: str) -> None:
     """Whatever the directory says, SNAT is for the outside world only."""
-    allowed = Outbound(allowed=True, revision=1)
+    allowed = Outbound(allowed=True, outside=True, revision=1)
     for known in (None, allowed):
         result = decide.egress(FACTS, A, destination, known, ROUTER_MAC)
         assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE
@@ -221,7 +221,7 @@ def test_outbound_never_into_the_underlay_where_other_servers_live() -> None:
     ranges, so a tenant's way out never reaches another server's address."""
     underlay = (ipaddress.IPv4Network("198.51.100.0/24"), ipaddress.IPv4Network("203.0.113.0/24"))
     facts = decide.Facts(dataclasses.replace(SERVER, underlay=underlay), (A, C), idle_timeout=9)
-    allowed = Outbound(allowed=True, revision=1)
+    allowed = Outbound(allowed=True, outside=True, revision=1)
     for other_server in ("198.51.100.12", "203.0.113.13"):
         result = decide.egress(facts, A, other_server, allowed, ROUTER_MAC)
         assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE

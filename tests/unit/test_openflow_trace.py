@@ -490,12 +490,22 @@ def test_egress_to_an_unknown_address_is_denied() -> None:
 def test_egress_to_an_outside_address_explains_outbound_access() -> None:
     """No node holds it: the trace asks the second question and words the answer."""
     allowed = t.egress_decision(
-        RED11, "192.0.2.80", None, [RED11], LABELS, outbound=Outbound(allowed=True, revision=1)
+        RED11,
+        "192.0.2.80",
+        None,
+        [RED11],
+        LABELS,
+        outbound=Outbound(allowed=True, outside=True, revision=1),
     )
     assert allowed.allowed and "source-NAT" in allowed.reason
     assert "reach 192.0.2.80 outside (source NAT)" in allowed.asked
     refused = t.egress_decision(
-        RED11, "192.0.2.80", None, [RED11], LABELS, outbound=Outbound(allowed=False, revision=1)
+        RED11,
+        "192.0.2.80",
+        None,
+        [RED11],
+        LABELS,
+        outbound=Outbound(allowed=False, outside=True, revision=1),
     )
     assert not refused.allowed and "no node has 192.0.2.80 in tenant red" in refused.reason
 
