@@ -2,13 +2,14 @@
 
 No cloud image can be fetched here (only Debian's and PyPI's registries are reachable), and a
 ~1.5 MB initramfs with no disk boots under TCG in seconds. The guest loads the virtio network
-modules from the kernel package, asks DHCP for its tenant address (the server answers for its
-own nodes), and keeps a shell on the serial console `ttyS0`.
+modules from the kernel package, asks DHCP for its tenant address, resolver and search domain (the
+server answers for its own nodes), and keeps a shell on the serial console `ttyS0`.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -43,7 +44,7 @@ done
 for module in $(cat /etc/modules); do insmod "/lib/modules/$module.ko"; done
 ip link set lo up
 ip link set eth0 up
-udhcpc -i eth0 -s /etc/udhcpc.sh -b -t 3 -T 1 -A 1
+udhcpc -i eth0 -s /etc/udhcpc.sh -O search -b -t 3 -T 1 -A 1
 exec /bin/init
 """
 # udhcpc calls this with the lease in the environment (busybox's documented variables).
@@ -60,6 +61,12 @@ case "$1" in
       ip route replace default via "$gateway" dev "$interface"
       break
     done
+    if [ -n "$dns" ]; then
+      {
+        echo "search ${search:-$domain}"
+        for server in $dns; do echo "nameserver $server"; done
+      } > /etc/resolv.conf
+    fi
     echo "nvi-guest: $interface $ip/$mask via $router"
     ;;
 esac
@@ -69,6 +76,13 @@ INITTAB = "ttyS0::respawn:-/bin/sh\n"
 # What the udhcpc script prints on the console once the guest has its address: booted.
 READY_MARK = "nvi-guest: "
 _TERMINAL_NOISE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[^\x20-\x7e]")
+
+
+def recipe() -> str:
+    """What the initramfs is built from besides the kernel package: a cached guest built from
+    another recipe (an older script) is rebuilt."""
+    parts = (INIT, UDHCPC_SCRIPT, INITTAB, *WANTED_MODULES, *MODULE_DIRS, str(BUSYBOX))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,8 @@ def cached_guest(cache: Path | None = None) -> Guest | None:
     try:
         manifest = json.loads((cache / "guest.json").read_text())
     except (OSError, ValueError):
+        return None
+    if manifest.get("recipe") != recipe():
         return None
     guest = Guest(cache / manifest["kernel"], cache / manifest["initrd"], manifest["version"])
     return guest if guest.kernel.is_file() and guest.initrd.is_file() else None
@@ -119,7 +135,7 @@ def ensure_guest(
         for name in (kernel, initrd):
             (work / name).chmod(0o644)
             os.replace(work / name, cache / name)
-    manifest = {"kernel": kernel, "initrd": initrd, "version": version}
+    manifest = {"kernel": kernel, "initrd": initrd, "version": version, "recipe": recipe()}
     (cache / "guest.json.tmp").write_text(json.dumps(manifest))
     os.replace(cache / "guest.json.tmp", cache / "guest.json")
     return Guest(cache / kernel, cache / initrd, version)

@@ -216,6 +216,15 @@ def test_console_is_interactive(lab: Lab, vm: Vm) -> None:
     assert lab.driver.console_argv(vm.key)[-1] == lab.driver.domain_name(vm.key)
 
 
+def test_the_guest_takes_its_resolver_from_dhcp_and_finds_a_peer_by_name(lab: Lab, vm: Vm) -> None:
+    """The lease's resolver (the gateway: the node's own server) and search domain are the
+    guest's /etc/resolv.conf, and a tenant peer's name resolves through them."""
+    lab.wait_console(vm, SHELL_BANNER)
+    lab.console_type(vm, "cat /etc/resolv.conf", expect=f"search {TENANT}.nvi.internal")
+    lab.console_type(vm, "grep nameserver /etc/resolv.conf", expect=f"nameserver {lab.gateway}")
+    lab.console_type(vm, "nslookup red13 | tail -n 2", expect="Address: 10.0.0.13")
+
+
 TCP = """
 import socket, sys
 port, sent = int(sys.argv[2]), int(sys.argv[3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from pathlib import Path
 from xml.etree import ElementTree
@@ -15,9 +16,11 @@ from hostagent.guest import (
     Guest,
     GuestError,
     boot_progress,
+    cached_guest,
     initramfs,
     load_order,
     module_depends,
+    recipe,
 )
 from hostagent.vmxml import NAMESPACE, VmSpec, domain_xml, metadata_fields
 
@@ -167,3 +170,17 @@ def test_the_dhcp_scripts_line_means_booted() -> None:
     assert READY_MARK in UDHCPC_SCRIPT
     console = CONSOLE + "nvi-guest: eth0 10.0.0.21/255.255.255.0 via 10.0.0.1\r\n\r\n~ # \x1b[6n"
     assert boot_progress(console) == (True, "~ #")
+
+
+def test_a_guest_cached_from_another_recipe_is_built_again(tmp_path: Path) -> None:
+    """Changing the guest's scripts (e.g. how it applies a DHCP lease) must reach new VMs: the
+    manifest records the recipe, and a cache built from another one is not used."""
+    for name in ("vmlinuz-1", "initrd-1.img"):
+        (tmp_path / name).write_bytes(b"x")
+    manifest = {"kernel": "vmlinuz-1", "initrd": "initrd-1.img", "version": "1"}
+    (tmp_path / "guest.json").write_text(json.dumps({**manifest, "recipe": recipe()}))
+    assert cached_guest(tmp_path) is not None
+    (tmp_path / "guest.json").write_text(json.dumps(manifest))  # built before recipes
+    assert cached_guest(tmp_path) is None
+    (tmp_path / "guest.json").write_text(json.dumps({**manifest, "recipe": "another"}))
+    assert cached_guest(tmp_path) is None
