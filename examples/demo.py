@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +127,36 @@ class Demo:
             text=True,
             timeout=timeout,
         )
+
+    def as_tenant(self, tenant: str) -> Callable[..., str]:
+        """`nvi ...` as the tenant types it on this machine, with only its profile (the
+        directory's URL, the lab's CA, its token); the output, or StepFailed."""
+        self.net.write_client_config()  # now with the tenants' profiles
+        config, profile = str(self.net.client_config), f"{self.net.lab.name}-{tenant}"
+        env = {**os.environ, "NVI_CONFIG": config, "NVI_PROFILE": profile}
+        console.print(f"[dim]$ export NVI_CONFIG={config} NVI_PROFILE={profile}[/]")
+
+        def nvi(*args: str) -> str:
+            console.print(f"[dim]$ nvi {' '.join(args)}[/]")
+            argv = [str(REPO / ".venv/bin/nvi"), *args]
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise StepFailed(f"`nvi {' '.join(args)}`: {done.stderr.strip()}")
+            return done.stdout
+
+        return nvi
+
+    def from_outside(self, url: str, timeout: float = 3) -> str | None:
+        """The page at `url` as the lab's outside host fetches it, or None if none came."""
+        assert self.net.lab.outside is not None
+        code = (
+            "import sys, urllib.request\n"
+            f"print(urllib.request.urlopen({url!r}, timeout={timeout}).read().decode(), end='')"
+        )
+        outside = self.net.netns(self.net.lab.outside.name)
+        argv = ["ip", "netns", "exec", outside, sys.executable, "-c", code]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 20)
+        return done.stdout.strip() if done.returncode == 0 else None
 
     def reaches(self, key: str, ip: str, within: int = 5) -> bool:
         """Whether a reply comes back within `within` seconds (one ping a second until one
@@ -347,18 +377,7 @@ def self_service(demo: Demo, result: list[str]) -> None:
     """A tenant with only its profile (the directory's URL, the lab's CA, its token), from
     this machine: the catalogue, automatic placement, its nodes on every server, the portal."""
     net = demo.net
-    net.write_client_config()  # now with the tenants' profiles
-    env = {**os.environ, "NVI_CONFIG": str(net.client_config), "NVI_PROFILE": f"{net.lab.name}-red"}
-    console.print(f"[dim]$ export NVI_CONFIG={net.client_config} NVI_PROFILE={net.lab.name}-red[/]")
-
-    def nvi(*args: str) -> str:
-        console.print(f"[dim]$ nvi {' '.join(args)}[/]")
-        argv = [str(REPO / ".venv/bin/nvi"), *args]
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise StepFailed(f"`nvi {' '.join(args)}`: {done.stderr.strip()}")
-        return done.stdout
-
+    nvi = demo.as_tenant("red")
     catalogue = json.loads(nvi("server", "list", "-o", "json"))
     console.print(nvi("server", "list"), markup=False)
     dead = [entry["server"] for entry in catalogue if not entry["alive"]]
@@ -388,6 +407,63 @@ def self_service(demo: Demo, result: list[str]) -> None:
     result.append(
         f"red placed a node by itself, listed {len(listed)} nodes on {len(servers)} servers; "
         f"portal {portal.url}, screenshot {picture}"
+    )
+
+
+def ways_in_and_out(demo: Demo, result: list[str]) -> None:
+    """Seen from the outside host: red's outbound access (its server's address), a port
+    red publishes on its server, and a floating address attached to and detached from a red
+    node; blue, with the same addresses, is reached through none of them."""
+    lab = demo.net.lab
+    if lab.outside is None:
+        raise StepFailed("the lab file has no [outside] host")
+    first, last = lab.servers[0], lab.servers[-1]
+    nvi = demo.as_tenant("red")
+    nvi("directory", "network", "update", "red", NETWORK, "--outbound", "on")
+    page = lab.outside.url
+    seen = {}
+    for tenant in TENANTS:
+        key = f"{tenant}/{tenant}-{first.name}"
+        got = demo.in_container(key, "wget", "-q", "-T", "3", "-O", "-", page)
+        seen[tenant] = got.stdout.strip() if got.returncode == 0 else None
+        console.print(f"{key} GET {page} -> [bold]{seen[tenant] or 'no answer'}[/]")
+    if seen["red"] != f"you are {first.address}" or seen["blue"] is not None:
+        raise StepFailed(f"outbound: red saw {seen['red']!r}, blue saw {seen['blue']!r}")
+
+    published = f"http://{last.address}:8080/"
+    nvi("node", "publish", f"red/red-{last.name}", "8080:80/tcp")
+    body = demo.from_outside(published)
+    console.print(f"outside GET {published} -> [bold]{body or 'no answer'}[/]")
+    if f"hello from red-{last.name} (tenant red" not in (body or ""):
+        raise StepFailed(f"the published port answered {body!r}, not red-{last.name}'s page")
+
+    target = f"red/red-{first.name}"
+    page_here = f"hello from red-{first.name} through its floating address"
+    script = (
+        f"mkdir -p /www && echo '{page_here}' > /www/index.html && "
+        "(pgrep httpd >/dev/null || httpd -p 80 -h /www)"
+    )
+    if demo.in_container(target, "sh", "-c", script).returncode != 0:
+        raise StepFailed(f"could not start the web server in {target}")
+    shown = json.loads(nvi("node", "show", target, "-o", "json"))[0]
+    if not shown.get("floating"):
+        shown = json.loads(nvi("node", "floating", "attach", target, "-o", "json"))[0]
+    floating = shown["floating"]
+    body = demo.from_outside(f"http://{floating}/")
+    console.print(f"outside GET http://{floating}/ -> [bold]{body or 'no answer'}[/]")
+    out = demo.in_container(target, "wget", "-q", "-T", "3", "-O", "-", page).stdout.strip()
+    console.print(f"{target} GET {page} -> [bold]{out}[/] (its floating address, not s1's)")
+    if body != page_here or out != f"you are {floating}":
+        raise StepFailed(f"floating {floating}: the outside got {body!r}, the node saw {out!r}")
+    nvi("node", "floating", "detach", target)
+    gone = demo.from_outside(f"http://{floating}/", timeout=1)
+    console.print(f"detached; outside GET http://{floating}/ -> [bold]{gone or 'no answer'}[/]")
+    if gone is not None:
+        raise StepFailed(f"{floating} still answered after the detach")
+    result.append(
+        f"red went out as {first.address}, blue not at all; the outside reached "
+        f"red-{last.name} at {last.address}:8080 and red-{first.name} at {floating} (and "
+        "nothing after the detach)"
     )
 
 
@@ -501,6 +577,10 @@ def main() -> int:
                 isolation(demo, result)
             with demo.step("what crossed the underlay") as result:
                 underlay_summary(demo, result, capture)
+            with demo.step(
+                "ways in and out: outbound, a published port, a floating address"
+            ) as result:
+                ways_in_and_out(demo, result)
             with demo.step("a fourth server joins the running lab") as result:
                 final_file = fourth_server(demo, result)
             with demo.step("tenants serve themselves: CLI from anywhere, the portal") as result:

@@ -123,6 +123,7 @@ def agent_config(
         name=server.name,
         underlay=server.address,
         locators=server.locators,
+        floating=server.floating,
         bridge=BRIDGE,
         state_dir=ovs.rundir / "agent",
         socket=ovs.rundir / "agent.sock",

@@ -439,7 +439,9 @@ class LabNet:
                 await client.revoke_server(server.name)
             except NotFound:
                 pass
-            return (await client.enroll_server(server.name, [server.locators])).token
+            floating = [server.floating] if server.floating else []
+            enrolled = await client.enroll_server(server.name, [server.locators], floating=floating)
+            return enrolled.token
 
         write_secret(path, self.call_directory(enroll))
         return [f"server {server.name}: enrolled with the directory (pool {server.locators})"]

@@ -67,23 +67,30 @@ class Server(_Strict):
     cloud: MemberName
     address: str
     locators: str = Field(description="pool of underlay addresses for nodes: CIDR or first-last")
+    floating: str | None = Field(
+        None, description="pool of floating addresses tenants attach to its nodes (1:1 NAT)"
+    )
 
     @field_validator("address")
     @classmethod
     def _ip(cls, value: str) -> str:
         return _parse_ip(value)
 
-    @field_validator("locators")
+    @field_validator("locators", "floating")
     @classmethod
-    def _pool(cls, value: str) -> str:
-        pool = parse_pool(value)
-        if pool.version != 4:
+    def _pool(cls, value: str | None) -> str | None:
+        if value is not None and parse_pool(value).version != 4:
             raise ValueError(f"{value} is not an IPv4 pool")
         return value
 
     @property
     def locator_pool(self) -> netaddr.IPRange:
         return parse_pool(self.locators)
+
+    def pools(self) -> list[tuple[str, netaddr.IPRange]]:
+        """Its underlay pools, each named by what it is for and as written."""
+        named = [("locator pool", self.locators), ("floating pool", self.floating)]
+        return [(f"{kind} {text}", parse_pool(text)) for kind, text in named if text is not None]
 
 
 class SingleHomed(_Strict):
@@ -319,28 +326,25 @@ def _problems(lab: Lab) -> Iterator[str]:
                         f"{tenant.name}/{network.name} ({network.cidr})"
                     )
 
-    pools: list[tuple[Server, netaddr.IPRange]] = []
+    pools: list[tuple[str, netaddr.IPRange]] = []
     for server in lab.servers:
         cloud = clouds.get(server.cloud)
         if cloud is None:
             continue
-        pool = server.locator_pool
         network = cloud.network
-        if not (network.first < pool.first and pool.last < network.last):
-            yield (
-                f"server {server.name}: locator pool {server.locators} is not inside the host "
-                f"addresses of cloud {cloud.name} ({cloud.subnet})"
-            )
-        for address, owner in owners.items():
-            if netaddr.IPAddress(address) in pool:
+        for shown, pool in server.pools():
+            if not (network.first < pool.first and pool.last < network.last):
                 yield (
-                    f"server {server.name}: locator pool {server.locators} contains {owner}'s "
-                    f"address {address}"
+                    f"server {server.name}: {shown} is not inside the host addresses of cloud "
+                    f"{cloud.name} ({cloud.subnet})"
                 )
-        for other, other_pool in pools:
-            if pool.first <= other_pool.last and other_pool.first <= pool.last:
-                yield f"servers {other.name} and {server.name} have overlapping locator pools"
-        pools.append((server, pool))
+            for address, owner in owners.items():
+                if netaddr.IPAddress(address) in pool:
+                    yield f"server {server.name}: {shown} contains {owner}'s address {address}"
+            for other, other_pool in pools:
+                if pool.first <= other_pool.last and other_pool.first <= pool.last:
+                    yield f"server {server.name}: {shown} overlaps {other}"
+            pools.append((f"server {server.name}'s {shown}", pool))
 
 
 def _tenant_problems(lab: Lab) -> Iterator[str]:

@@ -27,6 +27,7 @@ STEPS = [
     "HTTP across clouds, served from a container",
     "the other tenant's nodes are unreachable",
     "what crossed the underlay",
+    "ways in and out: outbound, a published port, a floating address",
     "a fourth server joins the running lab",
     "tenants serve themselves: CLI from anywhere, the portal",
 ]
@@ -60,6 +61,9 @@ def test_the_demo_completes_every_step_and_tears_down(tmp_path: Path) -> None:
     assert "hello from blue-s3 (tenant blue" in demo.stdout
     assert "GET http://red-s3/ -> hello from red-s3 (tenant red" in demo.stdout  # by name
     assert "largest 1500 bytes" in report
+    assert "red-s1 GET http://192.0.2.80/ -> you are 198.18.3.11" in demo.stdout  # outbound
+    assert "outside GET http://198.18.4.13:8080/ -> hello from red-s3 (tenant red" in demo.stdout
+    assert "through its floating address" in demo.stdout
     screenshot = tmp_path / "run" / "labs" / f"{name}-portal-red.png"
     assert f"the tenants' portal: http://127.0.0.1:{PORTAL_PORT}" in demo.stdout
     assert screenshot.read_bytes().startswith(b"\x89PNG")  # taken by Chromium, kept

@@ -1,5 +1,5 @@
-"""Outbound access (SNAT) on the lab: the example lab plus cloud "internet" beyond router r1,
-where the outside host serves a page naming the address each client came from.
+"""Outbound access (SNAT) on the lab: the example lab, whose cloud "internet" beyond router r1
+holds the outside host, serving a page naming the address each client came from.
 
 Tenants red and blue use the same 10.0.0.0/24 on the same servers; red's network has outbound
 access, blue's has not (until a test turns it on).
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from nvi.lab.spec import Cloud, Outside, Router
 from tests.integration.test_dataplane import (
     Lab,
     capture,
@@ -31,17 +30,8 @@ PAGE = f"http://{OUTSIDE}/"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    from nvi.lab.spec import load_lab
-    from tests.conftest import EXAMPLE_LAB
-
-    spec = load_lab(EXAMPLE_LAB)
-    (r1,) = spec.routers
-    update = {
-        "clouds": [*spec.clouds, Cloud(name="internet", subnet="192.0.2.0/24")],
-        "routers": [Router(name=r1.name, addresses={**r1.addresses, "internet": "192.0.2.1"})],
-        "outside": Outside(cloud="internet", address=OUTSIDE),
-    }
-    with running_lab(tmp_path_factory, **update) as net:
+    with running_lab(tmp_path_factory) as net:
+        assert net.lab.outside is not None and net.lab.outside.address == OUTSIDE
         lab = Lab(net)
 
         async def tenants(client) -> None:  # noqa: ANN001

@@ -36,13 +36,17 @@ def error_of(data: dict) -> str:
 
 def test_example_lab_loads() -> None:
     lab = load_lab(EXAMPLE_LAB)
-    assert [c.name for c in lab.clouds] == ["east", "west"]
+    assert [c.name for c in lab.clouds] == ["east", "west", "internet"]
     assert [(s.name, s.cloud) for s in lab.servers] == [
         ("s1", "east"),
         ("s2", "east"),
         ("s3", "west"),
     ]
-    assert lab.routers[0].addresses == {"east": "198.51.100.1", "west": "203.0.113.1"}
+    assert lab.routers[0].addresses == {
+        "east": "198.51.100.1",
+        "west": "203.0.113.1",
+        "internet": "192.0.2.1",
+    }
     assert lab.server("s3").locator_pool.size == 32
 
 
@@ -88,7 +92,19 @@ def test_pool_as_range() -> None:
         ),
         (
             variant(servers=[(1, "locators", "198.51.100.64/26")]),
-            "servers s1 and s2 have overlapping locator pools",
+            "server s2: locator pool 198.51.100.64/26 overlaps server s1's locator pool",
+        ),
+        (
+            variant(servers=[(1, "floating", "198.51.100.70-198.51.100.71")]),
+            "server s2: floating pool 198.51.100.70-198.51.100.71 overlaps server s1's locator",
+        ),
+        (
+            variant(servers=[(0, "floating", "198.51.100.96/30")]),
+            "server s2: locator pool 198.51.100.96/27 overlaps server s1's floating pool",
+        ),
+        (
+            variant(servers=[(0, "floating", "203.0.113.200-203.0.113.201")]),
+            "server s1: floating pool 203.0.113.200-203.0.113.201 is not inside the host",
         ),
         (
             variant(servers=[(0, "locators", "nonsense")]),
@@ -136,9 +152,15 @@ def test_cli_missing_file_is_one_line(tmp_path) -> None:
 
 def test_gateways_two_clouds() -> None:
     lab = load_lab(EXAMPLE_LAB)
-    assert lab.gateways({"east"}, "s1") == [("203.0.113.0/24", "198.51.100.1")]
-    assert lab.gateways({"west"}, "s3") == [("198.51.100.0/24", "203.0.113.1")]
-    assert lab.gateways({"east", "west"}, "r1") == []
+    assert lab.gateways({"east"}, "s1") == [
+        ("203.0.113.0/24", "198.51.100.1"),
+        ("192.0.2.0/24", "198.51.100.1"),
+    ]
+    assert lab.gateways({"west"}, "s3") == [
+        ("198.51.100.0/24", "203.0.113.1"),
+        ("192.0.2.0/24", "203.0.113.1"),
+    ]
+    assert lab.gateways({"east", "west", "internet"}, "r1") == []
 
 
 def test_gateways_chain_of_three_clouds() -> None:
@@ -237,10 +259,8 @@ def test_controller_settings_default_and_override() -> None:
 
 
 def with_outside(address: str = "192.0.2.80", cloud: str = "internet", **extra: object) -> dict:
-    """The populated lab with cloud "internet" beyond r1 and the outside host on it."""
+    """The populated lab (cloud "internet" is beyond r1) with this outside host on it."""
     data = copy.deepcopy(POPULATED)
-    data["clouds"] = [*data["clouds"], {"name": "internet", "subnet": "192.0.2.0/24"}]
-    data["routers"][0]["addresses"]["internet"] = "192.0.2.1"
     data["outside"] = {"cloud": cloud, "address": address, **extra}
     return data
 
