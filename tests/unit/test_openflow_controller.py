@@ -186,8 +186,9 @@ def test_connect_installs_the_base_flows_and_a_reconnect_changes_nothing(server:
     server.connect()
     base = dict(server.switch.flows)
     # server flows (one drop per infrastructure address, its own included; the outbound return
-    # path through conntrack and its miss), then 8 per port
-    assert len(base) == 4 + 3 + 2 + 2 * 8
+    # path through conntrack and its miss; the reply-only table's two), then 9 per port (the
+    # restore flow included)
+    assert len(base) == 4 + 3 + 2 + 2 + 2 * 9
     server.first_packet(A, B.ip)
     held = dict(server.switch.flows)
     server.controller = server.new_controller()  # a restarted controller process
