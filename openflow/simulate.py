@@ -21,8 +21,8 @@ from openflow.flows import (
     CT_NEW,
     CT_REPLY,
     CT_TRK,
-    TCP,
     IN_PORT,
+    TCP,
     Add,
     Conntrack,
     Delete,
@@ -151,12 +151,10 @@ def matches(entry: Flow, packet: Packet) -> bool:
 def _field_matches(value: int | str | None, want: MatchValue) -> bool:
     if value is None:
         return False
-    if isinstance(want, tuple) and isinstance(want[0], int):
-        bits, mask = want
-        return isinstance(value, int) and value & int(mask) == bits
-    if isinstance(want, tuple):
-        address, mask = want
-        network = ipaddress.ip_network(f"{address}/{mask}")
+    if isinstance(want, tuple) and isinstance(want[0], int):  # bits under a mask (ct_state)
+        return isinstance(value, int) and value & int(want[1]) == want[0]
+    if isinstance(want, tuple):  # an address under a netmask
+        network = ipaddress.ip_network(f"{want[0]}/{want[1]}")
         return ipaddress.ip_address(value) in network
     if isinstance(want, str) and isinstance(value, str):
         return want.lower() == value.lower()
