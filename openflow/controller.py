@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 from os_ken.lib.packet import arp, ipv4, packet, udp
@@ -36,12 +36,20 @@ log = logging.getLogger(__name__)
 OUTCOME_COUNTERS = {
     Outcome.ALLOWED: "conversations",
     Outcome.OUTBOUND: "outbound",
+    Outcome.FLOATING: "outbound_floating",
+    Outcome.REPLY_ONLY: "outbound_replies_only",
     Outcome.NOT_IN_TENANT: "denied",
     Outcome.POLICY: "denied",
     Outcome.INFRASTRUCTURE: "refused_infrastructure",
     Outcome.DIRECTORY_UNAVAILABLE: "directory_unavailable",
     Outcome.UNKNOWN_LOCATOR: "dropped_unknown_locator",
 }
+
+
+def _same_but_ways_in(old: f.LocalNode, new: f.LocalNode) -> bool:
+    """Whether two states of a port's node differ at most in its floating address and
+    published ports."""
+    return replace(old, floating=new.floating, published=new.published) == new
 
 
 class Channel(Protocol):
@@ -195,22 +203,50 @@ class Controller:
             self.pairs[pair.key] = pair
 
     async def ports_changed(self) -> None:
-        """A port came or went: install or remove that node's flows (and its conversations)."""
+        """A port came or went: install or remove that node's flows (and its conversations).
+        A node whose ways in (floating address, published ports) alone changed keeps its
+        conversations: see `_ways_in_changed`."""
         if not self.channel or not self.server:
             return
         try:
             nodes = await self._local_nodes(await self.channel.ports())
             mods: list[f.FlowMod] = []
             for number, node in self.nodes.items():
-                if nodes.get(number) != node:
+                new = nodes.get(number)
+                if new is not None and new != node and _same_but_ways_in(node, new):
+                    mods += self._ways_in_changed(node, new)
+                elif new != node:
                     mods += self._forget_node(node)
             for number, node in nodes.items():
-                if self.nodes.get(number) != node:
+                old = self.nodes.get(number)
+                if old != node and not (old is not None and _same_but_ways_in(old, node)):
                     mods += map(f.Add, f.port_flows(self.server, node))
             self.nodes = nodes
             await self._push(mods)
         except Exception:
             self._failed("ports")
+
+    def _ways_in_changed(self, old: f.LocalNode, new: f.LocalNode) -> list[f.FlowMod]:
+        """The node's port flows, old against new: the old-only ones go (a detached floating
+        address or unpublished port stops at once), the new-only ones come; its conversations
+        stay. Its outside flows and refusals go too: which way out it gets depends on its ways
+        in, so its next packet to an outside address is decided again."""
+        assert self.server
+        before, after = f.port_flows(self.server, old), f.port_flows(self.server, new)
+        kept = {entry.key for entry in after}
+        held = {entry.identity for entry in before}
+        self.pairs = {
+            key: Pair(new, pair.remote_ip, pair.remote_locator) if pair.local == old else pair
+            for key, pair in self.pairs.items()
+        }
+        return [
+            *(f.Delete(entry) for entry in before if entry.key not in kept),
+            *(
+                f.DeleteCookie(f.cookie(kind, old.locator), f.CLASS_MASK | f.LOCAL_MASK)
+                for kind in (f.DENY, f.OUTBOUND)
+            ),
+            *(f.Add(entry) for entry in after if entry.identity not in held),
+        ]
 
     def _forget_node(self, node: f.LocalNode) -> list[f.FlowMod]:
         self.pairs = {k: p for k, p in self.pairs.items() if node.locator not in k}

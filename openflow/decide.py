@@ -25,6 +25,8 @@ class Outcome(StrEnum):
     POLICY = "denied: policy"
     INFRASTRUCTURE = "refused: infrastructure"
     OUTBOUND = "allowed: outbound (source NAT)"
+    FLOATING = "allowed: outbound (floating address)"
+    REPLY_ONLY = "allowed: replies only (published ports)"
     DIRECTORY_UNAVAILABLE = "backoff: directory unavailable"
     UNKNOWN_LOCATOR = "dropped: unknown locator"
 
@@ -149,9 +151,12 @@ def _outbound(
     answer: Outbound | None,
     next_hop_mac: str | None,
 ) -> Result:
-    """No node of the tenant holds `destination_ip`: out through source NAT if the directory
-    says the node's network may reach it, never towards infrastructure or anywhere in the
-    underlay (other servers), else denied."""
+    """No node of the tenant holds `destination_ip`, never infrastructure nor anywhere in the
+    underlay (other servers): the first way out that applies, in this order —
+    the node's floating address (1:1 NAT, whatever its network's outbound access), the
+    server's source NAT (its network has outbound access on), replies only (it publishes
+    ports: answers to connections that came in, never a connection of its own) — else denied.
+    An address inside one of the tenant's networks is never outside, whatever the node has."""
     deny = f.deny_egress(local, destination_ip)
     if f.is_infrastructure(facts.server, destination_ip) or f.in_underlay(
         facts.server, destination_ip
@@ -159,12 +164,19 @@ def _outbound(
         return Decision(Outcome.INFRASTRUCTURE, (deny,), detail=destination_ip)
     if answer is None:
         return Lookup(local.node_id, ip=destination_ip, outbound=True)
-    if not answer.allowed:
+    ways = (
+        (local.floating and answer.outside, Outcome.FLOATING, f.floating_flows),
+        (answer.allowed, Outcome.OUTBOUND, f.outbound_flows),
+        (local.published and answer.outside, Outcome.REPLY_ONLY, f.reply_only_flows),
+    )
+    way = next(((outcome, build) for applies, outcome, build in ways if applies), None)
+    if way is None:
         return Decision(Outcome.NOT_IN_TENANT, (deny,))
     if next_hop_mac is None:
         return NextHop(destination_ip)
-    flows = f.outbound_flows(facts.server, local, destination_ip, next_hop_mac, facts.idle_timeout)
-    return Decision(Outcome.OUTBOUND, tuple(flows))
+    outcome, build = way
+    flows = build(facts.server, local, destination_ip, next_hop_mac, facts.idle_timeout)
+    return Decision(outcome, tuple(flows))
 
 
 def ingress(

@@ -13,8 +13,11 @@ Tables (OpenFlow 1.3, one bridge per server):
   2  ingress, keyed by (source locator, destination locator): restore tenant headers and
      deliver; a miss asks the controller.
   3  outbound return, keyed by (outside address, local locator) after conntrack undid the
-     server's source NAT: restore the node's headers and deliver; a miss is the server's own
-     traffic and goes to LOCAL.
+     server's source NAT (or applied a floating address's or published port's destination
+     NAT): restore the node's headers and deliver; a node's locator alone (any outside
+     address) restores it too, below; a miss is the server's own traffic and goes to LOCAL.
+  4  replies only: a node that publishes ports but may not go out sends its replies here
+     after conntrack; only a reply of a connection conntrack knows leaves by the uplink.
 
 `PIPELINE` declares each table's matchable and writable fields and its next tables; `flow`, the
 only builder, refuses a flow outside its table's declaration.
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from nvi.core.model import PublishedPort
 from nvi.core.names import RESOLVER_PORT
 
-T_CLASSIFY, T_EGRESS, T_INGRESS, T_OUTBOUND_RETURN = 0, 1, 2, 3
+T_CLASSIFY, T_EGRESS, T_INGRESS, T_OUTBOUND_RETURN, T_REPLY_ONLY = 0, 1, 2, 3, 4
 
 # Cookie layout: [class: 8 bits][local locator hash: 24 bits][remote locator hash: 32 bits].
 COOKIE_CLASS_SHIFT = 56
@@ -46,6 +49,7 @@ PAIR_IDLE_TIMEOUT = 120
 DENY_HARD_TIMEOUT = 5
 BACKOFF_HARD_TIMEOUT = 1  # a first packet met an unreachable directory: ask again soon
 
+PRIO_PUBLISHED = 1003  # a published port of the server's address: above the NAT replies
 PRIO_OUTBOUND_RETURN = 1002  # above the lab's host flows (1000): replies to NATed flows
 PRIO_HOST_ARP_REPLY = 1001  # above the lab's host flows (1000)
 PRIO_DHCP = 320
@@ -56,6 +60,7 @@ PRIO_ALLOW = 200
 PRIO_ANTI_SPOOF = 100
 PRIO_CONVERSATION = 400
 PRIO_INFRASTRUCTURE = 10  # above the egress miss: never a first packet; below conversations
+PRIO_RESTORE = 10  # a node's locator after NAT: below its per-destination return flows
 PRIO_MISS = 0
 
 # Outbound NAT: one conntrack zone for the server's source NAT (the original source is the
@@ -66,7 +71,11 @@ SNAT_ZONE = 0x4E56
 SNAT_PORTS = (61000, 65535)
 
 ETH_IP, ETH_ARP = 0x0800, 0x0806
-UDP = 17
+TCP, UDP = 6, 17
+# Conntrack states (Nicira ct_state bits): a packet of a connection conntrack already knows,
+# going the reply way.
+CT_NEW, CT_EST, CT_RPL, CT_TRK = 0x01, 0x02, 0x08, 0x20
+CT_REPLY = CT_TRK | CT_EST | CT_RPL
 ARP_REQUEST, ARP_REPLY = 1, 2
 
 LOCAL = "LOCAL"
@@ -74,7 +83,7 @@ IN_PORT = "IN_PORT"
 CONTROLLER = "CONTROLLER"
 TABLE = "TABLE"
 Port = int | str
-MatchValue = int | str | tuple[str, str]
+MatchValue = int | str | tuple[str, str] | tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,11 @@ class Goto:
 @dataclass(frozen=True)
 class Conntrack:
     """OVS's `ct` action in `zone`: `commit` with `nat_src` (an address, `ports` its source port
-    range) starts a source-NATed connection and the packet goes on rewritten; `nat` alone
-    undoes the NAT of a reply, and `table` continues the (recirculated) packet there."""
+    range) starts a source-NATed connection and the packet goes on rewritten, with `nat_dst`
+    (`ports` then its destination port) a destination-NATed one; a packet of a connection
+    conntrack already knows gets that connection's translation instead, whatever the
+    arguments. `nat` alone undoes the NAT of a reply, and `table` continues the
+    (recirculated) packet there."""
 
     zone: int
     commit: bool = False
@@ -113,6 +125,7 @@ class Conntrack:
     nat_src: str | None = None
     ports: tuple[int, int] | None = None
     table: int | None = None
+    nat_dst: str | None = None
 
 
 Action = Output | SetField | Move | Goto | Conntrack
@@ -178,6 +191,8 @@ _PREREQUISITES: dict[str, tuple[str, int]] = {
     "arp_tha": ("eth_type", ETH_ARP),
     "udp_src": ("ip_proto", UDP),
     "udp_dst": ("ip_proto", UDP),
+    "tcp_dst": ("ip_proto", TCP),
+    "ct_state": ("eth_type", ETH_IP),
 }
 
 
@@ -232,12 +247,14 @@ PIPELINE: dict[int, Table] = {
         "classify",
         # the port, its MAC, DHCP, ARP and IPv4 addresses; answers ARP in place
         match_fields=frozenset(
-            {"in_port", "eth_src", "eth_type", "ip_proto", "udp_src", "udp_dst"}
+            {"in_port", "eth_src", "eth_type", "ip_proto", "udp_src", "udp_dst", "tcp_dst"}
             | {"arp_op", "arp_spa", "arp_sha", "arp_tpa", "ipv4_src", "ipv4_dst"}
         ),
         set_fields=_ARP_ANSWER_FIELDS,
         next_tables=frozenset({T_EGRESS, T_INGRESS, T_OUTBOUND_RETURN}),
-        conntrack=True,  # only to undo the server's source NAT on replies
+        # to undo the server's source NAT on replies, and to destination-NAT a floating
+        # address or a published port to the node's locator
+        conntrack=True,
     ),
     T_EGRESS: Table(
         T_EGRESS,
@@ -245,7 +262,8 @@ PIPELINE: dict[int, Table] = {
         # keyed by (node port, tenant destination); never by L4: conversations are per pair
         match_fields=frozenset({"in_port", "eth_type", "ipv4_dst"}),
         set_fields=_REWRITE_FIELDS,
-        conntrack=True,  # only to source-NAT a node's packets to an outside address
+        next_tables=frozenset({T_REPLY_ONLY}),
+        conntrack=True,  # only to NAT a node's packets to an outside address
     ),
     T_INGRESS: Table(
         T_INGRESS,
@@ -260,6 +278,12 @@ PIPELINE: dict[int, Table] = {
         # keyed by (outside address, local locator): what conntrack gave back for a reply
         match_fields=frozenset({"eth_type", "ipv4_src", "ipv4_dst"}),
         set_fields=_REWRITE_FIELDS,
+    ),
+    T_REPLY_ONLY: Table(
+        T_REPLY_ONLY,
+        "reply-only",
+        # after conntrack: only the state decides (the egress flow already rewrote the packet)
+        match_fields=frozenset({"eth_type", "ct_state"}),
     ),
 }
 
@@ -399,7 +423,8 @@ def _address_match(network: ipaddress.IPv4Network) -> MatchValue:
 def server_flows(server: Server) -> list[Flow]:
     """ARP replies to the server's own address also reach the controller (next-hop MACs);
     everything not matched by a higher flow is dropped; tenant packets to infrastructure
-    addresses never reach the controller."""
+    addresses never reach the controller; of the packets sent to the reply-only table, only
+    replies of connections conntrack knows leave."""
     base = cookie(BASE)
     return [
         flow(
@@ -425,6 +450,14 @@ def server_flows(server: Server) -> list[Flow]:
         flow(T_EGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
         flow(T_INGRESS, PRIO_MISS, {}, [Output(CONTROLLER)], base),
         flow(T_OUTBOUND_RETURN, PRIO_MISS, {}, [Output(LOCAL)], base),
+        flow(
+            T_REPLY_ONLY,
+            PRIO_ALLOW,
+            {"eth_type": ETH_IP, "ct_state": (CT_REPLY, CT_REPLY)},
+            [Output(server.uplink)],
+            base,
+        ),
+        flow(T_REPLY_ONLY, PRIO_MISS, {}, [], base),
         *infrastructure_flows(server),
     ]
 
@@ -456,6 +489,7 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
     any address of its network is answered with the network's gateway MAC (an L3 network: no
     broadcast leaves the port). The server answers ARP for the node's
     locator on the uplink with its own MAC, so the underlay delivers locator traffic here.
+    The restore flow and the node's ways in (`ways_in_flows`) complete them.
     """
     base = cookie(BASE, node.locator)
     gw_mac = gateway_mac(node.tenant, node.network)
@@ -520,27 +554,7 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
             base,
         ),
         flow(T_CLASSIFY, PRIO_ANTI_SPOOF, {"in_port": node.port}, [], base),
-        flow(
-            T_CLASSIFY,
-            PRIO_ARP_ANSWER,
-            {
-                "in_port": server.uplink,
-                "eth_type": ETH_ARP,
-                "arp_op": ARP_REQUEST,
-                "arp_tpa": node.locator,
-            },
-            [
-                Move("eth_src", "eth_dst"),
-                SetField("eth_src", server.mac),
-                SetField("arp_op", ARP_REPLY),
-                Move("arp_sha", "arp_tha"),
-                SetField("arp_sha", server.mac),
-                Move("arp_spa", "arp_tpa"),
-                SetField("arp_spa", node.locator),
-                Output(IN_PORT),
-            ],
-            base,
-        ),
+        uplink_arp_answer(server, node.locator, base),
         flow(
             T_CLASSIFY,
             PRIO_ALLOW,
@@ -548,7 +562,108 @@ def port_flows(server: Server, node: LocalNode) -> list[Flow]:
             [Goto(T_INGRESS)],
             base,
         ),
+        restore_flow(node, base),
+        *ways_in_flows(server, node),
     ]
+
+
+def uplink_arp_answer(server: Server, address: str, flow_cookie: int) -> Flow:
+    """The server answers ARP on the uplink for `address` (a locator, a floating address) with
+    its own MAC, so the underlay delivers that address's traffic here."""
+    return flow(
+        T_CLASSIFY,
+        PRIO_ARP_ANSWER,
+        {
+            "in_port": server.uplink,
+            "eth_type": ETH_ARP,
+            "arp_op": ARP_REQUEST,
+            "arp_tpa": address,
+        },
+        [
+            Move("eth_src", "eth_dst"),
+            SetField("eth_src", server.mac),
+            SetField("arp_op", ARP_REPLY),
+            Move("arp_sha", "arp_tha"),
+            SetField("arp_sha", server.mac),
+            Move("arp_spa", "arp_tpa"),
+            SetField("arp_spa", address),
+            Output(IN_PORT),
+        ],
+        flow_cookie,
+    )
+
+
+def restore_flow(node: LocalNode, flow_cookie: int) -> Flow:
+    """A packet for the node's locator after conntrack: give it the node's own headers back and
+    deliver it, whoever sent it. Installed for every node, because only NAT in `SNAT_ZONE`
+    leads here with the locator as destination: a connection the node opened itself (source
+    NAT, once its per-destination return flow idled out) or one the server let in through the
+    node's floating address or published ports (destination NAT, committed by
+    `ways_in_flows`). Nothing from the uplink reaches this table un-NATed with a locator as
+    destination (locator traffic goes to the ingress table)."""
+    return flow(
+        T_OUTBOUND_RETURN,
+        PRIO_RESTORE,
+        {"eth_type": ETH_IP, "ipv4_dst": node.locator},
+        [
+            SetField("eth_src", gateway_mac(node.tenant, node.network)),
+            SetField("eth_dst", node.mac),
+            SetField("ipv4_dst", node.ip),
+            Output(node.port),
+        ],
+        flow_cookie,
+    )
+
+
+def ways_in_flows(server: Server, node: LocalNode) -> list[Flow]:
+    """The ways in from the outside to one node: its floating address (the server answers ARP
+    for it on the uplink; every packet to it is destination-NATed 1:1 to the locator) and its
+    published ports (the server's own address and a port below `SNAT_PORTS`, NATed to the
+    locator and the node's port). Conntrack commits in `SNAT_ZONE`, where the locator already
+    names the node uniquely; a reply to a connection the node opened through its floating
+    address meets the same flow and gets the reverse of that connection's NAT instead. The
+    restore flow then delivers the packet. Above `PRIO_OUTBOUND_RETURN`, so a published port
+    is never taken for the server's own NAT replies (which come back to ports of
+    `SNAT_PORTS`, never published)."""
+    base = cookie(BASE, node.locator)
+    flows = []
+    if node.floating:
+        flows += [
+            uplink_arp_answer(server, node.floating, base),
+            flow(
+                T_CLASSIFY,
+                PRIO_ALLOW,
+                {"in_port": server.uplink, "eth_type": ETH_IP, "ipv4_dst": node.floating},
+                [Conntrack(SNAT_ZONE, commit=True, nat_dst=node.locator, table=T_OUTBOUND_RETURN)],
+                base,
+            ),
+        ]
+    for published in node.published:
+        proto, port_field = (TCP, "tcp_dst") if published.protocol == "tcp" else (UDP, "udp_dst")
+        flows.append(
+            flow(
+                T_CLASSIFY,
+                PRIO_PUBLISHED,
+                {
+                    "in_port": server.uplink,
+                    "eth_type": ETH_IP,
+                    "ipv4_dst": server.address,
+                    "ip_proto": proto,
+                    port_field: published.host_port,
+                },
+                [
+                    Conntrack(
+                        SNAT_ZONE,
+                        commit=True,
+                        nat_dst=node.locator,
+                        ports=(published.node_port, published.node_port),
+                        table=T_OUTBOUND_RETURN,
+                    )
+                ],
+                base,
+            )
+        )
+    return flows
 
 
 # -- flows of one conversation ----------------------------------------------------------------
@@ -637,21 +752,10 @@ def outbound_flows(
     come back through conntrack (a base flow) with the locator as destination; the return flow
     gives the node its own headers back. The outside sees only the server's address."""
     out_cookie = cookie(OUTBOUND, local.locator, destination_ip)
+    nat = Conntrack(SNAT_ZONE, commit=True, nat_src=server.address, ports=SNAT_PORTS)
     return [
-        flow(
-            T_EGRESS,
-            PRIO_CONVERSATION,
-            {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": destination_ip},
-            [
-                SetField("eth_src", server.mac),
-                SetField("eth_dst", next_hop_mac),
-                SetField("ipv4_src", local.locator),
-                Conntrack(SNAT_ZONE, commit=True, nat_src=server.address, ports=SNAT_PORTS),
-                Output(server.uplink),
-            ],
-            out_cookie,
-            idle_timeout=idle_timeout,
-            notify_removal=True,
+        _outside_egress(
+            server, local, destination_ip, next_hop_mac, [nat, Output(server.uplink)], idle_timeout
         ),
         flow(
             T_OUTBOUND_RETURN,
@@ -667,6 +771,67 @@ def outbound_flows(
             idle_timeout=idle_timeout,
         ),
     ]
+
+
+def floating_flows(
+    server: Server,
+    local: LocalNode,
+    destination_ip: str,
+    next_hop_mac: str,
+    idle_timeout: int = PAIR_IDLE_TIMEOUT,
+) -> list[Flow]:
+    """A local node with a floating address, to an address outside its tenant: 1:1 NAT, the
+    source becomes the floating address (its own port kept), whatever the network's outbound
+    access. A reply of a connection that came in through the floating address or a published
+    port already has its conntrack entry and gets that one's reverse NAT instead. Replies from
+    the outside come back through the floating address's own flow and the restore flow."""
+    nat = Conntrack(SNAT_ZONE, commit=True, nat_src=local.floating)
+    return [
+        _outside_egress(
+            server, local, destination_ip, next_hop_mac, [nat, Output(server.uplink)], idle_timeout
+        )
+    ]
+
+
+def reply_only_flows(
+    server: Server,
+    local: LocalNode,
+    destination_ip: str,
+    next_hop_mac: str,
+    idle_timeout: int = PAIR_IDLE_TIMEOUT,
+) -> list[Flow]:
+    """A local node that publishes ports but may not go out, to an outside address: its packets
+    go through conntrack without a commit (so they never start a connection) and on to the
+    reply-only table, where only the replies of connections that came in through a published
+    port leave, with the server's address and published port as their source."""
+    nat = Conntrack(SNAT_ZONE, nat=True, table=T_REPLY_ONLY)
+    return [_outside_egress(server, local, destination_ip, next_hop_mac, [nat], idle_timeout)]
+
+
+def _outside_egress(
+    server: Server,
+    local: LocalNode,
+    destination_ip: str,
+    next_hop_mac: str,
+    nat: list[Action],
+    idle_timeout: int,
+) -> Flow:
+    """A node's egress flow towards an outside address: towards the next hop, from its locator
+    (unique in `SNAT_ZONE`), then `nat`."""
+    return flow(
+        T_EGRESS,
+        PRIO_CONVERSATION,
+        {"in_port": local.port, "eth_type": ETH_IP, "ipv4_dst": destination_ip},
+        [
+            SetField("eth_src", server.mac),
+            SetField("eth_dst", next_hop_mac),
+            SetField("ipv4_src", local.locator),
+            *nat,
+        ],
+        cookie(OUTBOUND, local.locator, destination_ip),
+        idle_timeout=idle_timeout,
+        notify_removal=True,
+    )
 
 
 def deny_egress(

@@ -23,6 +23,8 @@ from openflow.controller import Controller
 OUTCOMES = {
     "conversations": "allowed",
     "outbound": "outbound",
+    "outbound_floating": "outbound_floating",
+    "outbound_replies_only": "outbound_replies_only",
     "denied": "denied",
     "refused_infrastructure": "refused_infrastructure",
     "directory_unavailable": "directory_unavailable",

@@ -36,7 +36,7 @@ _NAMED_PORTS = {
 }
 _CT_COMMIT = 1  # NX_CT_F_COMMIT
 _CT_NO_TABLE = 255  # NX_CT_RECIRC_NONE
-_NAT_SRC, _NAT_RANGE_IPV4_MIN, _NAT_RANGE_PROTO_MIN = 1, 1, 16  # NX_NAT_F_SRC, NX_NAT_RANGE_*
+_NAT_SRC, _NAT_DST = 1, 2  # NX_NAT_F_SRC, NX_NAT_F_DST
 _PORT_NAMES = {number: name for name, number in _NAMED_PORTS.items()}
 _FIELD_BITS = {
     "eth_src": 48,
@@ -89,13 +89,14 @@ def instructions(entry: Flow) -> list:
 
 def _ct(action: Conntrack) -> parser.NXActionCT:
     nat: list = []
-    if action.nat_src is not None:
+    translated = action.nat_src or action.nat_dst
+    if translated is not None:
         low, high = action.ports or (None, None)
         nat = [
             parser.NXActionNAT(
-                _NAT_SRC,
-                range_ipv4_min=action.nat_src,
-                range_ipv4_max=action.nat_src,
+                _NAT_SRC if action.nat_src is not None else _NAT_DST,
+                range_ipv4_min=translated,
+                range_ipv4_max=translated,
                 range_proto_min=low,
                 range_proto_max=high,
             )
@@ -114,18 +115,22 @@ def _ct(action: Conntrack) -> parser.NXActionCT:
 
 def _plain_ct(action: parser.NXActionCT) -> Conntrack:
     nat = next((a for a in action.actions if isinstance(a, parser.NXActionNAT)), None)
-    nat_src = ports = None
-    if nat is not None and nat.flags & _NAT_SRC:
-        nat_src = nat.range_ipv4_min
+    nat_src = nat_dst = ports = None
+    if nat is not None and nat.flags & (_NAT_SRC | _NAT_DST):
+        if nat.flags & _NAT_SRC:
+            nat_src = nat.range_ipv4_min
+        else:
+            nat_dst = nat.range_ipv4_min
         if nat.range_proto_min is not None:
             ports = (nat.range_proto_min, nat.range_proto_max)
     return Conntrack(
         zone=action.zone_ofs_nbits,
         commit=bool(action.flags & _CT_COMMIT),
-        nat=nat is not None and nat_src is None,
+        nat=nat is not None and nat_src is None and nat_dst is None,
         nat_src=nat_src,
         ports=ports,
         table=None if action.recirc_table == _CT_NO_TABLE else action.recirc_table,
+        nat_dst=nat_dst,
     )
 
 

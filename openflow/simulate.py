@@ -17,7 +17,12 @@ from os_ken.lib.packet import ethernet, ipv4, packet
 
 from openflow.flows import (
     CONTROLLER,
+    CT_EST,
+    CT_NEW,
+    CT_REPLY,
+    CT_TRK,
     IN_PORT,
+    TCP,
     Add,
     Conntrack,
     Delete,
@@ -56,8 +61,9 @@ class Result:
 class Switch:
     def __init__(self, flows: Iterable[Flow] = ()) -> None:
         self.flows: dict[tuple, Flow] = {}
-        # source NAT, by (zone, remote, translated source): the original source (no L4 ports)
-        self.nat: dict[tuple[int, int | str, int | str], int | str] = {}
+        # conntrack's connections, by addresses only: (zone, original (source, destination),
+        # translated (source, destination)), the newest last
+        self.connections: list[tuple[int, tuple, tuple]] = []
         self.install(flows)
 
     def install(self, flows: Iterable[Flow]) -> None:
@@ -109,16 +115,33 @@ class Switch:
             table = next_table
 
     def _conntrack(self, action: Conntrack, packet: Packet) -> None:
-        """Source NAT as conntrack does it, by addresses only: a commit rewrites the source and
-        remembers it; a reply to the translated address gets the original back."""
-        if action.commit and action.nat_src is not None:
-            key = (action.zone, packet["ipv4_dst"], action.nat_src)
-            self.nat[key] = packet["ipv4_src"]
+        """NAT as conntrack does it, by addresses only (a published port's destination port is
+        rewritten, no other L4 port): a packet of a known connection gets its translation (the
+        reverse one for a reply) and its state, whatever the action's NAT arguments; a new one
+        is translated and remembered only by a commit."""
+        seen = (packet["ipv4_src"], packet["ipv4_dst"])
+        for zone, original, translated in reversed(self.connections):
+            if zone != action.zone:
+                continue
+            if seen == original:
+                packet["ipv4_src"], packet["ipv4_dst"] = translated
+                packet["ct_state"] = CT_TRK | CT_EST
+                return
+            if seen == translated[::-1]:
+                packet["ipv4_src"], packet["ipv4_dst"] = original[::-1]
+                packet["ct_state"] = CT_REPLY
+                return
+        packet["ct_state"] = CT_TRK | CT_NEW
+        if not action.commit:
+            return
+        if action.nat_src is not None:
             packet["ipv4_src"] = action.nat_src
-        elif action.nat:
-            original = self.nat.get((action.zone, packet["ipv4_src"], packet["ipv4_dst"]))
-            if original is not None:
-                packet["ipv4_dst"] = original
+        if action.nat_dst is not None:
+            packet["ipv4_dst"] = action.nat_dst
+            port_field = "tcp_dst" if packet.get("ip_proto") == TCP else "udp_dst"
+            if action.ports is not None and port_field in packet:
+                packet[port_field] = action.ports[0]
+        self.connections.append((action.zone, seen, (packet["ipv4_src"], packet["ipv4_dst"])))
 
 
 def matches(entry: Flow, packet: Packet) -> bool:
@@ -128,9 +151,10 @@ def matches(entry: Flow, packet: Packet) -> bool:
 def _field_matches(value: int | str | None, want: MatchValue) -> bool:
     if value is None:
         return False
-    if isinstance(want, tuple):
-        address, mask = want
-        network = ipaddress.ip_network(f"{address}/{mask}")
+    if isinstance(want, tuple) and isinstance(want[0], int):  # bits under a mask (ct_state)
+        return isinstance(value, int) and value & int(want[1]) == want[0]
+    if isinstance(want, tuple):  # an address under a netmask
+        network = ipaddress.ip_network(f"{want[0]}/{want[1]}")
         return ipaddress.ip_address(value) in network
     if isinstance(want, str) and isinstance(value, str):
         return want.lower() == value.lower()

@@ -8,8 +8,10 @@ with the directory's answer types. The real switch and directory are in the inte
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 from types import SimpleNamespace
+from typing import Any
 
 import dns.message
 import dns.rcode
@@ -18,7 +20,7 @@ from os_ken.lib.packet import ethernet, ipv4, packet, udp
 
 from federation.errors import DirectoryError, NotFound, Unauthorized, Unavailable
 from federation.models import Change, ChangeType, Outbound, Resolution
-from nvi.core.model import Network, Node
+from nvi.core.model import Network, Node, PublishedPort
 from nvi.core.ports import NodePort
 from openflow import flows as f
 from openflow.controller import OUTCOME_COUNTERS, Controller
@@ -66,7 +68,7 @@ class Directory:
             ipaddress.ip_address(ip) in ipaddress.ip_network(cidr) for cidr in RED_NETWORKS
         )
         allowed = origin.network in self.outbound_networks and not inside
-        return Outbound(allowed=allowed, outside=True, revision=1)
+        return Outbound(allowed=allowed, outside=not inside, revision=1)
 
     async def resolve(
         self,
@@ -111,11 +113,16 @@ class Server:
         self.idle_timeout = f.PAIR_IDLE_TIMEOUT
         self.ports = {"LOCAL": (0xFFFFFFFE, LOCAL_MAC), "uplink": (UPLINK, "aa:00:00:00:00:0b")}
         self.ports.update({name: (2 + i, "") for i, name in enumerate(local)})
+        # the ways in the agent wrote to a node's port: NodePort fields by node name
+        self.ways_in: dict[str, dict[str, Any]] = {}
         self.controller = self.new_controller()
 
     def new_controller(self) -> Controller:
         async def read_ports() -> dict[str, NodePort]:
-            return {name: port_of(node) for name, node in self.local.items()}
+            return {
+                name: dataclasses.replace(port_of(node), **self.ways_in.get(name, {}))
+                for name, node in self.local.items()
+            }
 
         async def next_hop(_: str) -> str:
             return ROUTER_IP
@@ -186,8 +193,9 @@ def test_connect_installs_the_base_flows_and_a_reconnect_changes_nothing(server:
     server.connect()
     base = dict(server.switch.flows)
     # server flows (one drop per infrastructure address, its own included; the outbound return
-    # path through conntrack and its miss), then 8 per port
-    assert len(base) == 4 + 3 + 2 + 2 * 8
+    # path through conntrack and its miss; the reply-only table's two), then 9 per port (the
+    # restore flow included)
+    assert len(base) == 4 + 3 + 2 + 2 + 2 * 9
     server.first_packet(A, B.ip)
     held = dict(server.switch.flows)
     server.controller = server.new_controller()  # a restarted controller process
@@ -535,3 +543,102 @@ def test_names_are_answered_within_the_tenant_and_bad_queries_only_counted() -> 
     stats = server.controller.stats
     assert (stats["dns_answered"], stats["dns_nxdomain"], stats["dns_dropped"]) == (1, 4, 1)
     assert not any(key.startswith("errors_") for key in stats)
+
+
+# -- ways in: a floating address, published ports --------------------------------------------
+
+FLOATING, OTHER_FLOATING = "198.51.100.200", "198.51.100.201"
+
+
+def _from_outside(destination: str, **l4: int) -> dict:
+    return {"eth_type": f.ETH_IP, "ipv4_src": OUTSIDE, "ipv4_dst": destination, **l4}
+
+
+def _ways_in_changed(server: Server, name: str, **ways_in: Any) -> None:
+    server.ways_in[name] = ways_in
+    asyncio.run(server.controller.ports_changed())
+
+
+def _carrying(server: Server, address: str) -> list[f.Flow]:
+    return [e for e in server.switch.flows.values() if address in str(e.match)]
+
+
+def test_a_floating_address_lets_the_node_in_and_out_with_outbound_off(server: Server) -> None:
+    server.ways_in["a"] = {"floating": FLOATING}
+    server.connect()
+    ((port, headers),) = server.switch.process(UPLINK, _from_outside(FLOATING)).outputs
+    assert port == server.ports["a"][0]
+    assert (headers["ipv4_src"], headers["ipv4_dst"], headers["eth_dst"]) == (
+        OUTSIDE,
+        A.ip,
+        A.mac,
+    )
+    server.first_packet(A, OUTSIDE)  # its answer: no SNAT, the floating address
+    assert server.controller.stats["outbound_floating"] == 1
+    ((port, out),) = server.send(A, OUTSIDE)
+    assert (port, out["ipv4_src"], out["eth_src"]) == (UPLINK, FLOATING, LOCAL_MAC)
+    # another tenant address of red is never outside, floating address or not
+    server.first_packet(A, "10.0.1.99")
+    assert server.send(A, "10.0.1.99") == []
+
+
+def test_a_published_port_lets_in_and_replies_only_out(server: Server) -> None:
+    server.ways_in["a"] = {"published": (PublishedPort.parse("8080:80/tcp"),)}
+    server.connect()
+    inbound = _from_outside(SERVER_ADDRESS, ip_proto=6, tcp_dst=8080)
+    ((port, headers),) = server.switch.process(UPLINK, inbound).outputs
+    assert (port, headers["ipv4_dst"], headers["tcp_dst"]) == (server.ports["a"][0], A.ip, 80)
+    server.first_packet(A, OUTSIDE)
+    assert server.controller.stats["outbound_replies_only"] == 1
+    ((port, reply),) = server.send(A, OUTSIDE)
+    assert (port, reply["ipv4_src"]) == (UPLINK, SERVER_ADDRESS)
+    # a connection of its own to another outside address: not a reply, dropped
+    server.first_packet(A, "203.0.114.81")
+    assert server.send(A, "203.0.114.81") == []
+    # C publishes nothing: denied
+    server.first_packet(C, OUTSIDE)
+    assert server.send(C, OUTSIDE) == [] and server.controller.stats["denied"] == 1
+
+
+def test_changing_the_ways_in_keeps_conversations_and_drops_the_old_ones(server: Server) -> None:
+    channel = server.connect()
+    server.first_packet(A, B.ip)
+    server.directory.outbound_networks.add("net")
+    server.first_packet(A, OUTSIDE)  # source NAT: no way in yet
+    _ways_in_changed(server, "a", floating=FLOATING)
+    assert [p for p, _ in server.send(A, B.ip)] == [UPLINK], "the conversation is kept"
+    assert set(server.controller.pairs) == {(A.locator, B.locator)}
+    assert [p for p, _ in server.send(A, OUTSIDE)] == [f.CONTROLLER], "decided again"
+    # (a connection conntrack already source-NATed keeps its NAT; a new one gets the floating
+    # address: the simulated conntrack knows addresses only, hence another outside address)
+    server.first_packet(A, "203.0.114.81")
+    assert server.send(A, "203.0.114.81")[0][1]["ipv4_src"] == FLOATING
+    _ways_in_changed(server, "a", floating=OTHER_FLOATING)
+    assert _carrying(server, FLOATING) == [] and len(_carrying(server, OTHER_FLOATING)) == 2
+    assert {e.match for e in channel.deleted} >= {e.match for e in _floating_flows(FLOATING)}
+    assert server.switch.process(UPLINK, _from_outside(FLOATING)).dropped
+    assert [p for p, _ in server.send(A, B.ip)] == [UPLINK]
+    assert all(f.cookie(f.PAIR) >> 56 != e.cookie >> 56 for e in channel.deleted)
+
+
+def test_a_removed_node_loses_its_ways_in(server: Server) -> None:
+    server.ways_in["a"] = {"floating": FLOATING, "published": (PublishedPort.parse("53:53/udp"),)}
+    server.connect()
+    assert len(_carrying(server, FLOATING)) == 2 and _published_flows(server)
+    del server.local["a"]
+    asyncio.run(server.controller.ports_changed())
+    assert _carrying(server, FLOATING) == [] and _published_flows(server) == []
+
+
+def _floating_flows(address: str) -> list[f.Flow]:
+    node = dataclasses.replace(_local_a(), floating=address)
+    server = f.Server(SERVER_ADDRESS, LOCAL_MAC, UPLINK)
+    return f.ways_in_flows(server, node)
+
+
+def _local_a() -> f.LocalNode:
+    return f.LocalNode(port=2, **dataclasses.asdict(port_of(A)))
+
+
+def _published_flows(server: Server) -> list[f.Flow]:
+    return [e for e in server.switch.flows.values() if e.priority == f.PRIO_PUBLISHED]

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from federation.models import Outbound, Resolution
-from nvi.core.model import Node, NodeKind
+from nvi.core.model import Node, NodeKind, PublishedPort
 from openflow import decide
 from openflow import flows as f
 from openflow.decide import Decision, Lookup, NextHop, Outcome, Pair, Unavailable
@@ -227,3 +227,56 @@ def test_outbound_never_into_the_underlay_where_other_servers_live() -> None:
         assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE
     outside = decide.egress(facts, A, OUTSIDE, allowed, ROUTER_MAC)
     assert isinstance(outside, Decision) and outside.outcome == Outcome.OUTBOUND
+
+
+# -- the way out to an outside address: floating > source NAT > replies only > denied ----------
+
+FLOATING = "198.51.100.200"
+PUBLISHED = (PublishedPort.parse("8080:80/tcp"),)
+
+
+@pytest.mark.parametrize(
+    ("floating", "published", "allowed", "outside", "outcome"),
+    [
+        (FLOATING, (), False, True, Outcome.FLOATING),
+        (FLOATING, PUBLISHED, True, True, Outcome.FLOATING),  # preferred to the server's NAT
+        ("", PUBLISHED, True, True, Outcome.OUTBOUND),  # its replies reversed by conntrack
+        ("", (), True, True, Outcome.OUTBOUND),
+        ("", PUBLISHED, False, True, Outcome.REPLY_ONLY),
+        ("", (), False, True, Outcome.NOT_IN_TENANT),
+        (FLOATING, PUBLISHED, False, False, Outcome.NOT_IN_TENANT),  # in a tenant network
+    ],
+    ids=["floating", "floating-first", "snat-published", "snat", "replies", "none", "inside"],
+)
+def test_the_way_out_follows_the_order_of_preference(
+    floating: str, published: tuple, allowed: bool, outside: bool, outcome: Outcome
+) -> None:
+    source = dataclasses.replace(A, floating=floating, published=published)
+    facts = decide.Facts(SERVER, (source, C), idle_timeout=9)
+    answer = Outbound(allowed=allowed, outside=outside, revision=1)
+    result = decide.egress(facts, source, OUTSIDE, answer, ROUTER_MAC)
+    assert isinstance(result, Decision) and result.outcome == outcome
+    if outcome == Outcome.NOT_IN_TENANT:
+        assert result.flows == (f.deny_egress(source, OUTSIDE),)
+        return
+    assert decide.egress(facts, source, OUTSIDE, answer) == NextHop(OUTSIDE)
+    out = result.flows[0]
+    nat = next(a for a in out.actions if isinstance(a, f.Conntrack))
+    assert f.SetField("ipv4_src", A.locator) in out.actions and nat.zone == f.SNAT_ZONE
+    assert out.cookie >> f.COOKIE_CLASS_SHIFT == f.OUTBOUND and out.idle_timeout == 9
+    if outcome == Outcome.FLOATING:
+        assert (nat.commit, nat.nat_src, nat.ports) == (True, FLOATING, None)
+    elif outcome == Outcome.REPLY_ONLY:  # never commits: never a connection of its own
+        assert (nat.commit, nat.nat, nat.table) == (False, True, f.T_REPLY_ONLY)
+        assert not any(isinstance(a, f.Output) for a in out.actions)
+    else:
+        assert nat.nat_src == SERVER.address
+
+
+def test_a_floating_address_never_leads_to_infrastructure() -> None:
+    source = dataclasses.replace(A, floating=FLOATING, published=PUBLISHED)
+    facts = decide.Facts(SERVER, (source,), idle_timeout=9)
+    answer = Outbound(allowed=False, outside=True, revision=1)
+    for destination in ("198.51.100.11", "198.51.100.2", "192.0.2.7"):
+        result = decide.egress(facts, source, destination, answer, ROUTER_MAC)
+        assert isinstance(result, Decision) and result.outcome == Outcome.INFRASTRUCTURE

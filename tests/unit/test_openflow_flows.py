@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nvi.core.model import PublishedPort
 from openflow.flows import (
     CONTROLLER,
     DENY,
     ETH_ARP,
     ETH_IP,
+    LOCAL,
     PAIR,
     PIPELINE,
     PRIO_CONVERSATION,
+    PRIO_OUTBOUND_RETURN,
+    PRIO_PUBLISHED,
     REMOTE_MASK,
     T_CLASSIFY,
     T_EGRESS,
     T_INGRESS,
+    T_OUTBOUND_RETURN,
     Conntrack,
     Conversation,
     Goto,
@@ -33,9 +39,12 @@ from openflow.flows import (
     deny_egress,
     deny_ingress,
     desired_base_flows,
+    floating_flows,
     flow,
     gateway_mac,
     outbound_flows,
+    reply_only_flows,
+    ways_in_flows,
 )
 from openflow.simulate import Switch
 
@@ -333,6 +342,9 @@ def test_every_flow_the_controller_builds_keeps_to_its_tables_declaration() -> N
     built += conversation_flows(SERVER_A, Conversation(A, remote(C), remote_port=C.port))
     built += [deny_egress(A, B.ip), deny_ingress(A.locator, B.locator)]
     built += outbound_flows(SERVER_A, A, "203.0.114.80", ROUTER_MAC)
+    built += desired_base_flows(SERVER_A, [WAYS_IN])
+    built += floating_flows(SERVER_A, WAYS_IN, "203.0.114.80", ROUTER_MAC)
+    built += reply_only_flows(SERVER_A, WAYS_IN, "203.0.114.80", ROUTER_MAC)
     assert {entry.table for entry in built} == set(PIPELINE)
 
 
@@ -355,6 +367,8 @@ def test_every_flow_the_controller_builds_keeps_to_its_tables_declaration() -> N
         (T_INGRESS, {"eth_type": ETH_IP}, [Conntrack(1, commit=True)], "may not use conntrack"),
         (T_EGRESS, {"in_port": 2}, [Conntrack(1, commit=True)], "conntrack needs eth_type"),
         (T_CLASSIFY, {"eth_type": ETH_IP}, [Conntrack(1, table=T_CLASSIFY)], "go to table 0"),
+        (T_CLASSIFY, {"eth_type": ETH_IP, "tcp_dst": 80}, [], "tcp_dst needs ip_proto=0x6"),
+        (T_EGRESS, {"eth_type": ETH_IP}, [Conntrack(1, table=T_OUTBOUND_RETURN)], "go to table 3"),
     ],
     ids=[
         "egress-l4",
@@ -368,6 +382,8 @@ def test_every_flow_the_controller_builds_keeps_to_its_tables_declaration() -> N
         "ingress-conntrack",
         "conntrack-prerequisite",
         "conntrack-recirculates-to-an-undeclared-table",
+        "tcp-port-prerequisite",
+        "egress-recirculates-only-to-reply-only",
     ],
 )
 def test_a_flow_outside_its_tables_declaration_is_refused(
@@ -380,3 +396,78 @@ def test_a_flow_outside_its_tables_declaration_is_refused(
 def test_matching_tcp_dst_in_the_egress_table_is_refused() -> None:
     with pytest.raises(ValueError, match="table egress may not match tcp_dst"):
         flow(T_EGRESS, PRIO_CONVERSATION, {"tcp_dst": 80}, [], cookie(PAIR))
+
+
+# -- ways in ------------------------------------------------------------------------------------
+
+OUTSIDE = "203.0.114.80"
+FLOATING = "198.51.100.200"
+WAYS_IN = dataclasses.replace(
+    A,
+    floating=FLOATING,
+    published=(PublishedPort.parse("8080:80/tcp"), PublishedPort.parse("5353:53/udp")),
+)
+
+
+def from_outside(destination: str, **fields: int | str) -> dict:
+    return {
+        "eth_src": ROUTER_MAC,
+        "eth_dst": SERVER_A.mac,
+        "eth_type": ETH_IP,
+        "ipv4_src": OUTSIDE,
+        "ipv4_dst": destination,
+        **fields,
+    }
+
+
+def test_a_floating_address_is_nated_one_to_one_both_ways() -> None:
+    switch = Switch(desired_base_flows(SERVER_A, [WAYS_IN]))
+    switch.install(floating_flows(SERVER_A, WAYS_IN, OUTSIDE, ROUTER_MAC))
+    arp = arp_request(B, FLOATING, eth_src=ROUTER_MAC, arp_sha=ROUTER_MAC, arp_spa="198.51.100.1")
+    ((port, answer),) = switch.process(UPLINK, arp).outputs
+    assert (answer["arp_op"], answer["arp_sha"], answer["arp_spa"]) == (2, SERVER_A.mac, FLOATING)
+    ((port, inbound),) = switch.process(UPLINK, from_outside(FLOATING, ip_proto=6)).outputs
+    assert port == WAYS_IN.port
+    assert (inbound["ipv4_src"], inbound["ipv4_dst"], inbound["eth_dst"]) == (
+        OUTSIDE,
+        WAYS_IN.ip,
+        WAYS_IN.mac,
+    )
+    ((port, reply),) = switch.process(WAYS_IN.port, ip_packet(WAYS_IN, OUTSIDE)).outputs
+    assert (port, reply["ipv4_src"], reply["ipv4_dst"]) == (UPLINK, FLOATING, OUTSIDE)
+    assert (reply["eth_src"], reply["eth_dst"]) == (SERVER_A.mac, ROUTER_MAC)
+    # a connection the node opens itself: from its floating address, and its replies come in
+    switch.install(floating_flows(SERVER_A, WAYS_IN, "203.0.114.81", ROUTER_MAC))
+    ((_, out),) = switch.process(WAYS_IN.port, ip_packet(WAYS_IN, "203.0.114.81")).outputs
+    assert out["ipv4_src"] == FLOATING
+    back = {**from_outside(FLOATING), "ipv4_src": "203.0.114.81"}
+    assert switch.process(UPLINK, back).to(WAYS_IN.port)[0]["ipv4_dst"] == WAYS_IN.ip
+
+
+def test_a_published_port_reaches_the_node_and_only_its_replies_leave() -> None:
+    switch = Switch(desired_base_flows(SERVER_A, [WAYS_IN]))
+    switch.install(reply_only_flows(SERVER_A, WAYS_IN, OUTSIDE, ROUTER_MAC))
+    switch.install(reply_only_flows(SERVER_A, WAYS_IN, "203.0.114.81", ROUTER_MAC))
+    # a node's own connection first: not a reply of anything, dropped
+    assert switch.process(WAYS_IN.port, ip_packet(WAYS_IN, "203.0.114.81")).dropped
+    tcp = from_outside(SERVER_A.address, ip_proto=6, tcp_dst=8080)
+    ((port, inbound),) = switch.process(UPLINK, tcp).outputs
+    assert (port, inbound["ipv4_dst"], inbound["tcp_dst"]) == (WAYS_IN.port, WAYS_IN.ip, 80)
+    ((port, reply),) = switch.process(WAYS_IN.port, ip_packet(WAYS_IN, OUTSIDE)).outputs
+    assert (port, reply["ipv4_src"], reply["eth_dst"]) == (UPLINK, SERVER_A.address, ROUTER_MAC)
+    # (the simulated conntrack knows addresses only: other clients for other connections)
+    udp = from_outside(SERVER_A.address, ip_proto=17, udp_dst=5353, ipv4_src="203.0.114.82")
+    assert switch.process(UPLINK, udp).to(WAYS_IN.port)[0]["udp_dst"] == 53
+    # not published (another port, or the right port for the other protocol): the server's own
+    for other in ({"ip_proto": 6, "tcp_dst": 5353}, {"ip_proto": 17, "udp_dst": 8081}):
+        packet = from_outside(SERVER_A.address, **other, ipv4_src="203.0.114.83")
+        assert [port for port, _ in switch.process(UPLINK, packet).outputs] == [LOCAL], other
+
+
+def test_ways_in_are_above_the_servers_nat_replies_and_exist_only_when_given() -> None:
+    published = [e for e in ways_in_flows(SERVER_A, WAYS_IN) if e.priority == PRIO_PUBLISHED]
+    assert len(published) == 2 and PRIO_PUBLISHED > PRIO_OUTBOUND_RETURN
+    assert ways_in_flows(SERVER_A, A) == []
+    without = {e.key for e in desired_base_flows(SERVER_A, [A])}
+    added = [e for e in desired_base_flows(SERVER_A, [WAYS_IN]) if e.key not in without]
+    assert len(added) == 4  # ARP for the floating address, its NAT, two published ports

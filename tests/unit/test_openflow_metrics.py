@@ -122,6 +122,8 @@ def test_lab_status_summarises_a_controller_scrape(server: Server) -> None:
         "decisions": {
             "allowed": 1,
             "outbound": 0,
+            "outbound_floating": 0,
+            "outbound_replies_only": 0,
             "denied": 1,
             "refused_infrastructure": 0,
             "directory_unavailable": 0,

@@ -13,10 +13,12 @@ from openflow.flows import (
     conversation_flows,
     deny_egress,
     desired_base_flows,
+    floating_flows,
     outbound_flows,
+    reply_only_flows,
 )
 from openflow.ofmsg import flow_add, from_stats
-from tests.unit.test_openflow_flows import ROUTER_MAC, SERVER_A, A, B, remote
+from tests.unit.test_openflow_flows import ROUTER_MAC, SERVER_A, WAYS_IN, A, B, remote
 
 DATAPATH = SimpleNamespace(ofproto=ofp, ofproto_parser=parser, id=1)
 
@@ -54,6 +56,9 @@ ALL_FLOWS = (
     + conversation_flows(SERVER_A, Conversation(A, remote(B), next_hop_mac=ROUTER_MAC))
     + [deny_egress(A, B.ip)]
     + outbound_flows(SERVER_A, A, "203.0.114.80", ROUTER_MAC)
+    + desired_base_flows(SERVER_A, [WAYS_IN])
+    + floating_flows(SERVER_A, WAYS_IN, "203.0.114.80", ROUTER_MAC)
+    + reply_only_flows(SERVER_A, WAYS_IN, "203.0.114.80", ROUTER_MAC)
 )
 
 
