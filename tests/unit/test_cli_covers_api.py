@@ -52,6 +52,9 @@ COMMANDS = {
     "POST /v1/nodes/{tenant}/{name}/stop": "node stop",
     "POST /v1/nodes/{tenant}/{name}/start": "node start",
     "DELETE /v1/nodes/{tenant}/{name}": "node delete",
+    "PUT /v1/nodes/{tenant}/{name}/publish": "node publish",
+    "POST /v1/nodes/{tenant}/{name}/floating": "node floating attach",
+    "DELETE /v1/nodes/{tenant}/{name}/floating": "node floating detach",
     "POST /v1/drain": "agent drain",
     "GET /v1/nodes/{tenant}/{name}/console": "node console",
 }
