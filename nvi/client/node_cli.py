@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from federation.models import CatalogueEntry
 from hostagent.client import DEFAULT_SOCKET, AgentClient
@@ -92,10 +93,18 @@ def _spelled(row: Any) -> Any:
 def parse_published(texts: tuple[str, ...] | list[str]) -> list[PublishedPort]:
     """`HOST:NODE[/tcp|udp]` arguments; a bad one is the command's one-line error, before
     anything is asked of an agent."""
+    return [_published(text) for text in texts]
+
+
+def _published(text: str) -> PublishedPort:
     try:
-        return [PublishedPort.parse(text) for text in texts]
+        return PublishedPort.parse(text)
+    except ValidationError as error:  # a number out of range: say which, in one line
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise NviError(f"published port {text!r}: {where}: {first['msg']}") from None
     except ValueError as error:
-        raise NviError(str(error).splitlines()[0]) from None
+        raise NviError(str(error)) from None
 
 
 def _publish_option(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
