@@ -25,6 +25,7 @@ from federation.models import (
     Change,
     ChangePage,
     ChangeType,
+    FloatingAddress,
     Health,
     Identity,
     Location,
@@ -107,11 +108,13 @@ class DirectoryClient:
             ) as response:
                 body = await response.read()
                 if response.status >= 400:
+                    code = None
                     try:
-                        message = _adapter(dict).validate_json(body)["error"]
+                        answer_body = _adapter(dict).validate_json(body)
+                        message, code = answer_body["error"], answer_body.get("code")
                     except (ValueError, KeyError):
                         message = body.decode(errors="replace")[:200] or response.reason
-                    raise from_status(response.status, message)
+                    raise from_status(response.status, message, code)
         except (aiohttp.ClientError, TimeoutError) as error:
             reason = tls_failure("directory", self.url, error)
             raise Unavailable(
@@ -151,8 +154,10 @@ class DirectoryClient:
 
     # servers
 
-    async def enroll_server(self, name: str, pools: list[str]) -> ServerEnrolled:
-        body = {"name": name, "pools": pools}
+    async def enroll_server(
+        self, name: str, pools: list[str], floating: Iterable[str] = ()
+    ) -> ServerEnrolled:
+        body = {"name": name, "pools": pools, "floating": list(floating)}
         return await self._call("POST", "/v1/servers", ServerEnrolled, json=body)
 
     async def list_servers(self) -> list[Server]:
@@ -232,6 +237,23 @@ class DirectoryClient:
         """`locator`: only while the node holds it (a server withdrawing its own record)."""
         params = {"locator": locator} if locator else None
         await self._call("DELETE", f"/v1/tenants/{tenant}/nodes/{name}", params=params)
+
+    async def attach_floating(self, tenant: str, name: str, address: str) -> Node:
+        """Attach floating address `address` of the calling server's pools to node `name` it
+        hosts (its credential, with the tenant's token). A FloatingTaken or FloatingAttached
+        conflict carries the code floating_taken or floating_attached."""
+        body = {"address": address}
+        path = f"/v1/tenants/{tenant}/nodes/{name}/floating"
+        return await self._call("PUT", path, Node, json=body)
+
+    async def detach_floating(self, tenant: str, name: str) -> None:
+        """Release node `name`'s floating address; nothing attached is a success too."""
+        await self._call("DELETE", f"/v1/tenants/{tenant}/nodes/{name}/floating")
+
+    async def list_floating(self, server: str | None = None) -> list[FloatingAddress]:
+        """Every attached floating address (of `server`'s pools, if given): admin only."""
+        params = {"server": server} if server else None
+        return await self._call("GET", "/v1/floating", list[FloatingAddress], params=params)
 
     async def create_link(self, tenant: str, kind: LinkKind | str, a: str, b: str) -> Link:
         body = {"kind": str(kind), "ends": [a, b]}

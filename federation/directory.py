@@ -11,16 +11,18 @@ Keys (every value is JSON):
     mac/{tenant}/{network}/{mac}     node id
     l/{tenant}/{link id}             Link
     srv                              the pool registry; re-written by every enrolment
-    s/{server}                       Server (name, pools)
+    s/{server}                       Server (name, pools, floating pools)
     stok/{sha256 of secret}          Server (the credential's server)
     sn/{server}/{node id}            {tenant, name}: the nodes a server hosts
+    fip/{address}                    FloatingAddress {address, tenant, node, server}: the node a
+                                     floating address is attached to (that Node's `floating`)
     cat/{server}                     the server's catalogue entry (a lease; never logged)
 
 Every write of a tenant's records expects `t/{tenant}` unchanged since it was read and
 re-writes it, so the writes of one tenant are serialised (optimistic concurrency: a loser
-re-reads and tries again). Checks that span tenants (tenant names, locators, token hashes)
-are expectations on the unique key itself. Each write appends one change record, in the
-same transaction, when it matters to controllers.
+re-reads and tries again). Checks that span tenants (tenant names, locators, floating
+addresses, token hashes) are expectations on the unique key itself. Each write appends one
+change record, in the same transaction, when it matters to controllers.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import json
 import random
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -39,13 +41,22 @@ from typing import Any, TypeVar
 import netaddr
 from pydantic import BaseModel
 
-from federation.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
+from federation.errors import (
+    Conflict,
+    FloatingAttached,
+    FloatingTaken,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
 from federation.models import (
     Announcement,
     CatalogueEntry,
     Change,
     ChangePage,
     ChangeType,
+    FloatingAddress,
     LinkCreate,
     Location,
     NetworkCreate,
@@ -151,6 +162,21 @@ def _node_keys(node: Node) -> list[str]:
 
 def _hosting_key(node: Node) -> str:
     return f"sn/{node.server}/{node.id}"
+
+
+def _floating_keys(node: Node) -> list[str]:
+    """The index entry of the node's floating address, if it has one."""
+    return [f"fip/{node.floating}"] if node.floating else []
+
+
+def _put_node(write: _Write, node: Node) -> None:
+    for key in _node_keys(node):
+        write.put(key, node)
+
+
+def _in_pools(pools: Iterable[str], address: str) -> bool:
+    ip = netaddr.IPAddress(address)
+    return any(ip in parse_pool(pool) for pool in pools)
 
 
 def _check_locators(server: Server, locators: Iterable[str]) -> None:
@@ -298,12 +324,16 @@ class Directory:
 
     # servers
 
-    async def enroll_server(self, name: str, pools: list[str]) -> ServerEnrolled:
-        """Register a server and its pools; pools of two servers never overlap."""
+    async def enroll_server(
+        self, name: str, pools: list[str], floating: Sequence[str] = ()
+    ) -> ServerEnrolled:
+        """Register a server, its locator pools and its floating pools. No pool overlaps
+        another, locator or floating, of this server or any other: every address has one
+        owner and one use."""
         secret = new_token()
         digest = token_hash(secret)
-        server = Server(name=name, pools=pools, created=datetime.now(UTC))
-        ranges = [parse_pool(pool) for pool in server.pools]
+        server = Server(name=name, pools=pools, floating=list(floating), created=datetime.now(UTC))
+        ranges = [parse_pool(pool) for pool in (*server.pools, *server.floating)]
         for i, first in enumerate(ranges):
             for second in ranges[i + 1 :]:
                 if _overlap(first, second):
@@ -314,7 +344,7 @@ class Directory:
             if f"s/{name}" in registry.entries:
                 raise Conflict(f"server {name!r} is enrolled already")
             for other in await self.list_servers():
-                for theirs in other.pools:
+                for theirs in (*other.pools, *other.floating):
                     for mine in ranges:
                         if _overlap(mine, parse_pool(theirs)):
                             raise Conflict(
@@ -546,8 +576,7 @@ class Directory:
             await self._claim_locators(write, [node.locator for node in nodes])
             await self._expect_enrolled(write, server)
             for node in nodes:
-                for key in _node_keys(node):
-                    write.put(key, node)
+                _put_node(write, node)
                 write.put(f"mac/{tenant}/{node.network}/{node.mac}", {"id": node.id})
                 write.put(_hosting_key(node), {"tenant": tenant, "name": node.name})
                 write.change(ChangeType.NODE_CREATED, tenant, node=node)
@@ -589,7 +618,8 @@ class Directory:
 
     async def move_node(self, tenant: str, name: str, update: NodeUpdate, server: Server) -> Node:
         """Move a node to `server` (the one publishing the move); controllers holding flows
-        for it are told."""
+        for it are told. A move to another server releases the node's floating address (it is
+        of the old server's pools)."""
         _check_locators(server, [update.locator])
 
         async def attempt() -> _Write:
@@ -598,7 +628,10 @@ class Directory:
                 tenant, key, f"tenant {tenant!r} has no node {name!r}"
             )
             old = _load(Node, raw)
-            new = old.model_copy(update={"locator": update.locator, "server": server.name})
+            moved: dict[str, Any] = {"locator": update.locator, "server": server.name}
+            if old.server != server.name:
+                moved["floating"] = None
+            new = old.model_copy(update=moved)
             write.result = new
             if new == old:
                 return _Write(result=old)
@@ -607,40 +640,51 @@ class Directory:
                 write.delete(f"loc/{old.locator}")
             await self._expect_enrolled(write, server)
             if old.server != new.server:
-                write.delete(_hosting_key(old))
+                write.delete(_hosting_key(old), *_floating_keys(old))
             write.put(_hosting_key(new), {"tenant": tenant, "name": name})
-            for node_key in _node_keys(new):
-                write.put(node_key, new)
+            _put_node(write, new)
             write.change(ChangeType.NODE_MOVED, tenant, node=new, previous=old)
             return write
 
         return await self._write(attempt)
 
+    async def _lock_node(
+        self, tenant: str, name: str, server: Server | None
+    ) -> tuple[_Write, Node]:
+        """Start a tenant write that changes node `name`; `server`: only one it hosts (to a
+        server, what it does not host does not exist: nor does the tenant)."""
+        key = f"n/{tenant}/{name}"
+        if server is None:
+            write, raw = await self._lock_record(
+                tenant, key, f"tenant {tenant!r} has no node {name!r}"
+            )
+            return write, _load(Node, raw)
+        missing = f"server {server.name!r} hosts no node {tenant}/{name}"
+        try:
+            write, raw = await self._lock_record(tenant, key, missing)
+        except NotFound:
+            raise NotFound(missing) from None
+        node = _load(Node, raw)
+        if not _hosts(server, node):
+            raise NotFound(missing)
+        return write, node
+
     async def delete_node(
         self, tenant: str, name: str, *, server: Server | None = None, locator: str | None = None
     ) -> Node:
-        """Delete a node's record; `server`: only one it published (a withdrawal, which needs
-        no tenant token), `locator`: only while it holds that locator (it has not moved)."""
+        """Delete a node's record, and release its floating address; `server`: only one it
+        published (a withdrawal, which needs no tenant token), `locator`: only while it holds
+        that locator (it has not moved)."""
 
         async def attempt() -> _Write:
-            key = f"n/{tenant}/{name}"
-            missing = f"tenant {tenant!r} has no node {name!r}"
-            if server is not None:
-                # To a server, what it does not host does not exist: nor does the tenant.
-                missing = f"server {server.name!r} hosts no node {tenant}/{name}"
-                try:
-                    write, raw = await self._lock_record(tenant, key, missing)
-                except NotFound:
-                    raise NotFound(missing) from None
-            else:
-                write, raw = await self._lock_record(tenant, key, missing)
-            node = _load(Node, raw)
-            if server is not None and not _hosts(server, node):
-                raise NotFound(missing)
+            write, node = await self._lock_node(tenant, name, server)
             if locator is not None and node.locator != locator:
                 raise NotFound(f"node {tenant}/{name} no longer holds locator {locator}")
             write.delete(
-                *_node_keys(node), f"mac/{tenant}/{node.network}/{node.mac}", _hosting_key(node)
+                *_node_keys(node),
+                f"mac/{tenant}/{node.network}/{node.mac}",
+                _hosting_key(node),
+                *_floating_keys(node),
             )
             write.change(ChangeType.NODE_DELETED, tenant, node=node)
             self._remove_links(write, await self._links(tenant), LinkKind.NODE, name)
@@ -648,6 +692,73 @@ class Directory:
             return write
 
         return await self._write(attempt)
+
+    # floating addresses
+
+    async def attach_floating(self, tenant: str, name: str, address: str, server: Server) -> Node:
+        """Attach `address`, of `server`'s floating pools, to a node that server hosts. An
+        address has one node, of any tenant, and a node one address; the same again is a
+        success that changes nothing. No change record: no other server needs it."""
+        if not _in_pools(server.floating, address):
+            pools = ", ".join(server.floating) or "none"
+            raise Forbidden(
+                f"{address} is not in the floating pools of server {server.name!r} ({pools})"
+            )
+        key, claim = f"n/{tenant}/{name}", f"fip/{address}"
+
+        async def attempt() -> _Write:
+            write, snapshot = await self._lock_tenant(tenant, key, claim)
+            raw = snapshot.value(key)
+            if raw is None:
+                raise NotFound(f"tenant {tenant!r} has no node {name!r}")
+            node = _load(Node, raw)
+            if not _hosts(server, node):
+                raise Forbidden(f"server {server.name!r} does not host node {tenant}/{name}")
+            if node.floating == address:
+                return _Write(result=node)
+            if claim in snapshot.entries:  # whose is not this tenant's business
+                raise FloatingTaken(f"{address} is attached to another node")
+            if node.floating is not None:
+                raise FloatingAttached(
+                    f"node {tenant}/{name} has floating address {node.floating}; detach it first"
+                )
+            await self._expect_enrolled(write, server)
+            write.expects.append(Expect(claim, 0))
+            attached = node.model_copy(update={"floating": address})
+            _put_node(write, attached)
+            write.put(
+                claim,
+                FloatingAddress(address=address, tenant=tenant, node=name, server=server.name),
+            )
+            write.result = attached
+            return write
+
+        return await self._write(attempt)
+
+    async def detach_floating(
+        self, tenant: str, name: str, *, server: Server | None = None
+    ) -> None:
+        """Release a node's floating address, if it has one; `server`: only of a node it hosts
+        (as delete_node)."""
+
+        async def attempt() -> _Write:
+            write, node = await self._lock_node(tenant, name, server)
+            if node.floating is None:
+                return _Write()
+            write.delete(*_floating_keys(node))
+            _put_node(write, node.model_copy(update={"floating": None}))
+            return write
+
+        await self._write(attempt)
+
+    async def list_floating(self, server: str | None = None) -> list[FloatingAddress]:
+        """Every attached floating address (of `server`'s pools, if given), in address order."""
+        entries = (await self.store.scan("fip/")).entries.values()
+        found = [_load(FloatingAddress, entry.value) for entry in entries]
+        return sorted(
+            (f for f in found if server in (None, f.server)),
+            key=lambda f: netaddr.IPAddress(f.address),
+        )
 
     # links
 

@@ -31,6 +31,18 @@ class Conflict(DirectoryError):
     status = 409
 
 
+class FloatingTaken(Conflict):
+    """The floating address is attached to another node (of any tenant)."""
+
+    code = "floating_taken"
+
+
+class FloatingAttached(Conflict):
+    """The node has another floating address already: detach that one first."""
+
+    code = "floating_attached"
+
+
 class Gone(DirectoryError):
     """The change stream no longer holds events that old: the reader must resynchronise."""
 
@@ -49,8 +61,8 @@ BY_STATUS: dict[int, type[DirectoryError]] = {
 }
 
 
-def from_status(status: int, message: str) -> DirectoryError:
-    """The exception a client raises for an error answer."""
+def from_status(status: int, message: str, code: str | None = None) -> DirectoryError:
+    """The exception a client raises for an error answer, with the answer's stable `code`."""
     error = BY_STATUS.get(status, DirectoryError)(message)
-    error.status = status
+    error.status, error.code = status, code
     return error

@@ -116,6 +116,23 @@ class ServerEnroll(Body):
     )
 
 
+class FloatingAttach(Body):
+    address: IPAddress = Field(description="In the calling server's floating pools")
+
+
+class FloatingAddress(BaseModel):
+    """Which node a floating address is attached to, and the server whose pool it is of."""
+
+    address: IPAddress
+    tenant: Name
+    node: Name
+    server: Name
+
+
+class FloatingQuery(Body):
+    server: Name | None = Field(None, description="Only the addresses of this server's pools")
+
+
 class ServerEnrolled(Server):
     token: str = Field(description="The server's credential; shown only in this answer")
 

@@ -22,6 +22,9 @@ from federation.models import (
     CatalogueEntry,
     ChangePage,
     ChangesQuery,
+    FloatingAddress,
+    FloatingAttach,
+    FloatingQuery,
     Health,
     Identity,
     LinkCreate,
@@ -180,19 +183,21 @@ def _server(call: Call) -> Server | None:
 @api.route(
     "POST",
     "/v1/servers",
-    "Enroll a server with its locator pools",
+    "Enroll a server with its locator pools and its floating address pools",
     roles={ADMIN},
     body=ServerEnroll,
     response=ServerEnrolled,
     status=201,
     errors={
-        409: "The name is enrolled, or a pool overlaps another server's",
-        422: "The body breaks the schema, or a pool range ends before it starts, or two pools "
-        "overlap (arithmetic a schema cannot state)",
+        409: "The name is enrolled, or a pool overlaps a pool (locator or floating) of another "
+        "server",
+        422: "The body breaks the schema, or a pool range ends before it starts, or two of its "
+        "pools (locator or floating) overlap (arithmetic a schema cannot state)",
     },
 )
 async def enroll_server(call: Call) -> ServerEnrolled:
-    return await _directory(call).enroll_server(call.body.name, call.body.pools)
+    body: ServerEnroll = call.body
+    return await _directory(call).enroll_server(body.name, body.pools, body.floating)
 
 
 @api.route("GET", "/v1/servers", "List enrolled servers", roles={ADMIN}, response=list[Server])
@@ -488,6 +493,57 @@ async def delete_node(call: Call) -> None:
     await _directory(call).delete_node(
         call.path["tenant"], call.path["node"], server=_server(call), locator=call.query.locator
     )
+
+
+@api.route(
+    "PUT",
+    "/v1/tenants/{tenant}/nodes/{node}/floating",
+    "Attach a floating address of the calling server to a node it hosts (its credential, with "
+    "the tenant's token)",
+    roles={SERVER},
+    body=FloatingAttach,
+    response=Node,
+    on_behalf=True,
+    errors={
+        403: "Not a server credential with its tenant's token, or the server does not host the "
+        "node, or the address is outside the server's floating pools",
+        404: "The tenant or the node does not exist",
+        409: "code floating_taken: the address is attached to another node; code "
+        "floating_attached: the node has another floating address (detach it first)",
+    },
+)
+async def attach_floating(call: Call) -> Node:
+    server = _server(call)
+    assert server is not None
+    return await _directory(call).attach_floating(
+        call.path["tenant"], call.path["node"], call.body.address, server
+    )
+
+
+@api.route(
+    "DELETE",
+    "/v1/tenants/{tenant}/nodes/{node}/floating",
+    "Release a node's floating address, if it has one (a server: only of a node it hosts)",
+    roles=LOOKUP,
+    status=204,
+    headers=(ACTING_FOR,),
+)
+async def detach_floating(call: Call) -> None:
+    await _directory(call).detach_floating(
+        call.path["tenant"], call.path["node"], server=_server(call)
+    )
+
+
+@api.route(
+    "GET",
+    "/v1/floating",
+    "Which node each attached floating address is attached to, and whose pool it is of",
+    roles={ADMIN},
+    query=FloatingQuery,
+    response=list[FloatingAddress],
+)
+async def list_floating(call: Call) -> list[FloatingAddress]:
+    return await _directory(call).list_floating(call.query.server)
 
 
 @api.route(

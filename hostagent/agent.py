@@ -27,9 +27,10 @@ from hostagent.models import AgentStatus, Desired, ImageInfo, NodeCreate, NodeIn
 from hostagent.ovs import Switch
 from hostagent.plumbing import ifindex
 from hostagent.publisher import Publisher
-from hostagent.state import State
+from hostagent.state import State, joined
+from hostagent.waysin import FloatingAttached, check_published, choose_floating, server_listening
 from nvi.core.errors import NviError
-from nvi.core.model import NodeKind
+from nvi.core.model import NodeKind, PublishedPort
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Agent:
         images, capacity) is its state, not the request's form: 409 (docs/decisions.md)."""
         driver = self.driver(request.kind)
         driver.check(request)
+        self._check_published("", request.publish)
         wanted = request.image or driver.default_image  # a request without one means the default
         buildable = wanted == driver.default_image
         if not buildable and not await driver.has_image(wanted):
@@ -133,6 +135,14 @@ class Agent:
                 f"{capacity.memory_mib - memory} MiB are left"
             )
 
+    def _check_published(self, node_id: str, wanted: list[PublishedPort]) -> None:
+        """Refuse host ports another node here publishes or the server serves on: the
+        agent's own API port, and whatever listens on the server's address now."""
+        own = server_listening(self.config.underlay) if wanted else set()
+        if self.config.tcp is not None:
+            own |= {(self.config.tcp.port, "tcp")}
+        check_published(node_id, wanted, self.state.published(), own)
+
     def driver(self, kind: NodeKind) -> NodeDriver:
         if kind not in self.drivers:
             have = ", ".join(sorted(self.drivers))
@@ -146,6 +156,8 @@ class Agent:
         if done or (await self.switch.ports()).get(node.port) != await ifindex(node.port):
             await self.switch.plug(node)
             done.append("plugged its port into the bridge")
+        elif await self.switch.sync(node):
+            done.append("rewrote its port's keys from the state")
         return done
 
     async def _undo(self, node_id: str) -> bool:
@@ -197,6 +209,76 @@ class Agent:
             self.state.update(node.id, desired=Desired.RUNNING)
             await self._bring_up(node)
         return await self.show(tenant, name)
+
+    # -- ways in --------------------------------------------------------------------------
+
+    async def publish(
+        self, tenant: str, name: str, ports: list[PublishedPort], token: str | None
+    ) -> NodeInfo:
+        """Replace the node's published ports; refused (409, nothing changed) if another
+        node here or the server itself has one of the host ports."""
+        token = _require(token)
+        async with self.lock:
+            node = self._ready(tenant, name)
+            await self._authorise(token, node)
+            self._check_published(node.id, ports)
+            await self._rewrite(node, published=joined(ports))
+        return await self.show(tenant, name)
+
+    async def attach_floating(
+        self, tenant: str, name: str, address: str | None, token: str | None
+    ) -> NodeInfo:
+        """Attach `address` (default: the lowest free of this server's pool): the directory
+        first (it refuses an address another server's node holds), then the state, then the
+        port's key; a failure undoes what was done. The same address again changes nothing."""
+        token = _require(token)
+        async with self.lock:
+            node = self._ready(tenant, name)
+            await self._authorise(token, node)
+            if node.floating is not None:
+                if address not in (None, node.floating):
+                    raise FloatingAttached(
+                        f"node {tenant}/{name} has floating address {node.floating}; detach "
+                        "it first"
+                    )
+                return await self.show(tenant, name)
+            held = self.state.floating()
+            chosen = choose_floating(self.config.floating_pool, held, address)
+            await self.publisher.attach_floating(token, tenant, name, chosen)
+            try:
+                await self._rewrite(node, floating=chosen)
+            except BaseException:
+                await self.publisher.detach_floating(tenant, name)
+                raise
+        return await self.show(tenant, name)
+
+    async def detach_floating(self, tenant: str, name: str, token: str | None) -> NodeInfo:
+        """Remove the port's key first (traffic to the address stops at once), then the
+        directory's record, then the state; without an address, nothing to do."""
+        token = _require(token)
+        async with self.lock:
+            node = self._ready(tenant, name)
+            await self._authorise(token, node)
+            if node.floating is not None:
+                await self.switch.sync(node.model_copy(update={"floating": None}))
+                try:
+                    await self.publisher.detach_floating(tenant, name)
+                except BaseException:
+                    await self.switch.sync(node)
+                    raise
+                self.state.update(node.id, floating=None)
+        return await self.show(tenant, name)
+
+    async def _rewrite(self, node: NodeInfo, **values: str | None) -> None:
+        """Record a change of the node's ways in, then write its port's keys; if the switch
+        fails the state is put back (the caller undoes anything before)."""
+        before = {"floating": node.floating, "published": joined(node.published)}
+        changed = self.state.update(node.id, **values)
+        try:
+            await self.switch.sync(changed)
+        except BaseException:
+            self.state.update(node.id, **{key: before[key] for key in values})
+            raise
 
     async def delete(self, tenant: str, name: str, token: str | None) -> None:
         try:
@@ -336,6 +418,7 @@ class Agent:
         nodes = self.state.nodes()
         cpus, memory = self.state.reserved()
         capacity = self.config.capacity
+        pool = self.config.floating_pool
         return AgentStatus(
             server=self.config.name,
             underlay=self.config.underlay,
@@ -343,6 +426,8 @@ class Agent:
             bridge=self.config.bridge,
             nodes=len(nodes),
             locators_free=self.config.locator_pool.size - len(nodes),
+            floating=self.config.floating,
+            floating_free=pool.size - len(self.state.floating()) if pool else 0,
             cpus_free=capacity.cpus - cpus,
             memory_mib_free=capacity.memory_mib - memory,
             drivers={str(kind): await driver.health() for kind, driver in self.drivers.items()},

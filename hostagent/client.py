@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 
 from hostagent.errors import AgentError
 from hostagent.models import DIRECTORY_TOKEN, TENANT_TOKEN, AgentStatus, ImageInfo, NodeInfo
+from nvi.core.model import PublishedPort
 from nvi.core.tls import client_context, tls_failure
 
 DEFAULT_SOCKET = "/run/nvi/agent.sock"
@@ -112,6 +113,19 @@ class AgentClient:
 
     async def start(self, tenant: str, name: str) -> NodeInfo:
         return await self._call("POST", f"/v1/nodes/{tenant}/{name}/start", NodeInfo)
+
+    async def publish(
+        self, tenant: str, name: str, ports: builtins.list[PublishedPort]
+    ) -> NodeInfo:
+        body = {"publish": [port.model_dump(mode="json") for port in ports]}
+        return await self._call("PUT", f"/v1/nodes/{tenant}/{name}/publish", NodeInfo, json=body)
+
+    async def attach_floating(self, tenant: str, name: str, address: str | None = None) -> NodeInfo:
+        path = f"/v1/nodes/{tenant}/{name}/floating"
+        return await self._call("POST", path, NodeInfo, json={"address": address})
+
+    async def detach_floating(self, tenant: str, name: str) -> NodeInfo:
+        return await self._call("DELETE", f"/v1/nodes/{tenant}/{name}/floating", NodeInfo)
 
     async def delete(self, tenant: str, name: str) -> None:
         await self._call("DELETE", f"/v1/nodes/{tenant}/{name}")

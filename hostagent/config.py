@@ -19,6 +19,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from nvi.core.errors import NviError
@@ -121,6 +122,11 @@ class AgentConfig(_Section):
     name: Label = Field(description="This server's name, published as the nodes' server label")
     underlay: IPAddress = Field(description="This server's own underlay address")
     locators: str = Field(description="This server's locator pool: CIDR or first-last")
+    floating: str | None = Field(
+        None,
+        description="This server's floating pool (public addresses attached 1:1 to nodes): "
+        "CIDR or first-last; the same pool(s) the directory enrolled it with",
+    )
     bridge: str = Field("br-int", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
     state_dir: Path = Field(Path("/var/lib/nvi/agent"), description="Holds the sqlite state")
     socket: Path = Field(Path("/run/nvi/agent.sock"), description="The local REST API")
@@ -133,16 +139,34 @@ class AgentConfig(_Section):
     catalogue: CatalogueConfig | None = None
     capacity: Capacity = Field(default_factory=Capacity)
 
-    @field_validator("locators")
+    @field_validator("locators", "floating")
     @classmethod
-    def _pool(cls, value: str) -> str:
-        if parse_pool(value).version != 4:
+    def _pool(cls, value: str | None) -> str | None:
+        if value is not None and parse_pool(value).version != 4:
             raise ValueError(f"{value} is not an IPv4 pool")
         return value
+
+    @model_validator(mode="after")
+    def _floating_apart(self) -> AgentConfig:
+        """A floating address is neither a locator nor the server's own address: the switch
+        would take the server's or a node's traffic for the floating node's."""
+        pool = self.floating_pool
+        if pool is None:
+            return self
+        locators = self.locator_pool
+        if pool.first <= locators.last and locators.first <= pool.last:
+            raise ValueError(f"floating pool {self.floating} overlaps the locators {self.locators}")
+        if netaddr.IPAddress(self.underlay) in pool:
+            raise ValueError(f"floating pool {self.floating} holds the server's own address")
+        return self
 
     @property
     def locator_pool(self) -> netaddr.IPRange:
         return parse_pool(self.locators)
+
+    @property
+    def floating_pool(self) -> netaddr.IPRange | None:
+        return parse_pool(self.floating) if self.floating else None
 
     @property
     def database(self) -> Path:

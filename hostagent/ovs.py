@@ -38,14 +38,31 @@ class Switch:
         """Add the node's port afresh: vswitchd keeps reading from a vanished veth otherwise
         (so the removal is a transaction of its own, which vswitchd applies first)."""
         await self.unplug(node.port)
-        external = {
+        add = self.ovsdb.api.add_port(
+            self.bridge, node.port, may_exist=False, external_ids=self._external_ids(node)
+        )
+        await self._transact(add)
+
+    async def sync(self, node: NodeInfo) -> bool:
+        """Make a plugged port's keys the node's (its ways in changed, or a restarted agent
+        finds older ones): the whole set is written and the optional keys the node lacks are
+        removed, in one transaction. Whether anything changed (an unplugged port: nothing)."""
+        wanted = self._external_ids(node)
+        found = next((i for i in await self._interfaces() if i.name == node.port), None)
+        if found is None or found.external_ids == wanted:
+            return False
+        api = self.ovsdb.api
+        commands = [api.db_set("Interface", node.port, ("external_ids", wanted))]
+        if absent := [key for key in found.external_ids if key not in wanted]:
+            commands.append(api.db_remove("Interface", node.port, "external_ids", *absent))
+        await self._transact(*commands)
+        return True
+
+    def _external_ids(self, node: NodeInfo) -> dict[str, str]:
+        return {
             **AgentPort(self.agent_id, node.id, node.name).external_ids(),
             **node_port(node).external_ids(),
         }
-        add = self.ovsdb.api.add_port(
-            self.bridge, node.port, may_exist=False, external_ids=external
-        )
-        await self._transact(add)
 
     async def unplug(self, port: str) -> None:
         await self._transact(self.ovsdb.api.del_port(port, self.bridge, if_exists=True))
@@ -103,4 +120,6 @@ def node_port(node: NodeInfo) -> NodePort:
         gateway=node.gateway,
         locator=node.locator,
         mac=node.mac,
+        floating=node.floating or "",
+        published=tuple(node.published),
     )

@@ -26,6 +26,13 @@ class Publisher(Protocol):
     async def unpublish(self, tenant: str, name: str, locator: str) -> None:
         """Withdraw the node's record if it still holds `locator`; absent is fine."""
 
+    async def attach_floating(self, token: str, tenant: str, name: str, address: str) -> Node:
+        """Record that `address` (of this server's floating pool) is the node's, for the
+        tenant whose token this is; 409 if another node holds it."""
+
+    async def detach_floating(self, tenant: str, name: str) -> None:
+        """Release the node's floating address; nothing attached (or no record) is fine."""
+
     async def is_admin(self, token: str) -> bool:
         """Whether the token is the directory's admin credential."""
 
@@ -76,6 +83,16 @@ class DirectoryPublisher:
     async def unpublish(self, tenant: str, name: str, locator: str) -> None:
         try:
             await self._server.delete_node(tenant, name, locator=locator)
+        except NotFound:
+            return
+
+    async def attach_floating(self, token: str, tenant: str, name: str, address: str) -> Node:
+        async with self._client(token, on_behalf=True) as client:
+            return await client.attach_floating(tenant, name, address)
+
+    async def detach_floating(self, tenant: str, name: str) -> None:
+        try:
+            await self._server.detach_floating(tenant, name)
         except NotFound:
             return
 

@@ -33,10 +33,12 @@ from hostagent.models import (
     DIRECTORY_TOKEN,
     TENANT_TOKEN,
     AgentStatus,
+    FloatingAttach,
     ImageInfo,
     NodeCreate,
     NodeInfo,
     NodeQuery,
+    Publish,
 )
 from hostagent.ovs import Switch
 from hostagent.publisher import DirectoryPublisher
@@ -169,7 +171,8 @@ async def list_nodes(call: Call) -> list[NodeInfo]:
         403: "A tenant's token creating another tenant's node",
         404: "The tenant has no such network",
         409: "The name or address is taken or not usable in the network, or this server "
-        "lacks the kind, the image or the capacity",
+        "lacks the kind, the image or the capacity, or a published host port is in use "
+        "(code port_in_use)",
         **TOKEN_CHECK,
     },
 )
@@ -232,6 +235,66 @@ async def start_node(call: Call) -> NodeInfo:
 )
 async def delete_node(call: Call) -> None:
     await _agent(call).delete(call.path["tenant"], call.path["name"], _token(call))
+
+
+WAYS_IN = {
+    401: "No credential, an unknown one, or an operator's without X-Tenant-Token",
+    **TOKEN_CHECK,
+}
+
+
+@api.route(
+    "PUT",
+    "/v1/nodes/{tenant}/{name}/publish",
+    "Replace the node's published ports (host ports of this server forwarded to it)",
+    roles=ANYONE,
+    body=Publish,
+    response=NodeInfo,
+    headers=(FOR_TENANT,),
+    errors={
+        409: "The node is being created or deleted, or a host port is published by another "
+        "node or served by the server itself (code port_in_use); nothing changed",
+        **WAYS_IN,
+    },
+)
+async def publish_ports(call: Call) -> NodeInfo:
+    path = call.path
+    return await _agent(call).publish(path["tenant"], path["name"], call.body.publish, _token(call))
+
+
+@api.route(
+    "POST",
+    "/v1/nodes/{tenant}/{name}/floating",
+    "Attach a floating address of this server to the node (default: the lowest free one)",
+    roles=ANYONE,
+    body=FloatingAttach,
+    response=NodeInfo,
+    headers=(FOR_TENANT,),
+    errors={
+        409: "The node is being created or deleted, or has another floating address "
+        "(floating_attached); the server has no pool (no_floating_pool), none free "
+        "(floating_exhausted), the address is outside its pool (floating_outside_pool) or "
+        "held by another node, here or elsewhere (floating_taken)",
+        **WAYS_IN,
+    },
+)
+async def attach_floating(call: Call) -> NodeInfo:
+    path, address = call.path, call.body.address
+    return await _agent(call).attach_floating(path["tenant"], path["name"], address, _token(call))
+
+
+@api.route(
+    "DELETE",
+    "/v1/nodes/{tenant}/{name}/floating",
+    "Detach the node's floating address (none attached: nothing to do)",
+    roles=ANYONE,
+    response=NodeInfo,
+    headers=(FOR_TENANT,),
+    errors={409: "The node is being created or deleted", **WAYS_IN},
+)
+async def detach_floating(call: Call) -> NodeInfo:
+    path = call.path
+    return await _agent(call).detach_floating(path["tenant"], path["name"], _token(call))
 
 
 @api.route(

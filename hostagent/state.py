@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import netaddr
 
 from hostagent.errors import Conflict, Full
 from hostagent.models import Desired, NodeCreate, NodeInfo, Phase
+from nvi.core.model import PublishedPort
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,12 +38,16 @@ CREATE TABLE IF NOT EXISTS nodes (
     gateway TEXT,
     prefixlen INTEGER,
     directory_id TEXT,
+    floating TEXT,
+    published TEXT NOT NULL DEFAULT '',
     phase TEXT NOT NULL,
     desired TEXT NOT NULL,
     created REAL NOT NULL,
     UNIQUE (tenant, name)
 );
 """
+# Columns added after the first release, with their definitions for a state file without them.
+_ADDED = {"floating": "TEXT", "published": "TEXT NOT NULL DEFAULT ''"}
 
 
 class State:
@@ -55,10 +61,20 @@ class State:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        self._add_columns()
         self.agent_id = self._agent_id()
 
     def close(self) -> None:
         self.db.close()
+
+    def _add_columns(self) -> None:
+        """An older state file keeps working: its rows get the new columns, empty. A
+        floating address is one node's (an index, since SQLite adds no UNIQUE column)."""
+        have = {row["name"] for row in self.db.execute("PRAGMA table_info(nodes)")}
+        for column, definition in _ADDED.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE nodes ADD COLUMN {column} {definition}")
+        self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS nodes_floating ON nodes (floating)")
 
     def _agent_id(self) -> str:
         """A random id of this agent's state, labelling what it creates (containers, ports)."""
@@ -84,8 +100,8 @@ class State:
             node_id = uuid.uuid4().hex[:16]
             self.db.execute(
                 "INSERT INTO nodes (id, tenant, name, kind, network, image, cpus, memory_mib,"
-                " locator, phase, desired, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " locator, published, phase, desired, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node_id,
                     request.tenant,
@@ -96,6 +112,7 @@ class State:
                     request.cpus,
                     request.memory_mib,
                     locator,
+                    joined(request.publish),
                     Phase.CREATING,
                     Desired.RUNNING,
                     time.time(),
@@ -135,6 +152,19 @@ class State:
             rows = self.db.execute("SELECT * FROM nodes WHERE tenant = ? ORDER BY name", (tenant,))
         return [_info(row) for row in rows]
 
+    def floating(self) -> set[str]:
+        """The floating addresses this server's nodes hold."""
+        rows = self.db.execute("SELECT floating FROM nodes WHERE floating IS NOT NULL")
+        return {row[0] for row in rows}
+
+    def published(self) -> dict[tuple[int, str], str]:
+        """Which node (id) holds each published host port and protocol of this server."""
+        return {
+            (port.host_port, str(port.protocol)): row["id"]
+            for row in self.db.execute("SELECT id, published FROM nodes")
+            for port in _ports(row["published"])
+        }
+
     def reserved(self) -> tuple[float, int]:
         """CPUs and MiB promised to the nodes on this server."""
         cpus, memory = self.db.execute(
@@ -148,6 +178,15 @@ def port_name(node_id: str) -> str:
     return f"nv{node_id[:10]}"
 
 
+def joined(ports: Iterable[PublishedPort]) -> str:
+    """Published ports as one column: the port key's own spelling (`8080:80/tcp,...`)."""
+    return ",".join(map(str, ports))
+
+
+def _ports(text: str | None) -> list[PublishedPort]:
+    return [PublishedPort.parse(item) for item in (text or "").split(",") if item]
+
+
 def _info(row: sqlite3.Row) -> NodeInfo:
-    data = {key: row[key] for key in row.keys() if key != "token"}  # state files before 0.2
-    return NodeInfo(**data, port=port_name(row["id"]))
+    data = {key: row[key] for key in row.keys() if key not in ("token", "published")}
+    return NodeInfo(**data, published=_ports(row["published"]), port=port_name(row["id"]))

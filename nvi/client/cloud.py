@@ -25,7 +25,7 @@ from hostagent.models import NodeInfo
 from nvi.client.placement import NoServer, candidates
 from nvi.client.profiles import Profile
 from nvi.core.errors import NviError
-from nvi.core.model import Link, Network, Node, NodeKind
+from nvi.core.model import Link, Network, Node, NodeKind, PublishedPort
 from nvi.core.tls import client_context, tls_failure
 
 T = TypeVar("T")
@@ -52,13 +52,17 @@ class NodeView(BaseModel):
     cpus: float | None = None
     memory_mib: int | None = None
     image: str | None = None
+    floating: str | None = None
+    published: list[PublishedPort] = []
     progress: str = Field("", description="What is happening to it now, as the agent says")
 
     @classmethod
     def of(cls, record: Node | None, live: NodeInfo | None, server: str) -> NodeView:
         fields: dict[str, Any] = {"server": server}
         if record is not None:
-            fields |= record.model_dump(include={"tenant", "name", "kind", "network", "ip", "mac"})
+            fields |= record.model_dump(
+                include={"tenant", "name", "kind", "network", "ip", "mac", "floating"}
+            )
         if live is not None:
             fields |= {key: value for key, value in _live(live).items() if value is not None}
             for key in ("tenant", "name", "kind", "network"):
@@ -68,6 +72,7 @@ class NodeView(BaseModel):
 
 def _live(info: NodeInfo) -> dict[str, Any]:
     keep = {"ip", "mac", "state", "ready", "phase", "cpus", "memory_mib", "image", "progress"}
+    keep |= {"floating", "published"}
     return info.model_dump(mode="json", include=keep)
 
 

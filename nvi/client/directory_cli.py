@@ -26,7 +26,8 @@ LOCAL_DIRECTORY = "https://127.0.0.1:7480"
 NETWORK_COLUMNS = ["tenant", "name", "cidr", "gateway", "outbound"]
 LINK_COLUMNS = ["tenant", "id", "kind", "a", "b"]
 NODE_COLUMNS = ["tenant", "name", "kind", "network", "ip", "mac", "locator", "server", "id"]
-SERVER_COLUMNS = ["name", "pools", "created"]
+SERVER_COLUMNS = ["name", "pools", "floating", "created"]
+FLOATING_COLUMNS = ["address", "tenant", "node", "server"]
 TOKEN_COLUMNS = ["tenant", "id", "description", "created"]
 
 directory = click.Group(
@@ -373,16 +374,28 @@ def server() -> None:
     help="a locator pool of the server (repeat for several); pools never overlap another's",
 )
 @click.option(
+    "--floating",
+    "floating",
+    multiple=True,
+    metavar="CIDR|FIRST-LAST",
+    help="a pool of public addresses its nodes may be given (repeat for several); no pool, "
+    "locator or floating, overlaps another",
+)
+@click.option(
     "--credential-file",
     type=click.Path(dir_okay=False),
     help="write the server's credential here (mode 0600) instead of showing it",
 )
 @_options
 def server_enroll(
-    name: str, pools: tuple[str, ...], credential_file: str | None, output: str
+    name: str,
+    pools: tuple[str, ...],
+    floating: tuple[str, ...],
+    credential_file: str | None,
+    output: str,
 ) -> None:
     """Enroll server NAME; its credential is shown (or written) once."""
-    enrolled = _call(lambda c: c.enroll_server(name, list(pools)))
+    enrolled = _call(lambda c: c.enroll_server(name, list(pools), floating))
     row = enrolled.model_dump(mode="json")
     if credential_file:
         write_secret(Path(credential_file), enrolled.token)
@@ -393,7 +406,7 @@ def server_enroll(
 @server.command("list")
 @_options
 def server_list(output: str) -> None:
-    """List enrolled servers and their pools."""
+    """List enrolled servers and their pools (locator and floating)."""
     show_rows(output, "servers", _call(DirectoryClient.list_servers), SERVER_COLUMNS)
 
 
@@ -412,3 +425,29 @@ def server_revoke(name: str, output: str) -> None:
     """Revoke server NAME's credential and withdraw the nodes it published."""
     withdrawn = _call(lambda c: c.revoke_server(name))
     show_rows(output, "withdrawn", withdrawn, ["tenant", "name", "ip", "locator"])
+
+
+@directory.group()
+def floating() -> None:
+    """Floating addresses: which node each attached one is attached to (servers attach them
+    for their nodes: `nvi node floating attach`)."""
+
+
+@floating.command("list")
+@click.option("--server", "server_name", help="only the addresses of this server's pools")
+@_options
+def floating_list(server_name: str | None, output: str) -> None:
+    """List attached floating addresses, their nodes and servers (admin token)."""
+    found = _call(lambda c: c.list_floating(server_name))
+    show_rows(output, "floating addresses", found, FLOATING_COLUMNS)
+
+
+@floating.command("detach")
+@click.argument("tenant_name", metavar="TENANT")
+@click.argument("name")
+@_options
+def floating_detach(tenant_name: str, name: str, output: str) -> None:
+    """Release node NAME's floating address in the directory, and only there: for a node whose
+    server is gone for good (`nvi node floating detach` also stops its traffic)."""
+    _call(lambda c: c.detach_floating(tenant_name, name))
+    _done(output, "floating", {"tenant": tenant_name, "node": name}, "detached")

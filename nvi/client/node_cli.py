@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from federation.models import CatalogueEntry
 from hostagent.client import DEFAULT_SOCKET, AgentClient
@@ -31,11 +32,14 @@ from nvi.client.options import profile, profile_options, run_cloud
 from nvi.client.profiles import Profile
 from nvi.core.clitools import option_group, output_option, run_client, show_rows
 from nvi.core.errors import NviError
+from nvi.core.model import PublishedPort
 from nvi.core.output import ProgressLine
 
 T = TypeVar("T")
+WAYS_IN = ["floating", "published"]
 AGENT_COLUMNS = ["tenant", "name", "kind", "network", "ip", "mac", "locator", "state", "ready"]
-VIEW_COLUMNS = ["tenant", "name", "kind", "network", "ip", "server", "state", "ready"]
+AGENT_COLUMNS += WAYS_IN
+VIEW_COLUMNS = ["tenant", "name", "kind", "network", "ip", "server", "state", "ready", *WAYS_IN]
 POLL_SECONDS = 0.3
 
 _target_options = option_group(
@@ -70,6 +74,41 @@ _wait_options = option_group(
         help="Seconds to wait for the boot",
     ),
 )
+
+
+def show_nodes(output: str, title: str, rows: list[Any], columns: list[str]) -> None:
+    """Nodes as `show_documents` shows them, but a table spells published ports as they
+    are typed (`8080:80/tcp`), not as their JSON objects."""
+    if output == "table":
+        rows = [_spelled(row) for row in rows]
+    show_rows(output, title, rows, columns)
+
+
+def _spelled(row: Any) -> Any:
+    if not isinstance(row, (NodeInfo, NodeView)):
+        return row
+    return row.model_dump(mode="json") | {"published": [str(p) for p in row.published]}
+
+
+def parse_published(texts: tuple[str, ...] | list[str]) -> list[PublishedPort]:
+    """`HOST:NODE[/tcp|udp]` arguments; a bad one is the command's one-line error, before
+    anything is asked of an agent."""
+    return [_published(text) for text in texts]
+
+
+def _published(text: str) -> PublishedPort:
+    try:
+        return PublishedPort.parse(text)
+    except ValidationError as error:  # a number out of range: say which, in one line
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise NviError(f"published port {text!r}: {where}: {first['msg']}") from None
+    except ValueError as error:
+        raise NviError(str(error)) from None
+
+
+def _publish_option(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    return parse_published(value)
 
 
 class Target:
@@ -165,6 +204,14 @@ def node() -> None:
 @click.option("--memory", "memory_mib", type=int, default=128, show_default=True, help="MiB")
 @click.option("--server", help="On this server (by its catalogue name)")
 @click.option("--cloud", "cloud_label", help="On a server of this cloud (its catalogue label)")
+@click.option(
+    "--publish",
+    "-p",
+    multiple=True,
+    callback=_publish_option,
+    metavar="HOST:NODE[/tcp|udp]",
+    help="Forward a port of the server's address to the node (repeatable)",
+)
 @_wait_options
 @_node_options
 def create(
@@ -177,6 +224,7 @@ def create(
     memory_mib: int,
     server: str | None,
     cloud_label: str | None,
+    publish: list[PublishedPort],
     wait: bool,
     boot_timeout: float,
     address: str | None,
@@ -192,11 +240,12 @@ def create(
     body: dict[str, Any] = dict(name=name, tenant=owner, network=network, kind=kind, ip=ip)
     body |= dict(image=image) if image else {}
     body |= dict(cpus=cpus, memory_mib=memory_mib)
+    body |= dict(publish=[port.model_dump(mode="json") for port in publish]) if publish else {}
     if not target.cloud:
         if server or cloud_label:
             raise NviError("--server and --cloud choose through the directory, not with --agent")
         created = target.on_agent(lambda client: _create_watching(client, body, wait, boot_timeout))
-        show_rows(output, "node", [created], AGENT_COLUMNS)
+        show_nodes(output, "node", [created], AGENT_COLUMNS)
         return
 
     async def place(cloud: Cloud) -> NodeView:
@@ -209,7 +258,7 @@ def create(
         info = await cloud.create_node(body, server=server, cloud=cloud_label, create=on)
         return NodeView.of(None, info, chosen[-1])
 
-    show_rows(output, "node", [target.on_cloud(place)], VIEW_COLUMNS)
+    show_nodes(output, "node", [target.on_cloud(place)], VIEW_COLUMNS)
 
 
 @node.command("list")
@@ -227,12 +276,12 @@ def list_(
     target = Target(address, agent_token, tenant)
     if not target.cloud:
         rows = target.on_agent(lambda client: client.list(tenant))
-        show_rows(output, "nodes", rows, AGENT_COLUMNS)
+        show_nodes(output, "nodes", rows, AGENT_COLUMNS)
         return
     views = target.on_cloud(lambda cloud: cloud.nodes(tenant=tenant))
     if server:
         views = [view for view in views if view.server == server]
-    show_rows(output, "nodes", views, VIEW_COLUMNS)
+    show_nodes(output, "nodes", views, VIEW_COLUMNS)
 
 
 @node.command()
@@ -248,7 +297,7 @@ def show(
         found: Any = target.on_cloud(lambda cloud: cloud.node(name, tenant=owner))
     else:
         found = target.on_agent(lambda client: client.show(owner or "", name))
-    show_rows(output, "node", [found], list(found.model_dump()))
+    show_nodes(output, "node", [found], list(found.model_dump()))
 
 
 @node.command()
@@ -262,10 +311,10 @@ def stop(
     owner, name = target.name(name)
     if target.cloud:
         found = target.on_cloud(lambda cloud: cloud.stop(name, tenant=owner))
-        show_rows(output, "node", [found], VIEW_COLUMNS)
+        show_nodes(output, "node", [found], VIEW_COLUMNS)
     else:
         stopped = target.on_agent(lambda client: client.stop(owner or "", name))
-        show_rows(output, "node", [stopped], AGENT_COLUMNS)
+        show_nodes(output, "node", [stopped], AGENT_COLUMNS)
 
 
 @node.command()
@@ -293,7 +342,7 @@ def start(
 
     if not target.cloud:
         started = target.on_agent(lambda client: start_watching(client, owner or ""))
-        show_rows(output, "node", [started], AGENT_COLUMNS)
+        show_nodes(output, "node", [started], AGENT_COLUMNS)
         return
 
     async def on_cloud(cloud: Cloud) -> NodeView:
@@ -301,7 +350,7 @@ def start(
         await start_watching(await cloud.agent_of(name, tenant=who), who)
         return await cloud.node(name, tenant=who)
 
-    show_rows(output, "node", [target.on_cloud(on_cloud)], VIEW_COLUMNS)
+    show_nodes(output, "node", [target.on_cloud(on_cloud)], VIEW_COLUMNS)
 
 
 @node.command()
@@ -359,3 +408,83 @@ def console(name: str, address: str | None, agent_token: str | None, tenant: str
         os.execvp(argv[0], argv)
     status = ended.removeprefix("exit ")
     sys.exit(int(status) if status.isdigit() else 0)
+
+
+def _on_node(
+    target: Target, name: str, output: str, call: Callable[[AgentClient, str, str], Awaitable[T]]
+) -> None:
+    """Make one call of the node's agent (`call(agent, tenant, name)`, answering the node)
+    and show the node: with --agent, that agent's; else the server's its record names."""
+    owner, name = target.name(name)
+    if not target.cloud:
+        done = target.on_agent(lambda client: call(client, owner or "", name))
+        show_nodes(output, "node", [done], AGENT_COLUMNS)
+        return
+
+    async def on_cloud(cloud: Cloud) -> NodeView:
+        who = await cloud.tenant(owner)
+        await call(await cloud.agent_of(name, tenant=who), who, name)
+        return await cloud.node(name, tenant=who)
+
+    show_nodes(output, "node", [target.on_cloud(on_cloud)], VIEW_COLUMNS)
+
+
+@node.command("publish")
+@click.argument("name")
+@click.argument("ports", nargs=-1, metavar="[HOST:NODE[/tcp|udp]]...")
+@_node_options
+def publish_(
+    name: str,
+    ports: tuple[str, ...],
+    address: str | None,
+    agent_token: str | None,
+    tenant: str | None,
+    output: str,
+) -> None:
+    """Set the node's published ports to PORTS, replacing what it had (none: remove all).
+    The server's address forwards each HOST port to the node's NODE port."""
+    wanted = parse_published(ports)
+    target = Target(address, agent_token, tenant)
+    _on_node(target, name, output, lambda agent, who, name: agent.publish(who, name, wanted))
+
+
+@node.group()
+def floating() -> None:
+    """A node's floating address: one of its server's public addresses, mapped to it 1:1."""
+
+
+@floating.command("attach")
+@click.argument("name")
+@click.option(
+    "--address",
+    "floating_address",
+    help="This one of the server's floating pool (default: the lowest free one)",
+)
+@_node_options
+def attach_floating(
+    name: str,
+    floating_address: str | None,
+    address: str | None,
+    agent_token: str | None,
+    tenant: str | None,
+    output: str,
+) -> None:
+    """Attach a floating address to NAME (the same one again changes nothing)."""
+    target = Target(address, agent_token, tenant)
+    _on_node(
+        target,
+        name,
+        output,
+        lambda agent, who, name: agent.attach_floating(who, name, floating_address),
+    )
+
+
+@floating.command("detach")
+@click.argument("name")
+@_node_options
+def detach_floating(
+    name: str, address: str | None, agent_token: str | None, tenant: str | None, output: str
+) -> None:
+    """Detach NAME's floating address (none attached: nothing to do)."""
+    target = Target(address, agent_token, tenant)
+    _on_node(target, name, output, lambda agent, who, name: agent.detach_floating(who, name))

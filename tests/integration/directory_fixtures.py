@@ -85,10 +85,10 @@ class Service:
     def client(self, token: str | None, tenant_token: str | None = None) -> DirectoryClient:
         return DirectoryClient(self.url, token, tenant_token=tenant_token, ca_file=self.ca_file)
 
-    async def enroll(self, name: str, *pools: str) -> str:
+    async def enroll(self, name: str, *pools: str, floating: tuple[str, ...] = ()) -> str:
         """Enroll a server as the directory's operator does; returns its credential."""
         async with self.client(self.credentials.admin) as admin:
-            self.servers[name] = (await admin.enroll_server(name, list(pools))).token
+            self.servers[name] = (await admin.enroll_server(name, list(pools), floating)).token
         return self.servers[name]
 
 

@@ -328,7 +328,7 @@ async def test_malformed_and_oversized_bodies_are_refused(service, admin) -> Non
 async def test_the_openapi_document_describes_every_route(service) -> None:  # noqa: ANN001
     status, document = await raw(service, "GET", "/v1/openapi.json", None)
     assert status == 200 and document["openapi"].startswith("3.1")
-    assert len([op for path in document["paths"].values() for op in path]) == 34
+    assert len([op for path in document["paths"].values() for op in path]) == 37
     catalogue = document["paths"]["/v1/catalogue"]
     assert catalogue["put"]["description"].startswith("Credentials: server.")
     assert catalogue["get"]["description"].startswith("Credentials: admin, tenant.")

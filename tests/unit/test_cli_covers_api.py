@@ -34,6 +34,8 @@ COMMANDS = {
     "GET /v1/tenants/{tenant}/nodes": "directory nodes",
     "GET /v1/tenants/{tenant}/nodes/{node}": "node show",
     "DELETE /v1/tenants/{tenant}/nodes/{node}": "directory withdraw",
+    "DELETE /v1/tenants/{tenant}/nodes/{node}/floating": "directory floating detach",
+    "GET /v1/floating": "directory floating list",
     "POST /v1/tenants/{tenant}/links": "directory link create",
     "GET /v1/tenants/{tenant}/links": "directory link list",
     "DELETE /v1/tenants/{tenant}/links/{link_id}": "directory link delete",
@@ -52,6 +54,9 @@ COMMANDS = {
     "POST /v1/nodes/{tenant}/{name}/stop": "node stop",
     "POST /v1/nodes/{tenant}/{name}/start": "node start",
     "DELETE /v1/nodes/{tenant}/{name}": "node delete",
+    "PUT /v1/nodes/{tenant}/{name}/publish": "node publish",
+    "POST /v1/nodes/{tenant}/{name}/floating": "node floating attach",
+    "DELETE /v1/nodes/{tenant}/{name}/floating": "node floating detach",
     "POST /v1/drain": "agent drain",
     "GET /v1/nodes/{tenant}/{name}/console": "node console",
 }
@@ -59,6 +64,8 @@ COMMANDS = {
 NOT_THE_USERS = {
     "POST /v1/tenants/{tenant}/nodes": "an agent publishes its node, with the tenant's token",
     "PATCH /v1/tenants/{tenant}/nodes/{node}": "an agent publishes a node's move to itself",
+    "PUT /v1/tenants/{tenant}/nodes/{node}/floating": "an agent attaches a floating address of "
+    "its own pools to its node, with the tenant's token",
     "PUT /v1/catalogue": "an agent announces its own server, with the server's credential",
 }
 
