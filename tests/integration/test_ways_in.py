@@ -63,8 +63,15 @@ class Ways:
         return done
 
     def show(self, key: str) -> dict[str, Any]:
+        """The node as its tenant sees it across the cloud (no locator, no port)."""
         tenant = key.split("/")[0]
         return json.loads(self.nvi(tenant, "node", "show", key, "-o", "json").stdout)[0]
+
+    def on_server(self, key: str, server: str) -> dict[str, Any]:
+        """The node as its server's agent has it (its container's id, its port)."""
+        socket = str(self.net.rundir / server / "agent.sock")
+        shown = self.nvi(key.split("/")[0], "node", "show", key, "--agent", socket, "-o", "json")
+        return {**json.loads(shown.stdout)[0], "server": server}
 
     def exec(self, key: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
         engine = docker_url(lab_docker_root(self.net.lab.name) / "exec")
@@ -127,7 +134,7 @@ def ways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ways]:
                 key = f"{tenant}/{tenant}-{server}"
                 args = ("node", "create", key, "-n", "net", "--server", server, "--ip", ip)
                 ways.nvi(tenant, *args, *SMALL)
-                ways.nodes[key] = ways.show(key)
+                ways.nodes[key] = ways.on_server(key, server)
                 page = f"page of {key}"
                 serve = f"mkdir -p /www && echo '{page}' > /www/index.html && httpd -p 80 -h /www"
                 assert ways.exec(key, "sh", "-c", serve).returncode == 0
