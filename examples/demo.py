@@ -50,6 +50,9 @@ NETWORK = "net"
 CIDR = "10.0.0.0/24"
 VM = ("red", "vm", "10.0.0.30")  # tenant, name, address: on the lab's last server
 BLUE_ONLY = "10.0.0.99"  # an address only blue has
+# A page fetched in a container, given up after 3 s (busybox's own `wget -T` crashes, with
+# Debian 12's busybox, whether the fetch succeeds or not: never a sign of either).
+FETCH = ("timeout", "3", "wget", "-q", "-O", "-")
 CONTAINER = ("--cpus", "0.25", "--memory", "64")  # small: a lab server's capacity is the machine's
 PAIR_FLOWS = "cookie=0x0200000000000000/0xff00000000000000"  # openflow.flows.PAIR class
 ENCAPSULATIONS = {4: "IP-in-IP", 47: "GRE", 41: "IPv6-in-IPv4"}
@@ -278,7 +281,7 @@ def isolation(demo: Demo, result: list[str]) -> None:
     red = f"red/red-{servers[0]}"
     if demo.reaches(red, BLUE_ONLY, within=3):
         raise StepFailed(f"{red} reached blue's {BLUE_ONLY}")
-    fetch = demo.in_container(red, "wget", "-q", "-T", "3", "-O", "-", f"http://{BLUE_ONLY}/")
+    fetch = demo.in_container(red, *FETCH, f"http://{BLUE_ONLY}/")
     if fetch.returncode == 0:
         raise StepFailed(f"{red} fetched a page from blue's {BLUE_ONLY}")
     vm_ip = VM[2]
@@ -424,7 +427,7 @@ def ways_in_and_out(demo: Demo, result: list[str]) -> None:
     seen = {}
     for tenant in TENANTS:
         key = f"{tenant}/{tenant}-{first.name}"
-        got = demo.in_container(key, "wget", "-q", "-T", "3", "-O", "-", page)
+        got = demo.in_container(key, *FETCH, page)
         seen[tenant] = got.stdout.strip() if got.returncode == 0 else None
         console.print(f"{key} GET {page} -> [bold]{seen[tenant] or 'no answer'}[/]")
     if seen["red"] != f"you are {first.address}" or seen["blue"] is not None:
@@ -451,7 +454,7 @@ def ways_in_and_out(demo: Demo, result: list[str]) -> None:
     floating = shown["floating"]
     body = demo.from_outside(f"http://{floating}/")
     console.print(f"outside GET http://{floating}/ -> [bold]{body or 'no answer'}[/]")
-    out = demo.in_container(target, "wget", "-q", "-T", "3", "-O", "-", page).stdout.strip()
+    out = demo.in_container(target, *FETCH, page).stdout.strip()
     console.print(f"{target} GET {page} -> [bold]{out}[/] (its floating address, not s1's)")
     if body != page_here or out != f"you are {floating}":
         raise StepFailed(f"floating {floating}: the outside got {body!r}, the node saw {out!r}")

@@ -103,7 +103,8 @@ class Ways:
         """What a node reads from the outside host's page (who it says the node is)."""
         assert self.net.lab.outside is not None
         url = self.net.lab.outside.url
-        got = self.exec(key, "wget", "-q", "-T", "2", "-O", "-", url)
+        # `timeout`, not busybox wget's -T (which crashes, whatever the fetch's outcome)
+        got = self.exec(key, "timeout", "2", "wget", "-q", "-O", "-", url)
         return got.stdout.strip() if got.returncode == 0 else None
 
     def port_ids(self, key: str) -> dict[str, str]:
