@@ -240,8 +240,9 @@ class DirectoryClient:
 
     async def attach_floating(self, tenant: str, name: str, address: str) -> Node:
         """Attach floating address `address` of the calling server's pools to node `name` it
-        hosts (its credential, with the tenant's token). A FloatingTaken or FloatingAttached
-        conflict carries the code floating_taken or floating_attached."""
+        hosts (its credential, with the tenant's token). The address attached to another node
+        raises Conflict with `code` floating_taken; the node having another one, with
+        floating_attached."""
         body = {"address": address}
         path = f"/v1/tenants/{tenant}/nodes/{name}/floating"
         return await self._call("PUT", path, Node, json=body)

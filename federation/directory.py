@@ -196,9 +196,12 @@ class Directory:
         self.store = store
 
     async def _write(self, attempt: Callable[[], Awaitable[_Write]]) -> Any:
-        """Run `attempt` until its expectations hold at commit time."""
+        """Run `attempt` until its expectations hold at commit time; an attempt that finds
+        nothing to change (the same again) returns without a commit."""
         for tries in range(_ATTEMPTS):
             write = await attempt()
+            if not write.ops:
+                return write.result
             record = json.dumps(write.changes).encode() if write.changes else None
             if await self.store.commit(write.expects, write.ops, record) is not None:
                 return write.result

@@ -11,7 +11,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -20,7 +22,7 @@ from federation.config import Config, StorageConfig, TlsConfig
 from federation.directory import Directory
 from federation.service import make_app, open_store
 from federation.storage import Store
-from nvi.core.tls import KeyPair, ensure_ca, ensure_certificate, server_context
+from nvi.core.tls import KeyPair, client_context, ensure_ca, ensure_certificate, server_context
 from nvi.lab.directories import (
     Credentials,
     EtcdCluster,
@@ -90,6 +92,24 @@ class Service:
         async with self.client(self.credentials.admin) as admin:
             self.servers[name] = (await admin.enroll_server(name, list(pools), floating)).token
         return self.servers[name]
+
+    async def raw(
+        self,
+        method: str,
+        path: str,
+        token: str | None,
+        tenant_token: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, dict]:
+        """One request as sent on the wire (the client would refuse some): (status, body)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if tenant_token:
+            headers["X-Tenant-Token"] = tenant_token
+        tls = client_context(self.ca_file)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as session:
+            async with session.request(method, self.url + path, headers=headers, **kwargs) as reply:
+                assert reply.content_type == "application/json" or reply.status == 204
+                return reply.status, (await reply.json() if reply.status != 204 else {})
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import pytest
 
 from federation.client import CachedResolver, DirectoryClient
 from federation.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from federation.models import Change, ChangeType
-from nvi.core.tls import client_context
 
 pytest_plugins = ["integration.directory_fixtures"]
 
@@ -60,23 +58,10 @@ def publisher(service, server: str, tenant_token: str | None = None) -> Director
     return service.client(service.servers[server], tenant_token)
 
 
-async def raw(
-    service, method: str, path: str, token: str | None, tenant_token: str | None = None, **kwargs
-) -> tuple[int, dict]:  # noqa: ANN001, ANN003
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if tenant_token:
-        headers["X-Tenant-Token"] = tenant_token
-    tls = client_context(service.ca_file)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as session:
-        async with session.request(method, service.url + path, headers=headers, **kwargs) as reply:
-            assert reply.content_type == "application/json" or reply.status == 204
-            return reply.status, (await reply.json() if reply.status != 204 else {})
-
-
 async def test_credentials_are_required_and_checked(service, admin) -> None:  # noqa: ANN001
     await make_tenant(admin, service, "acme")
     for token in (None, "nvi_wrong", service.credentials.admin + "x"):
-        status, body = await raw(service, "GET", "/v1/tenants/acme/nodes", token)
+        status, body = await service.raw("GET", "/v1/tenants/acme/nodes", token)
         assert status == 401 and "credentials" in body["error"]
     async with service.client(None) as anonymous:
         with pytest.raises(Unauthorized):
@@ -307,7 +292,7 @@ async def test_bad_input_is_refused_and_changes_nothing(
         token, tenant_token = service.servers["s1"], TOKENS["acme"]
     else:
         token, tenant_token = service.credentials.admin, None
-    answer_status, answer = await raw(service, method, path, token, tenant_token, json=body)
+    answer_status, answer = await service.raw(method, path, token, tenant_token, json=body)
     assert (answer_status, type(answer.get("error"))) == (status, str)
     assert (await admin.list_nodes("acme"), await admin.list_networks("acme")) == before
     assert sorted(s.name for s in await admin.list_servers()) == ["s1", "s2"]
@@ -317,16 +302,16 @@ async def test_bad_input_is_refused_and_changes_nothing(
 async def test_malformed_and_oversized_bodies_are_refused(service, admin) -> None:  # noqa: ANN001
     token = service.credentials.admin
     for data in (b"{", b"[]", b"null", b"\xff\xfe", b""):
-        status, body = await raw(service, "POST", "/v1/tenants", token, data=data)
+        status, body = await service.raw("POST", "/v1/tenants", token, data=data)
         assert status == 422 and body["error"].startswith("invalid body")
     huge = b'{"name": "' + b"a" * 100_000 + b'"}'
-    status, body = await raw(service, "POST", "/v1/tenants", token, data=huge)
+    status, body = await service.raw("POST", "/v1/tenants", token, data=huge)
     assert status == 413 and body["error"]
     assert await admin.list_tenants() == []
 
 
 async def test_the_openapi_document_describes_every_route(service) -> None:  # noqa: ANN001
-    status, document = await raw(service, "GET", "/v1/openapi.json", None)
+    status, document = await service.raw("GET", "/v1/openapi.json", None)
     assert status == 200 and document["openapi"].startswith("3.1")
     assert len([op for path in document["paths"].values() for op in path]) == 37
     catalogue = document["paths"]["/v1/catalogue"]
@@ -497,7 +482,7 @@ async def test_every_way_a_tenant_could_place_a_record_is_refused(service, admin
         (service.servers["s1"], None, "DELETE", "/v1/servers/s2", None, 403),
     ]
     for token, tenant_token, method, path, body, status in attempts:
-        answer, error = await raw(service, method, path, token, tenant_token, json=body)
+        answer, error = await service.raw(method, path, token, tenant_token, json=body)
         assert (answer, method, path, body) == (status, method, path, body), error
     assert (await admin.list_nodes("acme"), await admin.list_nodes("umbrella")) == before
     assert sorted(s.name for s in await admin.list_servers()) == ["s1", "s2"]

@@ -207,6 +207,19 @@ def test_tenant_cli_networks_and_links(tmp_path: Path) -> None:
         process.stop()
 
 
+async def attach(files: dict[str, str], server: str, address: str) -> None:
+    """Tenant acme's node web on server s1 (its credential `server`), given `address`."""
+    url, ca_file = files["url"], Path(files["ca file"])
+    admin_token = Path(files["admin token"]).read_text().strip()
+    async with DirectoryClient(url, admin_token, ca_file=ca_file) as admin:
+        await admin.create_tenant("acme")
+        await admin.create_network("acme", "front", "10.0.0.0/24")
+        token = (await admin.create_token("acme")).token
+    async with DirectoryClient(url, server, tenant_token=token, ca_file=ca_file) as s1:
+        await s1.create_node("acme", "web", kind="vm", network="front", locator="198.51.100.65")
+        await s1.attach_floating("acme", "web", address)
+
+
 def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) -> None:
     from nvi.lab.directories import ServiceProcess, free_port
 
@@ -224,14 +237,15 @@ def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) ->
         credential = tmp_path / "s1.token"
         enrolled = nvi(
             "directory", "server", "enroll", "s1", "--pool", "198.51.100.64/27",
-            "--pool", "198.51.100.200-198.51.100.210", "--credential-file", str(credential),
-            "-o", "json", env=env,
+            "--pool", "198.51.100.200-198.51.100.210", "--floating", "203.0.113.0/28",
+            "--credential-file", str(credential), "-o", "json", env=env,
         )  # fmt: skip
         assert enrolled.returncode == 0, enrolled.stderr
         assert json.loads(enrolled.stdout)[0]["pools"] == [
             "198.51.100.64-198.51.100.95",
             "198.51.100.200-198.51.100.210",
         ]
+        assert json.loads(enrolled.stdout)[0]["floating"] == ["203.0.113.0-203.0.113.15"]
         assert oct(credential.stat().st_mode & 0o777) == "0o600"
         whoami = f"{files['url']}/v1/whoami"
         request = urllib.request.Request(
@@ -252,6 +266,25 @@ def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) ->
         assert [s["name"] for s in json.loads(listed.stdout)] == ["s1"]
         shown = nvi("directory", "server", "show", "s1", env=env)
         assert shown.returncode == 0 and "198.51.100.64-198.51.100.95" in shown.stdout
+        assert "203.0.113.0-203.0.113.15" in shown.stdout
+
+        asyncio.run(attach(files, credential.read_text().strip(), "203.0.113.5"))
+        attached = nvi("directory", "floating", "list", "-o", "json", env=env)
+        assert json.loads(attached.stdout) == [
+            {"address": "203.0.113.5", "tenant": "acme", "node": "web", "server": "s1"}
+        ]
+        table = nvi("directory", "floating", "list", "--server", "s1", env=env)
+        assert table.returncode == 0 and "203.0.113.5" in table.stdout and "web" in table.stdout
+        other = nvi("directory", "floating", "list", "--server", "s2", "-o", "json", env=env)
+        assert json.loads(other.stdout) == []
+        detached = nvi("directory", "floating", "detach", "acme", "web", env=env)
+        assert detached.returncode == 0 and "detached" in detached.stdout, detached.stderr
+        assert json.loads(nvi("directory", "floating", "list", "-o", "json", env=env).stdout) == []
+        missing = nvi("directory", "floating", "detach", "acme", "ghost", env=env)
+        assert (missing.returncode, missing.stderr.strip()) == (
+            1,
+            "nvi: tenant 'acme' has no node 'ghost'",
+        )
         assert nvi("directory", "server", "revoke", "s1", env=env).returncode == 0
         missing = nvi("directory", "server", "show", "s1", env=env)
         assert (missing.returncode, missing.stderr.strip()) == (1, "nvi: no server 's1'")
@@ -261,6 +294,13 @@ def test_operator_cli_enrolls_servers_and_reads_the_audit_log(tmp_path: Path) ->
         assert [(e["operation"], e["status"]) for e in json.loads(audit.stdout)] == [
             ("enroll_server", 201),
             ("enroll_server", 409),
+            ("create_tenant", 201),
+            ("create_network", 201),
+            ("create_token", 201),
+            ("create_node", 201),
+            ("attach_floating", 200),
+            ("detach_floating", 204),
+            ("detach_floating", 404),
             ("revoke_server", 200),
         ]
         refused = nvi("directory", "audit", "--config", files["config"], "--refused")

@@ -34,16 +34,25 @@ def service(tmp_path: Path) -> Iterator[ServiceProcess]:
     service.stop()
 
 
-def enroll(service: ServiceProcess, name: str, pool: str) -> subprocess.CompletedProcess:
+def enroll(
+    service: ServiceProcess, name: str, pool: str, *floating: str
+) -> subprocess.CompletedProcess:
     state = str(service.config_path.parent)
     return subprocess.run(
         [str(REPO / "scripts/enroll-server"), "--name", name, "--pool", pool]
+        + [arg for each in floating for arg in ("--floating", each)]
         + ["--url", service.url, "--state-dir", state],
         env={**os.environ, "NVI_PYTHON": sys.executable},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+async def floating_pools(service: ServiceProcess, name: str) -> list[str]:
+    admin = (service.config_path.parent / "admin.token").read_text().strip()
+    async with DirectoryClient(service.url, admin, ca_file=service.ca_file) as client:
+        return (await client.get_server(name)).floating
 
 
 async def whoami(service: ServiceProcess, token: str) -> str | None:
@@ -61,13 +70,21 @@ def test_enroll_server_prints_only_that_servers_credential(service: ServiceProce
     s1 = first.stdout.strip()
     assert first.stdout == s1 + "\n", "stdout is the credential and nothing else"
     assert asyncio.run(whoami(service, s1)) == "server s1"
-    second = enroll(service, "s2", "10.250.2.0/24")
+    second = enroll(service, "s2", "10.250.2.0/24", "203.0.113.0/28", "203.0.113.16/28")
     s2 = second.stdout.strip()
     assert second.returncode == 0 and s2 != s1
     assert asyncio.run(whoami(service, s2)) == "server s2"
-    overlapping = enroll(service, "s3", "10.250.2.128/25")
-    assert overlapping.returncode != 0 and overlapping.stdout == ""
-    assert "overlaps" in overlapping.stderr
+    assert asyncio.run(floating_pools(service, "s2")) == [
+        "203.0.113.0-203.0.113.15",
+        "203.0.113.16-203.0.113.31",
+    ]
+    assert asyncio.run(floating_pools(service, "s1")) == []
+    for overlapping in (
+        enroll(service, "s3", "10.250.2.128/25"),
+        enroll(service, "s3", "10.250.3.0/24", "203.0.113.8/29"),  # s2's floating pool
+    ):
+        assert overlapping.returncode != 0 and overlapping.stdout == ""
+        assert "overlaps" in overlapping.stderr
     again = enroll(service, "s1", "10.250.1.0/24")  # s1's credential was lost
     assert again.returncode == 0, again.stderr
     assert "revoked" in again.stderr
