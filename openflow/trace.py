@@ -173,6 +173,7 @@ def _unhash(value: int, labels: Mapping[str, str], mask: int) -> str:
 def role(hit: Hit) -> str:
     """What a flow does in NVI's pipeline (`openflow.flows`' tables), in a few words."""
     kind = hit.cookie >> f.COOKIE_CLASS_SHIFT
+    actions = ",".join(hit.actions)
     if hit.priority is None:
         return "no flow matched: drop"
     if hit.cookie == HOST_COOKIE:
@@ -182,20 +183,35 @@ def role(hit: Hit) -> str:
     if kind == f.DENY:
         return "refused conversation: drop"
     if kind == f.OUTBOUND:
-        if hit.table == f.T_EGRESS:
+        if hit.table != f.T_EGRESS:
+            return "outbound reply: restore"
+        if f"table={f.T_REPLY_ONLY}" in actions:
+            return "outbound, replies only: through conntrack to the reply-only table"
+        if f":{f.SNAT_PORTS[0]}-" in actions:
             return "outbound: source-NAT to the server's address and send"
-        return "outbound reply: restore"
+        return "outbound: NAT 1:1 to the node's floating address and send"
     if kind != f.BASE:
         return "not NVI's"
+    if hit.table == f.T_REPLY_ONLY:
+        return (
+            "not a reply of a known connection: drop"
+            if hit.priority == f.PRIO_MISS
+            else ("a reply of a connection that came in: out the uplink")
+        )
     if hit.priority == f.PRIO_MISS:
         if hit.table == f.T_OUTBOUND_RETURN:
             return "no outbound connection: the server's own traffic"
         return "default drop" if hit.table == f.T_CLASSIFY else "miss: to the controller"
+    if hit.table == f.T_OUTBOUND_RETURN and hit.priority == f.PRIO_RESTORE:
+        return "after NAT: restore the node's headers and deliver"
     if hit.priority == f.PRIO_ALLOW:
         if f"goto_table:{f.T_EGRESS}" in hit.actions:
             return "anti-spoofing passed: own MAC and IP"
+        if "ct(" in actions:
+            return "to a floating address: conntrack NATs it to the node's locator"
         return "to a locator of this server"
     return {
+        f.PRIO_PUBLISHED: "to a published port: conntrack NATs it to the node's locator",
         f.PRIO_HOST_ARP_REPLY: "ARP reply to the server",
         f.PRIO_OUTBOUND_RETURN: "to the server: conntrack undoes outbound NAT",
         f.PRIO_DHCP: "DHCP request: to the controller",
@@ -324,6 +340,26 @@ _BACKOFF = (
 _UNKNOWN_SERVER = f.Server(address="0.0.0.0", mac="00:00:00:00:00:00", uplink=0)
 
 Step = Callable[[decide.Answer], decide.Result]
+_ANY_MAC = "00:00:00:00:00:00"  # the next hop's MAC changes the flows, never the way out
+# The way out of a first packet to an outside address: why, and in a few words
+_WAYS_OUT = {
+    decide.Outcome.FLOATING: (
+        "{me} has floating address {node.floating}: the controller would NAT the pair 1:1 to "
+        "it and send the packet out the uplink, whatever {node.network}'s outbound access",
+        "would send it out from floating address {node.floating} to {ip}",
+    ),
+    decide.Outcome.OUTBOUND: (
+        "{node.network} has outbound access: the controller would source-NAT the pair to this "
+        "server's address and send the packet out the uplink",
+        "would send it out through source NAT to {ip}",
+    ),
+    decide.Outcome.REPLY_ONLY: (
+        "{me} publishes ports but {node.network} has no outbound access: the controller would "
+        "let out only replies of connections that came in through them (a connection of its "
+        "own is dropped)",
+        "would let out only replies to {ip}",
+    ),
+}
 
 
 def _ask(step: Step, answer: decide.Answer, me: str) -> tuple[str, decide.Result]:
@@ -338,13 +374,21 @@ def _ask(step: Step, answer: decide.Answer, me: str) -> tuple[str, decide.Result
 
 
 def _ask_outbound(
-    step: Step, asked: str, result: decide.Result, outbound: Outbound | None, me: str
+    step: Step,
+    asked: str,
+    result: decide.Result,
+    outbound: Outbound | None,
+    me: str,
+    local: f.LocalNode,
 ) -> tuple[str, decide.Result]:
     """No node holds the address: the controller's second question, whether it may go out."""
     if not (isinstance(result, decide.Lookup) and result.outbound):
         return asked, result
     answer = outbound or Outbound(allowed=False, outside=False, revision=0)
-    return f"{asked}; may {me} reach {result.ip} outside (source NAT)", step(answer)
+    question = f"{asked}; may {me} reach {result.ip} outside (source NAT)"
+    if local.floating or local.published:
+        question = f"{asked}; is {result.ip} outside its tenant ({me} has ways in)"
+    return question, step(answer)
 
 
 def egress_decision(
@@ -366,16 +410,19 @@ def egress_decision(
         return decide.egress(facts, local, destination_ip, known)
 
     asked, result = _ask(step, answer, me)
-    asked, result = _ask_outbound(step, asked, result, outbound, me)
+    asked, result = _ask_outbound(step, asked, result, outbound, me, local)
     target = answer.destination if answer is not None else None
     name = f"{target.tenant}/{target.name}" if target is not None else destination_ip
     if isinstance(result, decide.NextHop) and target is None:
+        assert outbound is not None, "a way out needs the directory's outbound answer"
+        way = decide.egress(facts, local, destination_ip, outbound, _ANY_MAC)
+        assert isinstance(way, decide.Decision)
+        reason, summary = _WAYS_OUT[way.outcome]
+        outside = f"{destination_ip} is outside tenant {local.tenant}"
         return Decision(
             True,
-            f"{destination_ip} is outside tenant {local.tenant} and {local.network} has "
-            "outbound access: the controller would source-NAT the pair to this server's address "
-            "and send the packet out the uplink",
-            f"would send it out through source NAT to {destination_ip}",
+            f"{outside} and " + reason.format(me=me, node=local),
+            summary.format(ip=destination_ip, node=local),
             asked,
         )
     if isinstance(result, decide.NextHop):

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.root
 S1 = "198.51.100.11"
 # In s1's cloud subnet, outside every locator pool and every other address of the lab
 FLOATING, OTHER_FLOATING = "198.51.100.200", "198.51.100.201"
+UP = 5  # seconds for a new way in to work (the controller follows OVSDB at once; the router may
+# still be resolving the floating address after a test detached it)
 SERVE = """
 import http.server, sys
 name = sys.argv[1]
@@ -129,7 +131,7 @@ def test_a_floating_address_reaches_its_node_both_ways_with_outbound_off(
 ) -> None:
     assert fetch(lab, "red11") is None, "red's network has outbound access off"
     ways_in("red11", ports.FLOATING, FLOATING)
-    assert within(3, lambda: from_outside(lab, f"http://{FLOATING}/", timeout=1) is not None)
+    assert within(UP, lambda: from_outside(lab, f"http://{FLOATING}/", timeout=2) is not None)
     # the node sees the outside's real address; the other tenant's 10.0.0.11 is not reached
     assert from_outside(lab, f"http://{FLOATING}/") == f"red11 sees {OUTSIDE}"
     assert outside_pings(lab, FLOATING)
@@ -146,7 +148,7 @@ def test_a_published_port_reaches_its_node_and_lets_only_replies_out(
 ) -> None:
     ways_in("blue11", ports.PUBLISH, "8080:80/tcp")
     page = f"http://{S1}:8080/"
-    assert within(3, lambda: from_outside(lab, page, timeout=1) is not None)
+    assert within(UP, lambda: from_outside(lab, page, timeout=2) is not None)
     assert from_outside(lab, page) == f"blue11 sees {OUTSIDE}"
     assert from_outside(lab, f"http://{S1}:8081/", timeout=1) is None  # not published
     # the node answers, but cannot open a connection of its own to the outside
@@ -171,8 +173,8 @@ def test_removing_the_keys_stops_the_ways_in_within_a_second(lab: Lab, ways_in: 
     ways_in("red11", ports.FLOATING, FLOATING)
     ways_in("blue11", ports.PUBLISH, "8080:80/tcp")
     floating, published = f"http://{FLOATING}/", f"http://{S1}:8080/"
-    assert within(3, lambda: from_outside(lab, floating, timeout=1) is not None)
-    assert within(3, lambda: from_outside(lab, published, timeout=1) is not None)
+    assert within(UP, lambda: from_outside(lab, floating, timeout=2) is not None)
+    assert within(UP, lambda: from_outside(lab, published, timeout=2) is not None)
     assert fetch(lab, "red11") == f"you are {FLOATING}"
     remove_key(lab, "red11", ports.FLOATING)
     remove_key(lab, "blue11", ports.PUBLISH)
@@ -187,7 +189,7 @@ def test_the_underlay_carries_no_tenant_address_and_no_encapsulation(
 ) -> None:
     ways_in("red11", ports.FLOATING, FLOATING)
     ways_in("blue11", ports.PUBLISH, "8080:80/tcp")
-    assert within(3, lambda: from_outside(lab, f"http://{FLOATING}/", timeout=1) is not None)
+    assert within(UP, lambda: from_outside(lab, f"http://{FLOATING}/", timeout=2) is not None)
     clouds = ("east", "internet")
     captures = {c: capture(lab.net.netns(c), "any", tmp_path / f"{c}.pcap") for c in clouds}
     try:

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from federation.models import Outbound, Resolution
-from nvi.core.model import Node, NodeKind
+from nvi.core.model import Node, NodeKind, PublishedPort
 from openflow import flows as f
 from openflow import trace as t
 from openflow.simulate import Switch
@@ -573,3 +573,77 @@ def test_given_the_servers_facts_trace_predicts_the_refusal_of_infrastructure() 
     ingress = t.ingress_decision(RED11, "203.0.113.1", RED11.locator, None, LABELS, server=server)
     assert not ingress.allowed and ingress.short == "refused (infrastructure)"
     assert ingress.asked == ""  # refused before any question to the directory
+
+
+@pytest.mark.parametrize(
+    ("ways_in", "allowed", "because", "summary"),
+    [
+        ({"floating": "198.51.100.200"}, False, "floating address 198.51.100.200", "from floating"),
+        ({"floating": "198.51.100.200"}, True, "whatever net's outbound", "from floating"),
+        ({"published": (PublishedPort.parse("8080:80"),)}, False, "only replies", "only replies"),
+        ({"published": (PublishedPort.parse("8080:80"),)}, True, "source-NAT", "source NAT"),
+    ],
+    ids=["floating", "floating-first", "replies-only", "source-nat"],
+)
+def test_egress_to_an_outside_address_explains_the_way_out_of_a_node_with_ways_in(
+    ways_in: dict, allowed: bool, because: str, summary: str
+) -> None:
+    node = replace(RED11, **ways_in)
+    outbound = Outbound(allowed=allowed, outside=True, revision=1)
+    decision = t.egress_decision(node, "192.0.2.80", None, [node], LABELS, outbound=outbound)
+    assert decision.allowed and because in decision.reason and summary in decision.short
+    assert "is 192.0.2.80 outside its tenant" in decision.asked
+
+
+@pytest.mark.parametrize(
+    ("table", "priority", "kind", "actions", "words"),
+    [
+        (
+            f.T_CLASSIFY,
+            f.PRIO_PUBLISHED,
+            f.BASE,
+            "ct(commit,zone=20054,nat(dst=a:80),table=3)",
+            "a published port",
+        ),
+        (
+            f.T_CLASSIFY,
+            f.PRIO_ALLOW,
+            f.BASE,
+            "ct(commit,zone=20054,nat(dst=a),table=3)",
+            "a floating address",
+        ),
+        (f.T_OUTBOUND_RETURN, f.PRIO_RESTORE, f.BASE, "output:2", "restore the node's headers"),
+        (f.T_REPLY_ONLY, f.PRIO_ALLOW, f.BASE, "output:1", "a reply of a connection that came in"),
+        (f.T_REPLY_ONLY, f.PRIO_MISS, f.BASE, "drop", "not a reply"),
+        (f.T_EGRESS, f.PRIO_CONVERSATION, f.OUTBOUND, "ct(zone=20054,nat,table=4)", "replies only"),
+        (
+            f.T_EGRESS,
+            f.PRIO_CONVERSATION,
+            f.OUTBOUND,
+            "ct(commit,zone=20054,nat(src=b))",
+            "floating",
+        ),
+        (
+            f.T_EGRESS,
+            f.PRIO_CONVERSATION,
+            f.OUTBOUND,
+            "ct(commit,zone=20054,nat(src=b:61000-65535))",
+            "source-NAT",
+        ),
+    ],
+    ids=[
+        "published",
+        "floating-in",
+        "restore",
+        "reply",
+        "not-a-reply",
+        "replies-only",
+        "floating-out",
+        "snat",
+    ],
+)
+def test_roles_of_the_ways_in_and_out(
+    table: int, priority: int, kind: int, actions: str, words: str
+) -> None:
+    hit = t.Hit(table, priority, f.cookie(kind, "198.51.100.64"), "ip", tuple(actions.split(";")))
+    assert words in t.role(hit)
