@@ -58,6 +58,7 @@ DIRECTORY_PORT = 7480
 AGENT_PORT = 7490
 DIRECTORY_URL = f"https://127.0.0.1:{DIRECTORY_PORT}"
 NETWORK_CIDR = "10.1.0.0/24"
+FLOATING_POOL = "203.0.113.10-203.0.113.11"  # the server's floating pool (two: one runs out)
 
 
 def in_namespace(ns: str | None, work: Callable[[], T]) -> T:
@@ -320,7 +321,8 @@ async def _set_up_tenants(admin_token: str, server: Server, ca_file: Path) -> di
             await admin.create_tenant(tenant)
             await admin.create_network(tenant, "web", NETWORK_CIDR)
             tokens[tenant] = (await admin.create_token(tenant, "host agent tests")).token
-        tokens["server"] = (await admin.enroll_server(server.name, [server.locators])).token
+        enrolled = await admin.enroll_server(server.name, [server.locators], [FLOATING_POOL])
+        tokens["server"] = enrolled.token
     return tokens
 
 
@@ -349,7 +351,7 @@ def site(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) 
         )
         config = agent_config(
             server, net.ovs(server), DIRECTORY_URL, docker_engine.url, LABELS, ca_file=ca_file
-        ).model_copy(update={"tcp": tcp})
+        ).model_copy(update={"tcp": tcp, "floating": FLOATING_POOL})
         write_config(config, rundir)
         site = Site(
             net=net,
@@ -383,6 +385,9 @@ def snapshot(site: Site) -> dict[str, Any]:
         nodes = [*await client.list_nodes("acme"), *await client.list_nodes("rival")]
         return sorted(f"{n.tenant}/{n.name}@{n.locator}" for n in nodes)
 
+    async def floating(client: Any) -> list[str]:
+        return sorted(f"{f.address}:{f.tenant}/{f.node}" for f in await client.list_floating())
+
     async def rows() -> list[str]:
         async with site.client() as agent:
             return sorted(f"{n.tenant}/{n.name}:{n.phase}" for n in await agent.list())
@@ -398,10 +403,11 @@ def snapshot(site: Site) -> dict[str, Any]:
         ),
         "rows": in_netns(None, rows),
         "directory": site.directory_call(site.admin_token, records),
+        "floating": site.directory_call(site.admin_token, floating),
     }
 
 
-EMPTY = {"containers": [], "ports": [], "veths": [], "rows": [], "directory": []}
+EMPTY = {"containers": [], "ports": [], "veths": [], "rows": [], "directory": [], "floating": []}
 
 
 async def delete_all(site: Site) -> None:

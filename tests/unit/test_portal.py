@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from federation.errors import InvalidRequest, NotFound, Unauthorized
 from federation.models import CatalogueEntry, Identity, Resources
 from nvi.client.cloud import NodeView
-from nvi.core.model import Network, NodeKind
+from nvi.core.model import Network, NodeKind, PublishedPort
 from nvi.portal.app import create_app
 from nvi.portal.config import PortalConfig
 from nvi.portal.context import COOKIE
@@ -382,3 +382,19 @@ def test_serve_refuses_plain_http_off_loopback_in_one_line(tmp_path: Path) -> No
         "nvi: the portal serves plain HTTP only on a loopback address, not 0.0.0.0: "
         "give --cert-file and --key-file"
     ]
+
+
+async def test_the_node_page_shows_its_ways_in(client: TestClient, world: World) -> None:
+    world.add("acme", "web1")
+    session = await sign_in(client, "acme-token")
+    page = await (await client.get("/nodes/web1", headers={"Cookie": session["cookie"]})).text()
+    assert '<dd id="floating">none</dd>' in page and '<dd id="published">none</dd>' in page
+    world.nodes["acme"]["web1"] = world.nodes["acme"]["web1"].model_copy(
+        update={
+            "floating": "203.0.113.10",
+            "published": [PublishedPort.parse("8080:80"), PublishedPort.parse("53:53/udp")],
+        }
+    )
+    page = await (await client.get("/nodes/web1", headers={"Cookie": session["cookie"]})).text()
+    assert '<dd id="floating">203.0.113.10</dd>' in page
+    assert '<dd id="published">8080:80/tcp, 53:53/udp</dd>' in page
