@@ -437,6 +437,9 @@ def test_screenshots_for_the_docs(clean_portal: Portal, tmp_path: Path) -> None:
         form.find_element(By.NAME, "name").send_keys("store")
         form.find_element(By.NAME, "cidr").send_keys("10.2.0.0/24")
         form.find_element(By.TAG_NAME, "button").click()
+        # the answer is a new page: the link form is the new page's once the network shows
+        store = "tr[data-network=store]"
+        wait_for("network store", lambda: driver.find_elements(By.CSS_SELECTOR, store))
         form = driver.find_element(By.ID, "create-link")
         form.find_element(By.NAME, "a").send_keys("web")
         form.find_element(By.NAME, "b").send_keys("store")
