@@ -30,7 +30,7 @@ pytestmark = pytest.mark.root
 
 S1 = "198.51.100.11"
 # In s1's cloud subnet, outside every locator pool and every other address of the lab
-FLOATING, OTHER_FLOATING = "198.51.100.200", "198.51.100.201"
+FLOATING, OTHER_FLOATING, FRESH_FLOATING = "198.51.100.200", "198.51.100.201", "198.51.100.202"
 UP = 5  # seconds for a new way in to work (the controller follows OVSDB at once; the router may
 # still be resolving the floating address after a test detached it)
 SERVE = """
@@ -184,19 +184,35 @@ def test_removing_the_keys_stops_the_ways_in_within_a_second(lab: Lab, ways_in: 
     assert fetch(lab, "red11", timeout=1) is None, "no floating address: no way out"
 
 
+@pytest.mark.xfail(
+    reason="seen on OVS 3.1 (userspace datapath): after a floating address was detached while "
+    "the outside kept sending to it, the datapath's drop flow for it can outlive the re-added "
+    "OpenFlow flow, so TCP to it stays dropped for a while (ICMP passes)",
+    strict=False,
+)
+def test_a_floating_address_attached_again_works_again(lab: Lab, ways_in: Callable) -> None:
+    ways_in("red11", ports.FLOATING, FLOATING)
+    assert within(UP, lambda: from_outside(lab, f"http://{FLOATING}/", timeout=2) is not None)
+    remove_key(lab, "red11", ports.FLOATING)
+    assert within(1, lambda: from_outside(lab, f"http://{FLOATING}/", timeout=1) is None)
+    ways_in("red11", ports.FLOATING, FLOATING)
+    assert within(UP, lambda: from_outside(lab, f"http://{FLOATING}/", timeout=2) is not None)
+
+
 def test_the_underlay_carries_no_tenant_address_and_no_encapsulation(
     lab: Lab, ways_in: Callable, tmp_path: Path
 ) -> None:
-    ways_in("red11", ports.FLOATING, FLOATING)
+    floating = FRESH_FLOATING  # never attached before (see the test above)
+    ways_in("red11", ports.FLOATING, floating)
     ways_in("blue11", ports.PUBLISH, "8080:80/tcp")
-    assert within(UP, lambda: from_outside(lab, f"http://{FLOATING}/", timeout=2) is not None)
+    assert within(UP, lambda: from_outside(lab, f"http://{floating}/", timeout=2) is not None)
     clouds = ("east", "internet")
     captures = {c: capture(lab.net.netns(c), "any", tmp_path / f"{c}.pcap") for c in clouds}
     try:
-        assert from_outside(lab, f"http://{FLOATING}/") == f"red11 sees {OUTSIDE}"
+        assert from_outside(lab, f"http://{floating}/") == f"red11 sees {OUTSIDE}"
         assert from_outside(lab, f"http://{S1}:8080/") == f"blue11 sees {OUTSIDE}"
-        assert fetch(lab, "red11") == f"you are {FLOATING}"
-        assert outside_pings(lab, FLOATING)
+        assert fetch(lab, "red11") == f"you are {floating}"
+        assert outside_pings(lab, floating)
     finally:
         for process in captures.values():
             stop_capture(process)
