@@ -41,6 +41,7 @@ from nvi.core.errors import NviError  # noqa: E402
 from nvi.lab import links  # noqa: E402
 from nvi.lab.agents import docker_url, lab_docker_root  # noqa: E402
 from nvi.lab.net import LabNet  # noqa: E402
+from nvi.lab.outside import fetch_in  # noqa: E402
 from nvi.lab.populate import populate, token_path  # noqa: E402
 from nvi.lab.process import running_pid  # noqa: E402
 from nvi.lab.spec import Lab, Tenant, TenantNetwork, load_lab  # noqa: E402
@@ -152,14 +153,7 @@ class Demo:
     def from_outside(self, url: str, timeout: float = 3) -> str | None:
         """The page at `url` as the lab's outside host fetches it, or None if none came."""
         assert self.net.lab.outside is not None
-        code = (
-            "import sys, urllib.request\n"
-            f"print(urllib.request.urlopen({url!r}, timeout={timeout}).read().decode(), end='')"
-        )
-        outside = self.net.netns(self.net.lab.outside.name)
-        argv = ["ip", "netns", "exec", outside, sys.executable, "-c", code]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 20)
-        return done.stdout.strip() if done.returncode == 0 else None
+        return fetch_in(self.net.netns(self.net.lab.outside.name), url, timeout)
 
     def reaches(self, key: str, ip: str, within: int = 5) -> bool:
         """Whether a reply comes back within `within` seconds (one ping a second until one

@@ -2,13 +2,21 @@
 
 It stands for the internet beyond the lab's routers; `nvi lab up` runs it in the outside host's
 namespace (`python -m nvi.lab.outside ADDRESS PORT`). Tests read the page to see which source
-address a tenant's outbound fetch arrived with.
+address a tenant's outbound fetch arrived with, and fetch from the outside host (`fetch_in`) to
+see what its floating addresses and published ports reach.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_FETCH = (
+    "import sys, urllib.request\n"
+    "page = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))\n"
+    "print(page.read().decode(), end='')"
+)
 
 
 class EchoAddress(BaseHTTPRequestHandler):
@@ -24,6 +32,14 @@ class EchoAddress(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         sys.stderr.write(f"{self.client_address[0]} {format % args}\n")
+
+
+def fetch_in(netns: str, url: str, timeout: float = 2) -> str | None:
+    """The page at `url` as a client in namespace `netns` gets it (the outside host's, or a
+    namespace node's), stripped; None when nothing answered within `timeout` seconds."""
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-c", _FETCH, url, str(timeout)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 20)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def main(argv: list[str]) -> None:

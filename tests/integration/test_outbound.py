@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nvi.lab.outside import fetch_in
 from tests.integration.test_dataplane import (
     Lab,
     capture,
@@ -48,12 +49,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def fetch(lab: Lab, node: str, url: str = PAGE, timeout: float = 2) -> str | None:
     """The page's text as the node fetched it, or None if the fetch failed."""
-    code = (
-        "import urllib.request, sys\n"
-        f"print(urllib.request.urlopen({url!r}, timeout={timeout}).read().decode(), end='')"
-    )
-    result = lab.run(node, ["python3", "-c", code], timeout=timeout + 10)
-    return result.stdout.strip() if result.returncode == 0 else None
+    return fetch_in(lab.nodes[node].netns, url, timeout)
 
 
 def within(seconds: float, check: Callable[[], bool]) -> bool:

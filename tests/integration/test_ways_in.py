@@ -27,6 +27,7 @@ from nvi.core.ports import FLOATING, PUBLISH, vsctl_rows
 from nvi.lab.agents import docker_url, lab_docker_root
 from nvi.lab.net import LabNet
 from nvi.lab.nodes import tenant_token, with_directory
+from nvi.lab.outside import fetch_in
 from nvi.lab.spec import parse_lab
 from tests.conftest import example_lab_text, readdressed
 from tests.integration.test_dataplane import capture, read_capture, running_lab, stop_capture
@@ -86,18 +87,7 @@ class Ways:
     def from_outside(self, url: str, timeout: float = 2) -> str | None:
         """The page as the outside host fetches it, or None when nothing answered."""
         assert self.net.lab.outside is not None
-        code = (
-            "import urllib.request\n"
-            f"print(urllib.request.urlopen({url!r}, timeout={timeout}).read().decode(), end='')"
-        )
-        outside = self.net.netns(self.net.lab.outside.name)
-        done = subprocess.run(
-            ["ip", "netns", "exec", outside, sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=timeout + 20,
-        )
-        return done.stdout.strip() if done.returncode == 0 else None
+        return fetch_in(self.net.netns(self.net.lab.outside.name), url, timeout)
 
     def outside_page(self, key: str) -> str | None:
         """What a node reads from the outside host's page (who it says the node is)."""

@@ -1,6 +1,6 @@
 """Ways in on the lab: a node's floating address and its published ports, as the host agent
 writes them (the port's `nvi-floating` / `nvi-publish` external_ids), honoured by the server's
-switch. The example lab plus cloud "internet" beyond router r1, where the outside host lives.
+switch. The example lab, whose cloud "internet" beyond router r1 holds the outside host.
 
 Tenants red and blue use the same 10.0.0.0/24 on server s1, both with outbound access off:
 whatever reaches a node through a way in, or leaves it, does so without the server's source
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nvi.core import ports
-from nvi.lab.spec import Cloud, Outside, Router
+from nvi.lab.outside import fetch_in
 from tests.integration.test_dataplane import (
     Lab,
     capture,
@@ -49,17 +49,8 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 80), Page).serve_forever()
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    from nvi.lab.spec import load_lab
-    from tests.conftest import EXAMPLE_LAB
-
-    spec = load_lab(EXAMPLE_LAB)
-    (r1,) = spec.routers
-    update = {
-        "clouds": [*spec.clouds, Cloud(name="internet", subnet="192.0.2.0/24")],
-        "routers": [Router(name=r1.name, addresses={**r1.addresses, "internet": "192.0.2.1"})],
-        "outside": Outside(cloud="internet", address=OUTSIDE),
-    }
-    with running_lab(tmp_path_factory, **update) as net:
+    with running_lab(tmp_path_factory) as net:  # the example lab has the outside host
+        assert net.lab.outside is not None and net.lab.outside.address == OUTSIDE
         lab = Lab(net)
 
         async def tenants(client) -> None:  # noqa: ANN001
@@ -111,14 +102,7 @@ def remove_key(lab: Lab, node: str, key: str) -> None:
 
 
 def from_outside(lab: Lab, url: str, timeout: float = 2) -> str | None:
-    """The page's text as the outside host fetched it, or None if the fetch failed."""
-    code = (
-        "import urllib.request\n"
-        f"print(urllib.request.urlopen({url!r}, timeout={timeout}).read().decode(), end='')"
-    )
-    argv = ["ip", "netns", "exec", lab.net.netns("outside"), "python3", "-c", code]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 10)
-    return result.stdout.strip() if result.returncode == 0 else None
+    return fetch_in(lab.net.netns("outside"), url, timeout)
 
 
 def outside_pings(lab: Lab, address: str) -> bool:
