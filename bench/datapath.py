@@ -2,9 +2,12 @@
 
     sudo .venv/bin/python bench/datapath.py [--seconds 3]
 
-Rows (TCP throughput with iperf3, ping RTT medians):
-  (a) NVI: a node on s1 to a node on s2, locator rewriting (first packet excluded)
-  (b) OVS userspace VXLAN between the same two servers (a bridge of its own on each)
+Rows (TCP throughput with iperf3, ping RTT medians, CPU per Gbit/s of the machine and of the
+path's vswitchd processes from /proc), and the issue's targets (a) >= 1.3x (b), >= 0.3x (d):
+  (a) NVI: a node on s1 to a node on s2, locator rewriting (first packet excluded); the
+      lab's vswitchds run with userspace TSO
+  (b) OVS userspace VXLAN in its best working configuration: two servers of its own on the
+      same underlay, each with its own vswitchd without TSO (TSO breaks it in OVS 3.1)
   (c) two nodes on one server's bridge (local switching by the controller's flows)
   (d) plain kernel routing between two namespaces over veths (the physical reference)
 Then first-packet latency for 200 new node pairs across the router (directory lookups on
