@@ -2,9 +2,12 @@
 
     sudo .venv/bin/python bench/datapath.py [--seconds 3]
 
-Rows (TCP throughput with iperf3, ping RTT medians):
-  (a) NVI: a node on s1 to a node on s2, locator rewriting (first packet excluded)
-  (b) OVS userspace VXLAN between the same two servers (a bridge of its own on each)
+Rows (TCP throughput with iperf3, ping RTT medians, CPU per Gbit/s of the machine and of the
+path's vswitchd processes from /proc), and the issue's targets (a) >= 1.3x (b), >= 0.3x (d):
+  (a) NVI: a node on s1 to a node on s2, locator rewriting (first packet excluded); the
+      lab's vswitchds run with userspace TSO
+  (b) OVS userspace VXLAN in its best working configuration: two servers of its own on the
+      same underlay, each with its own vswitchd without TSO (TSO breaks it in OVS 3.1)
   (c) two nodes on one server's bridge (local switching by the controller's flows)
   (d) plain kernel routing between two namespaces over veths (the physical reference)
 Then first-packet latency for 200 new node pairs across the router (directory lookups on
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import statistics
@@ -27,6 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import netns
@@ -36,11 +41,16 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nvi.lab import links  # noqa: E402
-from nvi.lab.net import LabNet  # noqa: E402
+from nvi.lab.net import UNDERLAY_BRIDGE, LabNet  # noqa: E402
 from nvi.lab.nodes import NetnsNode, add_node, with_directory  # noqa: E402
+from nvi.lab.ovs import OvsInstance  # noqa: E402
+from nvi.lab.process import ensure_running, running_pid, stop  # noqa: E402
 from nvi.lab.spec import load_lab  # noqa: E402
 from openflow.flows import COOKIE_CLASS_SHIFT, PAIR  # noqa: E402
 
+NVI = "(a) NVI rewriting, s1 -> s2"
+VXLAN = "(b) OVS userspace VXLAN, own vswitchd without TSO"
+KERNEL = "(d) kernel veth routing"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "labs" / "two-clouds.toml"
 console = Console()
 
@@ -55,30 +65,23 @@ def run_in(ns: str, *argv: str, timeout: float = 60) -> str:
     ).stdout
 
 
-def iperf(server_ns: str, client_ns: str, address: str, seconds: float) -> float:
-    """Gbit/s received, TCP, one stream."""
+def iperf(path: Route, seconds: float) -> tuple[float, float, float]:
+    """One TCP stream: (Gbit/s received, machine CPU cores per Gbit/s, vswitchd CPU cores per
+    Gbit/s), the CPU sampled from /proc around the client's run only."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5299"],
+        ["ip", "netns", "exec", path.server, "iperf3", "-s", "-1", "-p", "5299"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(0.3)
-        report = json.loads(
-            run_in(
-                client_ns,
-                "iperf3",
-                "-c",
-                address,
-                "-p",
-                "5299",
-                "-t",
-                str(seconds),
-                "-J",
-                timeout=seconds + 20,
-            )
-        )
-        return report["end"]["sum_received"]["bits_per_second"] / 1e9
+        before, started = cpu_seconds(path.vswitchd), time.monotonic()
+        client = ("iperf3", "-c", path.address, "-p", "5299", "-t", str(seconds), "-J")
+        report = json.loads(run_in(path.client, *client, timeout=seconds + 20))
+        elapsed, after = time.monotonic() - started, cpu_seconds(path.vswitchd)
+        gbps = report["end"]["sum_received"]["bits_per_second"] / 1e9
+        machine, vswitchd = ((b - a) / elapsed / gbps for a, b in zip(before, after, strict=True))
+        return gbps, machine, vswitchd
     finally:
         server.wait(10)
 
@@ -117,50 +120,71 @@ def veth_reference(net: LabNet) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def ovs_vxlan(net: LabNet, left: str, right: str) -> Iterator[tuple[str, str]]:
-    """(b): on each of two servers a standalone bridge with a VXLAN port to the other, and
-    a namespace on it; OVS's own userspace tunnelling over the same underlay."""
-    servers = [net.lab.server(left), net.lab.server(right)]
-    spaces = [f"{net.netns(s.name)}.vx" for s in servers]
+def ovs_vxlan(net: LabNet, cloud: str) -> Iterator[tuple[str, str, list[int]]]:
+    """(b): OVS's own userspace VXLAN in its best working configuration: two emulated servers
+    of its own on `cloud`'s segment, each with its own vswitchd *without* userspace TSO (OVS 3.1
+    breaks TCP over VXLAN ports with it) holding its underlay address on a bridge, and a
+    namespace behind a VXLAN port. Yields both tenant namespaces and the vswitchd pids."""
+    segment = net.lab.cloud(cloud).network
+    underlay = [str(segment[230]), str(segment[231])]  # outside every pool of the example lab
+    servers = [f"{net.prefix}vx{i}" for i in (1, 2)]
+    spaces = [f"{ns}.t" for ns in servers]
+    instances = [OvsInstance(ns, net.rundir / f"vx{i}", tso=False) for i, ns in enumerate(servers)]
     try:
-        for index, (server, other, ns) in enumerate(
-            zip(servers, servers[::-1], spaces, strict=True)
-        ):
-            ovs = net.ovs(server)
+        pids = []
+        for index, (ns, tenant, ovs) in enumerate(zip(servers, spaces, instances, strict=True)):
+            for space in (ns, tenant):
+                links.ensure_netns(space, {"net.ipv6.conf.all.disable_ipv6": "1"})
+            links.ensure_veth(net.netns(cloud), ns.removeprefix(net.prefix), ns, "uplink")
+            links.ensure_up(net.netns(cloud), ns.removeprefix(net.prefix), master=UNDERLAY_BRIDGE)
+            links.ensure_veth(ns, "vxb", tenant, "eth0")
+            ovs.ensure_database()
+            pids += [ensure_running(daemon)[0] for daemon in ovs.daemons()][1:]
+            other = underlay[1 - index]
             ovs.vsctl(
-                "--may-exist",
-                "add-br",
-                "br-vx",
-                "--",
-                "set",
-                "bridge",
-                "br-vx",
-                "datapath_type=netdev",
-                "fail_mode=standalone",
-                "--",
-                "add-port",
-                "br-vx",
-                "vx0",
-                "--",
-                "set",
-                "interface",
-                "vx0",
-                "type=vxlan",
-                f"options:remote_ip={other.address}",
+                *("add-br", "br-ul", "--", "set", "bridge", "br-ul", "datapath_type=netdev"),
+                *("--", "add-port", "br-ul", "uplink"),
+                *("--", "add-br", "br-vx", "--", "set", "bridge", "br-vx", "datapath_type=netdev"),
+                *("--", "add-port", "br-vx", "vxb"),
+                *("--", "add-port", "br-vx", "vx0", "--", "set", "interface", "vx0"),
+                *("type=vxlan", f"options:remote_ip={other}"),
             )
-            links.ensure_netns(ns, {"net.ipv6.conf.all.disable_ipv6": "1"})
-            links.ensure_veth(net.netns(server.name), "vxb", ns, "eth0")
-            links.ensure_up(net.netns(server.name), "vxb")
-            links.ensure_up(net.netns(server.name), "br-vx")
-            links.ensure_up(ns, "eth0")
-            run_in(ns, "ip", "link", "set", "eth0", "mtu", "1450")  # what VXLAN costs tenants
-            links.ensure_address(ns, "eth0", f"172.31.9.{index + 1}", 24)
-            ovs.vsctl("add-port", "br-vx", "vxb")
-        yield spaces[0], spaces[1]
+            for dev in ("uplink", "br-ul", "vxb", "br-vx"):
+                links.ensure_up(ns, dev)
+            links.ensure_address(ns, "br-ul", underlay[index], segment.prefixlen)
+            links.ensure_up(tenant, "eth0")
+            run_in(tenant, "ip", "link", "set", "eth0", "mtu", "1450")  # what VXLAN costs tenants
+            links.ensure_address(tenant, "eth0", f"172.31.9.{index + 1}", 24)
+        yield spaces[0], spaces[1], pids
     finally:
-        for server, ns in zip(servers, spaces, strict=True):
-            net.ovs(server).vsctl("--if-exists", "del-br", "br-vx")
+        for ovs in instances:
+            for daemon in ovs.daemons()[::-1]:
+                stop(daemon)
+        for ns in [*servers, *spaces]:
             links.remove_netns(ns)
+
+
+@dataclass
+class Route:
+    """One measured path: where iperf3 runs, and which vswitchd processes carry it."""
+
+    name: str
+    client: str
+    server: str
+    address: str
+    vswitchd: list[int]
+
+
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of `pids`) so far, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    own = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        own += sum(int(x) for x in stat.rsplit(")", 1)[1].split()[11:13])  # utime, stime
+    return busy / tick, own / tick
 
 
 def udp_socket_in(ns: str) -> socket.socket:
@@ -224,24 +248,33 @@ def main() -> None:
             sources = [node("s1", f"src{i}", f"10.0.1.{i + 1}") for i in range(args.sources)]
             targets = [node("s3", f"dst{i}", f"10.0.2.{i + 1}") for i in range(args.targets)]
 
+        vswitchd = {s.name: net.ovs(s).daemons()[1] for s in net.lab.servers}
+        tso = {name: net.ovs(net.lab.server(name)).tso_enabled() for name in vswitchd}
         with (
             console.status("measuring the four paths"),
-            ovs_vxlan(net, "s1", "s2") as (vx1, vx2),
+            ovs_vxlan(net, net.lab.server("s1").cloud) as (vx1, vx2, vx_pids),
             veth_reference(net) as (ref1, ref2),
         ):
-            paths = [  # (name, client namespace, server namespace, server address)
-                ("(a) NVI rewriting, s1 -> s2", a.netns, b.netns, b.ip),
-                ("(b) OVS userspace VXLAN, s1 -> s2", vx1, vx2, "172.31.9.2"),
-                ("(c) two nodes on s1's bridge", a.netns, c.netns, c.ip),
-                ("(d) kernel veth routing", ref1, ref2, "172.31.2.2"),
+            lab_pids = {name: running_pid(daemon) or 0 for name, daemon in vswitchd.items()}
+            paths = [
+                Route(NVI, a.netns, b.netns, b.ip, [lab_pids["s1"], lab_pids["s2"]]),
+                Route(VXLAN, vx1, vx2, "172.31.9.2", vx_pids),
+                Route("(c) two nodes on s1's bridge", a.netns, c.netns, c.ip, [lab_pids["s1"]]),
+                Route(KERNEL, ref1, ref2, "172.31.2.2", []),
             ]
             # Interleaved rounds, medians: a burst of noise hurts one sample, not one path.
-            rtts = {name: rtt_ms(client, address) for name, client, _, address in paths}
-            rates: dict[str, list[float]] = {name: [] for name, *_ in paths}
+            rtts = {path.name: rtt_ms(path.client, path.address) for path in paths}
+            runs: dict[str, list[tuple[float, float, float]]] = {p.name: [] for p in paths}
             for _ in range(args.rounds):
-                for name, client, server, address in paths:
-                    rates[name].append(iperf(server, client, address, args.seconds))
-            rows = [(name, rtts[name], statistics.median(rates[name])) for name, *_ in paths]
+                for path in paths:
+                    runs[path.name].append(iperf(path, args.seconds))
+            rows = {
+                name: (
+                    rtts[name],
+                    *(statistics.median(column) for column in zip(*samples, strict=True)),
+                )
+                for name, samples in runs.items()
+            }
 
         with console.status(f"first packets of {len(sources) * len(targets)} new pairs"):
             first = []
@@ -276,13 +309,24 @@ def main() -> None:
         with console.status("removing the lab"):
             net.down()
 
-    reference = rows[1]
-    table = Table(title="data plane, one run (ratios against (b) OVS userspace VXLAN)")
-    for column in ("path", "ping RTT p50 (ms)", "TCP (Gbit/s)", "TCP vs (b)"):
+    table = Table(title=f"data plane, one run; userspace TSO in the lab's vswitchd: {tso}")
+    columns = ("path", "ping RTT p50 (ms)", "TCP (Gbit/s)", "vs (b)", "vs (d)")
+    for column in (*columns, "CPU cores per Gbit/s", "of which vswitchd"):
         table.add_column(column)
-    for name, rtt, gbps in rows:
-        table.add_row(name, f"{rtt:.3f}", f"{gbps:.2f}", f"{gbps / reference[2]:.2f}x")
+    for name, (rtt, gbps, machine, switch) in rows.items():
+        vs_b, vs_d = gbps / rows[VXLAN][1], gbps / rows[KERNEL][1]
+        cells = (f"{rtt:.3f}", f"{gbps:.2f}", f"{vs_b:.2f}x", f"{vs_d:.2f}x", f"{machine:.2f}")
+        table.add_row(name, *cells, f"{switch:.2f}" if switch else "-")
     console.print(table)
+    targets = Table(title="throughput targets (issue #13)")
+    for column in ("ratio", "measured", "target", "met"):
+        targets.add_column(column)
+    for reference, target in ((VXLAN, 1.3), (KERNEL, 0.3)):
+        ratio = rows[NVI][1] / rows[reference][1]
+        targets.add_row(
+            f"(a) / {reference[:3]}", f"{ratio:.2f}x", f">= {target}x", str(ratio >= target)
+        )
+    console.print(targets)
     q = statistics.quantiles(first, n=100)
     setup = Table(title="controller work")
     for column in ("measure", "value", "target"):

@@ -100,7 +100,8 @@ async def plumb(pid: int, port: str, mac: str, ip: str, prefixlen: int, gateway:
         raise Failed(f"plumbing {port} into pid {pid}: {error}") from None
     finally:
         os.close(fd)
-    # The userspace datapath drops TCP with partial checksums: compute them in the kernel.
+    # Complete checksums in the kernel: OVS 3.1 corrupts partial ones when it rewrites addresses,
+    # userspace TSO or not (docs/decisions.md, "Userspace TSO").
     await run("ethtool", "-K", port, "tx", "off")
     await run("nsenter", "-t", str(pid), "-n", "ethtool", "-K", INSIDE, "tx", "off")
 

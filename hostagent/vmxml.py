@@ -76,6 +76,8 @@ def domain_xml(name: str, owner: str, spec: VmSpec, guest: Guest, console_log: P
     _sub(nic, "target", dev=spec.port, managed="no")
     _sub(nic, "model", type="virtio")
     driver = _sub(nic, "driver")
+    # Complete frames from the guest: OVS 3.1 corrupts partial checksums when it rewrites
+    # addresses, userspace TSO or not (docs/decisions.md, "Userspace TSO").
     off = {key: "off" for key in ("csum", "tso4", "tso6", "ecn", "ufo")}
     _sub(driver, "host", **off, gso="off")
     _sub(driver, "guest", **off)

@@ -110,8 +110,8 @@ def ensure(link: AccessLink, router_ns: str, lab: Lab) -> list[str]:
             ipr.link("set", index=index, ifalias=link.alias)
             changes.append(f"access link: created {link.root_end} to router {link.router}")
     if changes:
-        # Forwarded TCP with partial checksums would be dropped by the servers' userspace
-        # switches: compute them in the kernel, as on every lab veth.
+        # Forwarded TCP with partial checksums would be corrupted by the servers' userspace
+        # switches when they rewrite it: compute them in the kernel, as on every lab veth.
         _ethtool_tx_off(link.root_end)
         links.run_in(router_ns, ["ethtool", "-K", ROUTER_END, "tx", "off"])
     if links.ensure_up(router_ns, ROUTER_END):

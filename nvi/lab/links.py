@@ -55,7 +55,8 @@ def ensure_veth(ns: str, name: str, peer_ns: str, peer: str) -> bool:
         if there:
             peer_ipr.link("del", index=there[0])
         ipr.link("add", ifname=name, kind="veth", peer={"ifname": peer, "net_ns_fd": peer_ns})
-    # The userspace datapath drops TCP with partial checksums: compute them in the kernel.
+    # Complete checksums in the kernel: OVS 3.1 corrupts partial ones when it rewrites addresses,
+    # TSO or not (docs/decisions.md, "Userspace TSO").
     run_in(ns, ["ethtool", "-K", name, "tx", "off"])
     run_in(peer_ns, ["ethtool", "-K", peer, "tx", "off"])
     return True

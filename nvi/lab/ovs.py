@@ -6,6 +6,7 @@ reaches the machine's own OVS, if it has one.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from dataclasses import dataclass
@@ -18,12 +19,18 @@ from nvi.lab.process import Daemon
 BRIDGE = "br-int"
 UPLINK = "uplink"
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+# Userspace TSO: vswitchd accepts and sends TCP segments of up to 64 KiB with partial checksums
+# where a port offers them. vswitchd reads the setting once, at start-up, so the database is
+# born with it. OVS 3.1 corrupts such segments when it rewrites addresses, so tenant veths still
+# finish checksums themselves (`tx off`): docs/decisions.md, "Userspace TSO".
+TSO_KEY = "userspace-tso-enable"
 
 
 @dataclass(frozen=True)
 class OvsInstance:
     netns: str
     rundir: Path
+    tso: bool = True
 
     @property
     def env(self) -> dict[str, str]:
@@ -84,7 +91,23 @@ class OvsInstance:
             return False
         self.rundir.mkdir(parents=True, exist_ok=True)
         _run(["ovsdb-tool", "create", str(self.database), str(SCHEMA)], self.env)
+        other_config = [[TSO_KEY, "true"]] if self.tso else []
+        row = {"other_config": ["map", other_config]}
+        transaction = ["Open_vSwitch", {"op": "insert", "table": "Open_vSwitch", "row": row}]
+        _run(["ovsdb-tool", "transact", str(self.database), json.dumps(transaction)], self.env)
         return True
+
+    def tso_enabled(self) -> bool:
+        """Whether the running vswitchd segments in userspace: the setting alone proves nothing
+        (it only counts at start-up), vswitchd's own log line does."""
+        configured = self.vsctl(
+            "--if-exists", "get", "Open_vSwitch", ".", f"other_config:{TSO_KEY}"
+        )
+        log = self.rundir / "ovs-vswitchd.log"
+        said = log.exists() and "Userspace TCP Segmentation Offloading support enabled" in (
+            log.read_text(errors="replace")
+        )
+        return configured.strip() == '"true"' and said
 
     def wait_for_bridge(self, timeout: float = 10.0) -> None:
         """Block until vswitchd serves OpenFlow on the bridge (after a (re)start it takes a moment,

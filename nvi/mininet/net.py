@@ -79,9 +79,9 @@ def run_root() -> Path:
 
 
 class NviHost(Host):
-    """A tenant node or a router. The kernel fills in checksums (the userspace datapath forwards
-    TCP with partial checksums otherwise, and the receiver drops it silently), and IPv6 is off
-    so captures show only what NVI sends."""
+    """A tenant node or a router. The kernel fills in checksums (the userspace datapath, TSO on
+    or not, rewrites partial ones wrongly and the receiver drops them silently: docs/decisions.md
+    "Userspace TSO"), and IPv6 is off so captures show only what NVI sends."""
 
     def config(self, **params: Any) -> dict:
         result = super().config(**params)
