@@ -204,6 +204,11 @@ class Directory:
     async def stop(self) -> None:
         await self.feed.stop()
 
+    async def prune(self, keep: int) -> None:
+        """Drop all but the newest `keep` change records, from the log and from memory."""
+        await self.store.prune(keep)
+        self.feed.forget(keep)
+
     async def _write(self, attempt: Callable[[], Awaitable[_Write]]) -> Any:
         """Run `attempt` until its expectations hold at commit time; an attempt that finds
         nothing to change (the same again) returns without a commit."""
@@ -932,6 +937,7 @@ class Directory:
         deadline = loop.time() + wait
         if since is None:
             return ChangePage(changes=[], revision=(await self.store.get()).revision)
+        await self.feed.catch_up()
         while True:
             if self.feed.covers(since):
                 records, head = self.feed.after(since, limit), self.feed.head

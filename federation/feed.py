@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import json
 import logging
 from collections import Counter, defaultdict
@@ -105,6 +104,7 @@ class Feed:
         self._waiting: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
         """Waiting followers by interest: ("tenant", name), ("server", name) or `_ANY`."""
         self._task: asyncio.Task | None = None
+        self._reading = asyncio.Lock()
 
     async def start(self) -> None:
         await self._reset()
@@ -126,20 +126,28 @@ class Feed:
         self.head = self.floor = snapshot.revision
         self.records = []
 
+    async def catch_up(self) -> None:
+        """Read every record committed so far: a request that starts with this sees its own
+        writes, and those made through other directory processes."""
+        async with self._reading:
+            while True:
+                try:
+                    page = await self.store.log(self.head, _PAGE)
+                except Gone:
+                    log.warning("the change log was pruned under the feed; starting over")
+                    await self._reset()
+                    self._wake(set().union(*self._waiting.values()))
+                    return
+                self._apply([Record(rev, json.loads(raw)) for rev, raw in page.records])
+                if len(page.records) < _PAGE:
+                    self.head = max(self.head, page.head)
+                    return
+
     async def _read_forever(self) -> None:
         while True:
             try:
-                page = await self.store.log(self.head, _PAGE)
-                self._apply([Record(rev, json.loads(raw)) for rev, raw in page.records])
-                if len(page.records) == _PAGE:
-                    continue
-                self.head = max(self.head, page.head)
+                await self.catch_up()
                 await self.store.wait(self.head, _READER_WAIT)
-            except Gone:
-                log.warning("the change log was pruned under the reader; starting over")
-                with contextlib.suppress(DirectoryError):
-                    await self._reset()
-                self._wake(set().union(*self._waiting.values()))
             except DirectoryError as error:
                 log.warning("reading the change log failed: %s", error)
                 await asyncio.sleep(0.5)
@@ -158,9 +166,16 @@ class Feed:
         self.records += records
         self.head = records[-1].revision
         if len(self.records) > 2 * self.keep:
-            self.floor = self.records[-self.keep - 1].revision
-            del self.records[: -self.keep]
+            self.forget(self.keep)
         self._wake(woken)
+
+    def forget(self, keep: int) -> None:
+        """Keep only the newest `keep` records in memory: older cursors are then answered by
+        the store (after a prune of the log, with Gone)."""
+        dropped = len(self.records) - keep
+        if dropped > 0:
+            self.floor = self.records[dropped - 1].revision
+            del self.records[:dropped]
 
     def _wake(self, events: set[asyncio.Event]) -> None:
         self.woken += len(events)

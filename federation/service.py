@@ -691,7 +691,7 @@ async def pruning_context(app: web.Application) -> AsyncIterator[None]:
     async def prune_forever() -> None:
         while True:
             try:
-                await app[DIRECTORY].store.prune(config.change_retention)
+                await app[DIRECTORY].prune(config.change_retention)
             except DirectoryError as error:
                 log.warning("pruning the change log failed: %s", error)
             await asyncio.sleep(config.prune_interval)
