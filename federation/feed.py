@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import logging
 from collections import Counter, defaultdict
@@ -205,9 +206,9 @@ class Feed:
         for key in keys:
             self._waiting[key].add(event)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):  # not wait_for: see SqliteStore.wait
+                    await event.wait()
         finally:
             for key in keys:
                 self._waiting[key].discard(event)
