@@ -5,8 +5,9 @@ with the credential of a server hosting a node of the tenant it follows: 10 foll
 `hot`, the rest tenants that never change. A stream of node creates in `hot` (one at a time,
 through the API, as an agent publishes) measures the directory's CPU time per change (from
 /proc/PID/stat over the run) and the create latency; every hot follower must see every
-change, every other follower none. The servers and their nodes are loaded straight into the
-store first. Run: `.venv/bin/python bench/changes.py [--changes C --followers 10 100 1000]`.
+change, every other follower none; each row then deletes its nodes, so every row creates
+in an equally small tenant. The servers and their nodes are loaded straight into the store
+first. Run: `.venv/bin/python bench/changes.py [--changes C --followers 10 100 1000]`.
 """
 
 from __future__ import annotations
