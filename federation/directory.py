@@ -50,6 +50,7 @@ from federation.errors import (
     NotFound,
     Unavailable,
 )
+from federation.feed import Feed, Record
 from federation.models import (
     Announcement,
     CatalogueEntry,
@@ -194,6 +195,19 @@ class Directory:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.feed = Feed(store)
+
+    async def start(self) -> None:
+        """Start following the change log (needed by `changes`)."""
+        await self.feed.start()
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+
+    async def prune(self, keep: int) -> None:
+        """Drop all but the newest `keep` change records, from the log and from memory."""
+        await self.store.prune(keep)
+        self.feed.forget(keep)
 
     async def _write(self, attempt: Callable[[], Awaitable[_Write]]) -> Any:
         """Run `attempt` until its expectations hold at commit time; an attempt that finds
@@ -395,11 +409,6 @@ class Directory:
                 await self.store.commit([], [Delete(entry.key)], None)
         await self.store.commit([], [Delete(f"s/{name}"), Delete(f"cat/{name}")], None)
         return withdrawn
-
-    async def hosted_tenants(self, server: str) -> set[str]:
-        """The tenants a server hosts nodes of: all that its credential may learn about."""
-        entries = (await self.store.scan(f"sn/{server}/")).entries.values()
-        return {json.loads(entry.value)["tenant"] for entry in entries}
 
     # the catalogue
 
@@ -922,27 +931,34 @@ class Directory:
     ) -> ChangePage:
         """Changes after revision `since` (of `tenants`, if given), waiting up to `wait` s.
         `hosted_by`: only of the tenants that server hosts nodes of, as they are when each
-        change is read."""
+        change is read. Recent changes come from the feed's memory, older ones from the log."""
         asked = set(tenants)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         if since is None:
             return ChangePage(changes=[], revision=(await self.store.get()).revision)
+        await self.feed.catch_up()
         while True:
-            page = await self.store.log(since, limit)
+            if self.feed.covers(since):
+                records, head = self.feed.after(since, limit), self.feed.head
+            else:
+                page = await self.store.log(since, limit)
+                records = [Record(rev, json.loads(raw)) for rev, raw in page.records]
+                head = page.head
             wanted: set[str] | None = asked or None
             if hosted_by is not None:
-                hosted = await self.hosted_tenants(hosted_by)
+                hosted = self.feed.hosting.tenants(hosted_by)
                 wanted = hosted & asked if asked else hosted
             changes = [
-                Change(revision=revision, **change)
-                for revision, record in page.records
-                for change in json.loads(record)
+                Change(revision=record.revision, **change)
+                for record in records
+                for change in record.changes
                 if wanted is None or change["tenant"] in wanted
             ]
-            full = len(page.records) == limit
-            cursor = page.records[-1][0] if full else max(page.head, since)
+            full = len(records) == limit
+            cursor = records[-1].revision if full else max(head, since)
             if changes or full or loop.time() >= deadline:
+                self.feed.delivered += len(changes)
                 return ChangePage(changes=changes, revision=cursor, more=full)
             since = cursor
-            await self.store.wait(since, deadline - loop.time())
+            await self.feed.wait(since, deadline - loop.time(), asked, hosted_by)

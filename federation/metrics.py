@@ -6,12 +6,14 @@ address or locator, so a scrape reveals load and health, not records.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from federation.errors import DirectoryError, NotFound
+from federation.feed import Feed
 from nvi.core.metrics import HttpMetrics
 
 T = TypeVar("T")
@@ -58,6 +60,26 @@ class DirectoryMetrics:
             registry=self.registry,
         )
         self.store = Info("nvi_directory_store", "The storage backend", registry=self.registry)
+        self._feed: Feed | None = None
+        self.registry.register(self)
+
+    def follow(self, feed: Feed) -> None:
+        """Export the change feed's counts (kept by the feed, read at each scrape)."""
+        self._feed = feed
+
+    def collect(self) -> Iterator[Metric]:
+        feed = self._feed
+        yield CounterMetricFamily(
+            "nvi_directory_change_wakeups",
+            "Long polls woken by a change of a tenant they follow (a follower of other "
+            "tenants is never woken)",
+            value=feed.woken if feed else 0,
+        )
+        yield CounterMetricFamily(
+            "nvi_directory_changes_delivered",
+            "Changes handed to followers (one per change per follower that gets it)",
+            value=feed.delivered if feed else 0,
+        )
 
     async def lookup(
         self, kind: str, work: Callable[[], Awaitable[T]], outcome: Callable[[T], str]

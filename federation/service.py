@@ -666,9 +666,12 @@ async def storage_context(app: web.Application) -> AsyncIterator[None]:
     """Subsystem: the store and the directory on top of it."""
     store = open_store(app[CONFIG].storage)
     await store.open()
-    app[DIRECTORY] = Directory(store)
+    app[DIRECTORY] = directory = Directory(store)
+    await directory.start()
     app[METRICS].store.info({"backend": store.backend})
+    app[METRICS].follow(directory.feed)
     yield
+    await directory.stop()
     await store.close()
 
 
@@ -688,7 +691,7 @@ async def pruning_context(app: web.Application) -> AsyncIterator[None]:
     async def prune_forever() -> None:
         while True:
             try:
-                await app[DIRECTORY].store.prune(config.change_retention)
+                await app[DIRECTORY].prune(config.change_retention)
             except DirectoryError as error:
                 log.warning("pruning the change log failed: %s", error)
             await asyncio.sleep(config.prune_interval)

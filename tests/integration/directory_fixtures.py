@@ -59,8 +59,11 @@ async def store(storage_config: StorageConfig) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def directory(store: Store) -> Directory:
-    return Directory(store)
+async def directory(store: Store) -> AsyncIterator[Directory]:
+    directory = Directory(store)
+    await directory.start()
+    yield directory
+    await directory.stop()
 
 
 @pytest.fixture(scope="session")

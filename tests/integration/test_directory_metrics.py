@@ -76,3 +76,39 @@ async def test_lookups_count_by_outcome_and_requests_by_route(service, storage_c
     assert value(after, "nvi_directory_store_info", backend=backend) == 1
     labels = {v for _, pairs in samples(after) for _, v in pairs}
     assert not labels & {"acme", "web", "app", "db", "front", "back", web.id, "192.0.1.2"}
+
+
+async def test_a_change_wakes_only_the_followers_of_its_tenant(service) -> None:  # noqa: ANN001
+    s1, s2 = await service.enroll("s1", POOL), await service.enroll("s2", "192.0.3.0/24")
+    async with service.client(service.credentials.admin) as admin:
+        tokens = {}
+        for tenant in ("acme", "umbrella"):
+            await admin.create_tenant(tenant)
+            tokens[tenant] = (await admin.create_token(tenant)).token
+            await admin.create_network(tenant, "front", "10.0.0.0/24")
+    async with (
+        service.client(s1, tokens["acme"]) as acme_on_s1,
+        service.client(s2, tokens["umbrella"]) as umbrella_on_s2,
+    ):
+        await acme_on_s1.create_node("acme", "a", kind="vm", network="front", locator="192.0.1.1")
+        await umbrella_on_s2.create_node(
+            "umbrella", "u", kind="vm", network="front", locator="192.0.3.1"
+        )
+        head = (await acme_on_s1.changes(None)).revision
+        acme = asyncio.create_task(acme_on_s1.changes(head, wait=3))
+        umbrella = asyncio.create_task(umbrella_on_s2.changes(head, wait=3))
+        await asyncio.sleep(0.3)
+        before = await scrape(service)
+        await umbrella_on_s2.create_node(
+            "umbrella", "v", kind="vm", network="front", locator="192.0.3.2"
+        )
+        assert [c.node.name for c in (await umbrella).changes if c.node] == ["v"]
+        after = await scrape(service)
+        assert not acme.done()
+        assert (await acme).changes == []
+
+    def moved(name: str) -> float:
+        return value(after, name) - value(before, name)
+
+    assert moved("nvi_directory_change_wakeups_total") == 1
+    assert moved("nvi_directory_changes_delivered_total") == 1

@@ -298,7 +298,7 @@ async def test_pruned_changes_answer_gone(directory: Directory) -> None:
     start = (await directory.changes(None)).revision
     for i in range(4):
         await directory.create_node("acme", spec(f"n{i}", locator=f"192.0.2.{i + 1}"), S1)
-    await directory.store.prune(keep=2)
+    await directory.prune(keep=2)
     with pytest.raises(Gone):
         await directory.changes(start)
     latest = await directory.changes(start + 2)
