@@ -239,12 +239,14 @@ class Controller:
             key: Pair(new, pair.remote_ip, pair.remote_locator) if pair.local == old else pair
             for key, pair in self.pairs.items()
         }
+        detached = old.floating if old.floating != new.floating else ""
         return [
             *(f.Delete(entry) for entry in before if entry.key not in kept),
             *(
                 f.DeleteCookie(f.cookie(kind, old.locator), f.CLASS_MASK | f.LOCAL_MASK)
                 for kind in (f.DENY, f.OUTBOUND)
             ),
+            *(f.forget_floating(detached) if detached else []),
             *(f.Add(entry) for entry in after if entry.identity not in held),
         ]
 
@@ -256,6 +258,7 @@ class Controller:
                 for kind in (f.BASE, f.PAIR, f.DENY, f.OUTBOUND)
             ),
             f.DeleteCookie(f.cookie(f.PAIR, "", node.locator), f.CLASS_MASK | f.REMOTE_MASK),
+            *(f.forget_floating(node.floating) if node.floating else []),
         ]
 
     def flow_removed(self, cookie: int) -> None:

@@ -29,6 +29,7 @@ import hashlib
 import ipaddress
 import zlib
 from dataclasses import dataclass
+from typing import Literal
 
 from nvi.core.model import PublishedPort
 from nvi.core.names import RESOLVER_PORT
@@ -179,7 +180,19 @@ class DeleteCookie:
     mask: int
 
 
-FlowMod = Add | Delete | DeleteCookie
+@dataclass(frozen=True)
+class ForgetConnections:
+    """Drop conntrack's connections in `zone` whose `direction` ("original" or "reply")
+    has `address` as destination: a floating address detached takes its connections with it,
+    so none outlives it (a retransmitted packet would be NATed by a stale entry, or found
+    invalid when the address comes back)."""
+
+    zone: int
+    address: str
+    direction: Literal["original", "reply"]
+
+
+FlowMod = Add | Delete | DeleteCookie | ForgetConnections
 
 
 # -- the pipeline as data ------------------------------------------------------------------
@@ -664,6 +677,12 @@ def ways_in_flows(server: Server, node: LocalNode) -> list[Flow]:
             )
         )
     return flows
+
+
+def forget_floating(address: str) -> list[ForgetConnections]:
+    """Forget every connection through a floating address: the outside's to it (its original
+    destination) and the node's own from it (its reply destination)."""
+    return [ForgetConnections(SNAT_ZONE, address, d) for d in ("original", "reply")]
 
 
 # -- flows of one conversation ----------------------------------------------------------------

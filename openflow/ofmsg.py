@@ -6,6 +6,8 @@ what the controller computes, in the controller's own terms.
 
 from __future__ import annotations
 
+import ipaddress
+import struct
 from typing import Any
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -22,6 +24,7 @@ from openflow.flows import (
     Delete,
     Flow,
     FlowMod,
+    ForgetConnections,
     Goto,
     Move,
     Output,
@@ -177,12 +180,44 @@ def flow_delete_cookie(datapath: Any, cookie: int, mask: int) -> parser.OFPFlowM
     )
 
 
-def flow_mod(datapath: Any, mod: FlowMod) -> parser.OFPFlowMod:
+# Open vSwitch's NXT_CT_FLUSH (3.1+; os-ken has no class for it): struct nx_ct_flush (the IP
+# protocol, 0 for any, and 7 bytes of padding), then properties: a tuple (its fields nested,
+# an address as IPv4-mapped IPv6) and the zone.
+_NX_VENDOR_ID, _NXT_CT_FLUSH = 0x2320, 32
+_CT_TUPLE = {"original": 0, "reply": 1}
+_CT_ZONE_ID, _CT_TUPLE_DST = 2, 1
+
+
+def _property(kind: int, value: bytes, nested: bool = False) -> bytes:
+    """One OpenFlow property, padded to 8 bytes; a nested one's content starts at 8."""
+    head = struct.pack("!HH", kind, 0) + (b"\0" * 4 if nested else b"")
+    body = head + value
+    length = len(body)
+    return struct.pack("!HH", kind, length) + body[4:] + b"\0" * (-length % 8)
+
+
+def ct_flush(datapath: Any, mod: ForgetConnections) -> parser.OFPExperimenter:
+    """NXT_CT_FLUSH: conntrack forgets the connections of `mod.zone` whose tuple in
+    `mod.direction` goes to `mod.address`, whatever the protocol and ports."""
+    mapped = ipaddress.IPv6Address(f"::ffff:{mod.address}").packed
+    data = (
+        bytes(8)
+        + _property(_CT_TUPLE[mod.direction], _property(_CT_TUPLE_DST, mapped), nested=True)
+        + _property(_CT_ZONE_ID, struct.pack("!H", mod.zone))
+    )
+    return parser.OFPExperimenter(
+        datapath, experimenter=_NX_VENDOR_ID, exp_type=_NXT_CT_FLUSH, data=data
+    )
+
+
+def flow_mod(datapath: Any, mod: FlowMod) -> parser.MsgBase:
     """The OpenFlow message for a plain flow mod."""
     if isinstance(mod, Add):
         return flow_add(datapath, mod.flow)
     if isinstance(mod, Delete):
         return flow_delete_strict(datapath, mod.flow)
+    if isinstance(mod, ForgetConnections):
+        return ct_flush(datapath, mod)
     return flow_delete_cookie(datapath, mod.cookie, mod.mask)
 
 

@@ -28,6 +28,7 @@ from openflow.flows import (
     Delete,
     Flow,
     FlowMod,
+    ForgetConnections,
     Goto,
     MatchValue,
     Move,
@@ -74,11 +75,26 @@ class Switch:
     def remove(self, cookie: int, mask: int) -> None:
         self.flows = {k: f for k, f in self.flows.items() if (f.cookie ^ cookie) & mask}
 
+    def forget(self, mod: ForgetConnections) -> None:
+        """Like NXT_CT_FLUSH: the original destination is the seen one; the reply, the
+        translated connection reversed, goes to the translated source."""
+
+        def destination(original: tuple, translated: tuple) -> object:
+            return original[1] if mod.direction == "original" else translated[0]
+
+        self.connections = [
+            (zone, original, translated)
+            for zone, original, translated in self.connections
+            if zone != mod.zone or destination(original, translated) != mod.address
+        ]
+
     def apply(self, mod: FlowMod) -> None:
         if isinstance(mod, Add):
             self.install([mod.flow])
         elif isinstance(mod, Delete):
             self.flows.pop(mod.flow.key, None)
+        elif isinstance(mod, ForgetConnections):
+            self.forget(mod)
         else:
             self.remove(mod.cookie, mod.mask)
 

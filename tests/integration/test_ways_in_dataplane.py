@@ -169,9 +169,10 @@ def test_removing_the_keys_stops_the_ways_in_within_a_second(lab: Lab, ways_in: 
 
 
 @pytest.mark.xfail(
-    reason="seen on OVS 3.1 (userspace datapath): after a floating address was detached while "
-    "the outside kept sending to it, the datapath's drop flow for it can outlive the re-added "
-    "OpenFlow flow, so TCP to it stays dropped for a while (ICMP passes)",
+    reason="OVS 3.1 (userspace datapath): attached again soon after a detach while the outside "
+    "kept sending to it, the address's datapath drop flow (before conntrack) is not revalidated "
+    "and outlives the re-added OpenFlow flow while it is hit (revalidator/purge clears it); "
+    "see docs/dataplane.md, Limits",
     strict=False,
 )
 def test_a_floating_address_attached_again_works_again(lab: Lab, ways_in: Callable) -> None:

@@ -642,3 +642,24 @@ def _local_a() -> f.LocalNode:
 
 def _published_flows(server: Server) -> list[f.Flow]:
     return [e for e in server.switch.flows.values() if e.priority == f.PRIO_PUBLISHED]
+
+
+def test_a_detached_floating_address_takes_its_connections_with_it(server: Server) -> None:
+    server.ways_in["a"] = {"floating": FLOATING}
+    server.ways_in["c"] = {"published": (PublishedPort.parse("8080:80/tcp"),)}
+    server.connect()
+    server.switch.process(UPLINK, _from_outside(FLOATING))  # the outside's, to it
+    server.first_packet(A, "203.0.114.81")
+    server.send(A, "203.0.114.81")  # the node's own, from it
+    published = _from_outside(SERVER_ADDRESS, ip_proto=6, tcp_dst=8080)
+    server.switch.process(UPLINK, published)
+    assert len(_through(server, FLOATING)) == 2
+    others = [c for c in server.switch.connections if c not in _through(server, FLOATING)]
+    _ways_in_changed(server, "a")
+    # none is left to NAT a late packet, or to meet the address when it comes back
+    assert _through(server, FLOATING) == []
+    assert server.switch.connections == others != [], "other connections are kept"
+
+
+def _through(server: Server, address: str) -> list[tuple]:
+    return [c for c in server.switch.connections if address in (c[1][1], c[2][0])]

@@ -14,10 +14,11 @@ from openflow.flows import (
     deny_egress,
     desired_base_flows,
     floating_flows,
+    forget_floating,
     outbound_flows,
     reply_only_flows,
 )
-from openflow.ofmsg import flow_add, from_stats
+from openflow.ofmsg import flow_add, flow_mod, from_stats
 from tests.unit.test_openflow_flows import ROUTER_MAC, SERVER_A, WAYS_IN, A, B, remote
 
 DATAPATH = SimpleNamespace(ofproto=ofp, ofproto_parser=parser, id=1)
@@ -80,3 +81,20 @@ def test_a_changed_action_is_a_different_flow() -> None:
     )[0]
     assert egress.key == moved.key
     assert from_stats(as_switch_reports(flow_add(DATAPATH, moved))).identity != egress.identity
+
+
+def test_forgetting_a_floating_address_s_connections_is_open_vswitch_s_ct_flush() -> None:
+    # `ovs-ofctl ofp-print` reads these as NXT_CT_FLUSH zone=20054 with ct_nw_dst=198.51.100.200
+    # in the original tuple, then in the reply tuple
+    tuple_dst = "00010014" + "00000000000000000000ffffc63364c8" + "00000000"
+    zone = "000200064e560000"
+    expected = [
+        f"0000000000000000{kind}0020{'0' * 8}{tuple_dst}{zone}" for kind in ("0000", "0001")
+    ]
+    sent = []
+    for mod in forget_floating("198.51.100.200"):
+        message = flow_mod(DATAPATH, mod)
+        message.serialize()
+        assert (message.experimenter, message.exp_type) == (0x2320, 32)
+        sent.append(bytes(message.buf)[16:].hex())
+    assert sent == expected
