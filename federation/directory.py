@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import netaddr
 from pydantic import BaseModel
@@ -93,6 +93,16 @@ def _load(model: type[M], raw: bytes) -> M:
 
 def _hosts(server: Server, node: Node) -> bool:
     return node.server == server.name and server.holds(node.locator)
+
+
+def _visible(node: Node | None, tenant: str | None, server: Server | None) -> TypeGuard[Node]:
+    """Whether a lookup's caller sees `node`: a tenant only its own, a server only the nodes it
+    hosts (the admin every one); an unseen node answers like a missing one."""
+    return (
+        node is not None
+        and tenant in (None, node.tenant)
+        and (server is None or _hosts(server, node))
+    )
 
 
 def _server(raw: bytes) -> Server:
@@ -841,12 +851,7 @@ class Directory:
             snapshot = await self.store.get(source_key, _destination_key(query, query.tenant))
         raw = snapshot.value(source_key)
         source = _load(Node, raw) if raw else None
-        if (
-            source is None
-            or tenant not in (None, source.tenant)
-            or query.network not in (None, source.network)
-            or (server is not None and not _hosts(server, source))
-        ):
+        if not _visible(source, tenant, server) or query.network not in (None, source.network):
             raise NotFound("no such source node")
         destination_key = _destination_key(query, source.tenant)
         if destination_key not in snapshot.entries and query.source is not None:
@@ -879,11 +884,7 @@ class Directory:
         snapshot = await self.store.get(f"id/{query.source}")
         raw = snapshot.value(f"id/{query.source}")
         source = _load(Node, raw) if raw else None
-        if (
-            source is None
-            or tenant not in (None, source.tenant)
-            or (server is not None and not _hosts(server, source))
-        ):
+        if not _visible(source, tenant, server):
             raise NotFound("no such source node")
         networks = await self.store.scan(f"w/{source.tenant}/")
         loaded = [_load(Network, entry.value) for entry in networks.entries.values()]
@@ -911,11 +912,7 @@ class Directory:
         snapshot = await self.store.get(f"loc/{locator}")
         raw = snapshot.value(f"loc/{locator}")
         node = _load(Node, raw) if raw else None
-        if (
-            node is None
-            or tenant not in (None, node.tenant)
-            or (server is not None and not _hosts(server, node))
-        ):
+        if not _visible(node, tenant, server):
             raise NotFound(f"no node has locator {locator}")
         return Location(node=node, revision=snapshot.revision)
 
