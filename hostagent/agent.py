@@ -28,7 +28,13 @@ from hostagent.ovs import Switch
 from hostagent.plumbing import ifindex
 from hostagent.publisher import Publisher
 from hostagent.state import State, joined
-from hostagent.waysin import FloatingAttached, check_published, choose_floating, server_listening
+from hostagent.waysin import (
+    FloatingAttached,
+    check_published,
+    choose_floating,
+    server_ephemeral_ports,
+    server_listening,
+)
 from nvi.core.errors import NviError
 from nvi.core.model import NodeKind, PublishedPort
 
@@ -136,12 +142,16 @@ class Agent:
             )
 
     def _check_published(self, node_id: str, wanted: list[PublishedPort]) -> None:
-        """Refuse host ports another node here publishes or the server serves on: the
-        agent's own API port, and whatever listens on the server's address now."""
-        own = server_listening(self.config.underlay) if wanted else set()
+        """Refuse host ports another node here publishes or the server uses: the agent's own
+        API port, whatever listens on the server's address now, and the source ports of the
+        server's own connections."""
+        if not wanted:
+            return
+        own = server_listening(self.config.underlay)
         if self.config.tcp is not None:
             own |= {(self.config.tcp.port, "tcp")}
-        check_published(node_id, wanted, self.state.published(), own)
+        ephemeral = server_ephemeral_ports()
+        check_published(node_id, wanted, self.state.published(), own, ephemeral)
 
     def driver(self, kind: NodeKind) -> NodeDriver:
         if kind not in self.drivers:

@@ -4,7 +4,9 @@ sockets the server itself listens on), and reading those sockets from the kernel
 
 A published port is forwarded from the server's own address by the switch, before the server
 would see the packet: a port the server itself serves on (the agent's API, sshd) would become
-unreachable, and a port two nodes publish would go to one of them at random. Both are refused.
+unreachable, a port two nodes publish would go to one of them at random, and a port of the
+server's own connections' source range (Linux's ip_local_port_range) would hand replies meant
+for the server (the directory's answers, among them) to a tenant's node. All are refused.
 """
 
 from __future__ import annotations
@@ -57,11 +59,18 @@ def check_published(
     wanted: Iterable[PublishedPort],
     held: dict[Key, str],
     own: set[Key],
+    ephemeral: range = range(0),
 ) -> None:
-    """Refuse a host port another node of this server publishes (`held`: key -> node id) or
-    the server itself listens on (`own`); the node's own ports are its to keep."""
+    """Refuse a host port another node of this server publishes (`held`: key -> node id), one
+    the server itself listens on (`own`), or one its own connections take as their source port
+    (`ephemeral`); the node's own ports are its to keep."""
     for port in wanted:
         key = (port.host_port, str(port.protocol))
+        if port.host_port in ephemeral:
+            raise PortInUse(
+                f"{_spelled(key)} is among the server's own connections' source ports "
+                f"({ephemeral.start}-{ephemeral.stop - 1}): replies to the server arrive there"
+            )
         if held.get(key, node_id) != node_id:
             raise PortInUse(f"{_spelled(key)} is published by another node of this server")
         if key in own:
@@ -112,6 +121,16 @@ def _proc_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     raw = bytes.fromhex(text)
     swapped = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return ipaddress.ip_address(swapped)
+
+
+LOCAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def server_ephemeral_ports() -> range:
+    """The source ports this network namespace gives its own outgoing connections (IPv6 uses
+    the same range)."""
+    low, high = map(int, LOCAL_PORT_RANGE.read_text().split())
+    return range(low, high + 1)
 
 
 def server_listening(address: str) -> set[Key]:

@@ -160,6 +160,11 @@ def test_a_port_in_use_is_refused_and_changes_nothing(ways: Ways) -> None:
         # the agent's own API port on the server's address is the server's, never a node's
         agent = ways.nvi("blue", "node", "publish", "blue/blue-s3", "7490:80/tcp", check=False)
         assert agent.returncode != 0 and PUBLISH not in ways.port_ids("blue/blue-s3")
+        # nor a source port of the server's own connections: their replies (the directory's
+        # answers among them) would reach the node
+        source = ways.nvi("blue", "node", "publish", "blue/blue-s3", "40000:80/tcp", check=False)
+        assert source.returncode != 0 and "source ports" in source.stderr
+        assert PUBLISH not in ways.port_ids("blue/blue-s3")
         malformed = ways.nvi("blue", "node", "publish", "blue/blue-s3", "80:eighty", check=False)
         assert malformed.returncode != 0 and "HOST_PORT:NODE_PORT" in malformed.stderr
     finally:

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from federation.errors import FloatingTaken as DirectoryFloatingTaken
+from hostagent import waysin
 from hostagent.agent import Agent
 from hostagent.config import AgentConfig, DirectoryConfig, TcpConfig, load_config, render_config
 from hostagent.errors import Unauthorized
@@ -144,6 +145,26 @@ def test_a_host_port_is_one_nodes_and_never_the_servers() -> None:
     assert refused.value.code == "port_in_use" and refused.value.status == 409
     with pytest.raises(PortInUse, match="server itself"):
         check_published("b", [P("22:22/tcp")], held, {(22, "tcp")})
+
+
+def test_a_host_port_of_the_servers_own_connections_is_refused() -> None:
+    """Replies to the server's own connections (to the directory, among others) come to its
+    address on a port of its source range: published, they would reach a tenant's node."""
+    ephemeral = range(32768, 61000)
+    for host_port in (32768, 40000, 60999):
+        with pytest.raises(PortInUse, match="source ports \\(32768-60999\\)") as refused:
+            check_published("a", [P(f"{host_port}:80/udp")], {}, set(), ephemeral)
+        assert refused.value.code == "port_in_use"
+    check_published("a", [P("32767:80/tcp")], {}, set(), ephemeral)
+
+
+def test_the_servers_source_ports_are_its_namespaces_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = tmp_path / "ip_local_port_range"
+    proc.write_text("20000\t29999\n")
+    monkeypatch.setattr(waysin, "LOCAL_PORT_RANGE", proc)
+    assert waysin.server_ephemeral_ports() == range(20000, 30000)
 
 
 def test_a_request_naming_a_host_port_twice_is_invalid() -> None:
